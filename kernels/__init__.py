@@ -1,0 +1,94 @@
+"""FlashAttention forward pass: a Triton kernel, a CUDA C++ (CuTe) kernel and a naive PyTorch baseline.
+
+    out = flash_attention.attention(query, key, value, causal=True)
+    out, lse = flash_attention.attention(query, key, value, return_lse=True, backend="triton")
+
+query is (batch, heads_q, seqlen_q, head_dim), key and value are (batch, heads_kv, seqlen_k, head_dim) with heads_q a
+multiple of heads_kv. See README.md for the whole contract.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ._validation import check_attention_args
+
+__version__ = "0.1.0"
+__all__ = ["attention", "BACKENDS", "available_backends", "backend_unavailable_reason", "__version__"]
+
+# Every backend module exposes `attention(query, key, value, *, causal, softmax_scale, return_lse)` and
+# `unavailable_reason(query) -> str | None`; it may expose `auto_eligible(query) -> bool` to stay out of `auto`.
+# Importing them builds and compiles nothing: kernels compile on first use.
+BACKENDS = ("cuda", "triton", "naive")
+# `auto` takes the first backend in this order that can run the input.
+_AUTO_ORDER = ("cuda", "triton", "naive")
+
+
+def _import_backends() -> tuple[dict, dict]:
+    """Import every backend once, up front: plain dict lookups later keep `attention` traceable by torch.compile.
+    A backend whose import fails (say, triton missing) stays listed with the reason."""
+    modules, import_errors = {}, {}
+    for name in BACKENDS:
+        try:
+            modules[name] = importlib.import_module(f".{name}", __name__)
+        except ImportError as error:
+            import_errors[name] = f"cannot import backend {name!r}: {error}"
+    return modules, import_errors
+
+
+_MODULES, _IMPORT_ERRORS = _import_backends()
+
+
+def _backend_module(name: str):
+    if name in _IMPORT_ERRORS:
+        raise ValueError(_IMPORT_ERRORS[name])
+    return _MODULES[name]
+
+
+def backend_unavailable_reason(name: str, query=None) -> str | None:
+    """None if backend `name` can run on `query`'s device (here, now), else a sentence saying why not."""
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {name!r}")
+    if name in _IMPORT_ERRORS:
+        return _IMPORT_ERRORS[name]
+    return _MODULES[name].unavailable_reason(query)
+
+
+def available_backends(query=None) -> list[str]:
+    """The backends that can run on `query` (or, without it, on this machine's default device)."""
+    return [name for name in BACKENDS if backend_unavailable_reason(name, query) is None]
+
+
+def _auto_backend(query) -> str:
+    for name in _AUTO_ORDER:
+        module = _MODULES.get(name)
+        if module is not None and module.unavailable_reason(query) is None and \
+                getattr(module, "auto_eligible", lambda q: True)(query):
+            return name
+    return "naive"
+
+
+def attention(query, key, value, *, causal=False, softmax_scale=None, return_lse=False, backend="auto"):
+    """Scaled dot-product attention, forward only.
+
+    Args:
+        query: (batch, heads_q, seqlen_q, head_dim), float16 or bfloat16, unit stride in head_dim.
+        key, value: (batch, heads_kv, seqlen_k, head_dim), same dtype and device; heads_q % heads_kv == 0.
+        causal: bottom-right aligned mask: query i sees key j iff j <= i + seqlen_k - seqlen_q.
+        softmax_scale: multiplies q @ k^T before the softmax; default 1 / sqrt(head_dim).
+        return_lse: also return the natural-log log-sum-exp of the scaled scores, float32 (batch, heads_q, seqlen_q).
+        backend: "auto", "cuda", "triton" or "naive".
+
+    Returns:
+        out with query's shape, dtype, device and layout; or (out, lse) if return_lse.
+    """
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str, got {type(backend).__name__}")
+    if backend != "auto" and backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
+    # Validate before picking a backend, so that bad input gets the same error whatever is installed.
+    check_attention_args(query, key, value, causal=causal, softmax_scale=softmax_scale, return_lse=return_lse)
+    name = _auto_backend(query) if backend == "auto" else backend
+    return _backend_module(name).attention(
+        query, key, value, causal=causal, softmax_scale=softmax_scale, return_lse=return_lse
+    )

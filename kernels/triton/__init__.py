@@ -1,0 +1,164 @@
+"""The Triton backend: `flash_attention.triton.attention(query, key, value, *, causal, softmax_scale, return_lse)`.
+
+The kernel is registered as the torch custom op `flash_attention::triton_fwd` (with a fake implementation), so
+torch.compile traces through it and CUDA graphs capture it. It is forward-only: the backward of its output raises.
+Set FLASH_ATTENTION_AUTOTUNE=0 to skip autotuning and use one fixed tile per head_dim.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+
+import torch
+import triton
+
+from .._custom_op import use_registered_op
+from .._validation import check_attention_args, empty_like_query, empty_lse
+from ._configs import (
+    AUTOTUNE_KEY,
+    INTERPRETER_CONFIG,
+    autotune_configs,
+    default_config,
+    prune_configs,
+    set_descriptor_block_shapes,
+)
+from ._kernel import LOG2E, attention_fwd_kernel
+
+__all__ = ["attention", "unavailable_reason"]
+
+_INTERPRETED = not hasattr(attention_fwd_kernel, "device_caches")  # InterpretedFunction under TRITON_INTERPRET=1
+_tuned_kernel = triton.autotune(
+    configs=autotune_configs(), key=AUTOTUNE_KEY, prune_configs_by={"early_config_prune": prune_configs}
+)(attention_fwd_kernel)
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(device_index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device_index)
+
+
+def _device_index(tensor) -> int:
+    return tensor.device.index if tensor.device.index is not None else torch.cuda.current_device()
+
+
+def unavailable_reason(query=None) -> str | None:
+    if _INTERPRETED:
+        return None
+    if query is not None and query.device.type != "cuda":
+        return f"needs CUDA tensors (got {query.device}); on CPU it runs only under TRITON_INTERPRET=1"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU (set TRITON_INTERPRET=1 to run it on CPU)"
+    index = _device_index(query) if query is not None else torch.cuda.current_device()
+    if _capability(index) < (8, 0):
+        return f"needs a GPU of compute capability 8.0 or newer, got {torch.cuda.get_device_name(index)}"
+    return None
+
+
+def _autotune_enabled() -> bool:
+    return os.environ.get("FLASH_ATTENTION_AUTOTUNE", "1") != "0"
+
+
+def _tma_capable(*tensors) -> bool:
+    """TMA needs Hopper or newer, 16-byte aligned bases and positive strides that are multiples of 16 bytes."""
+    if _INTERPRETED or not tensors[0].is_cuda or _capability(_device_index(tensors[0])) < (9, 0):
+        return False
+    for tensor in tensors:
+        if tensor.data_ptr() % 16:
+            return False
+        if any(stride <= 0 or (stride * tensor.element_size()) % 16 for stride in tensor.stride()[:-1]):
+            return False
+    return True
+
+
+def _length_bucket(n: int) -> int:
+    return max(16, min(triton.next_power_of_2(n), 1 << 16))
+
+
+def _launch(query, key, value, causal: bool, softmax_scale: float):
+    batch, heads_q, seqlen_q, head_dim = query.shape
+    heads_kv, seqlen_k = key.shape[1], key.shape[2]
+    out = empty_like_query(query)
+    lse = empty_lse(query)
+    head_dim_pad = max(16, triton.next_power_of_2(head_dim))
+    use_tma = _tma_capable(query, key, value, out)
+    if use_tma:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        # Placeholder box sizes; each config's pre-hook sets the real ones before launch.
+        q_arg, k_arg, v_arg, o_arg = (
+            TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, 16, head_dim_pad])
+            for t in (query, key, value, out)
+        )
+    else:
+        q_arg, k_arg, v_arg, o_arg = query, key, value, out
+    args = (
+        q_arg, k_arg, v_arg, o_arg, lse,
+        query.stride(0), query.stride(1), query.stride(2),
+        key.stride(0), key.stride(1), key.stride(2),
+        value.stride(0), value.stride(1), value.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        heads_q, heads_q // heads_kv, seqlen_q, seqlen_k, head_dim, softmax_scale * LOG2E,
+        _length_bucket(seqlen_q), _length_bucket(seqlen_k),
+    )
+    flags = dict(
+        IS_CAUSAL=causal, POSITIVE_SCALE=softmax_scale > 0, IS_BF16=query.dtype == torch.bfloat16,
+        HEAD_DIM_PAD=head_dim_pad, USE_TMA=use_tma,
+        # The interpreter keeps bf16 as raw uint16 and its tl.dot multiplies those bit patterns (it converts only
+        # fp8 operands), so under it the dot operands are upcast to float32 after rounding to the input dtype.
+        DOT_IN_FP32=_INTERPRETED and query.dtype == torch.bfloat16,
+    )
+
+    def grid(meta):
+        return (batch * heads_q * triton.cdiv(seqlen_q, meta["BLOCK_M"]),)
+
+    # Launch on the inputs' GPU, not whichever is current.
+    on_current_device = not query.is_cuda or query.device.index == torch.cuda.current_device()
+    with contextlib.nullcontext() if on_current_device else torch.cuda.device(query.device):
+        if _INTERPRETED or not _autotune_enabled():
+            config = INTERPRETER_CONFIG if _INTERPRETED else default_config(head_dim_pad, seqlen_q)
+            if use_tma:
+                config_args = dict(zip(("Q", "K", "V", "Out"), (q_arg, k_arg, v_arg, o_arg)))
+                set_descriptor_block_shapes({**config_args, **flags, **config})
+            attention_fwd_kernel[grid](*args, **flags, **config)
+        else:
+            _tuned_kernel[grid](*args, **flags)
+    return out, lse
+
+
+@torch.library.custom_op("flash_attention::triton_fwd", mutates_args=())
+def _triton_fwd(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, causal: bool, softmax_scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _launch(query, key, value, causal, softmax_scale)
+
+
+@_triton_fwd.register_fake
+def _triton_fwd_fake(query, key, value, causal, softmax_scale):
+    return torch.empty_like(query, memory_format=torch.preserve_format), empty_lse(query)
+
+
+def _forward_only(ctx, grad_out, grad_lse):
+    raise NotImplementedError(
+        "flash_attention's triton backend is forward-only: its output has no backward. "
+        "Use torch.nn.functional.scaled_dot_product_attention for training."
+    )
+
+
+_triton_fwd.register_autograd(_forward_only)
+
+
+def attention(query, key, value, *, causal=False, softmax_scale=None, return_lse=False):
+    """Triton FlashAttention forward; the contract is flash_attention.attention's."""
+    shape = check_attention_args(
+        query, key, value, causal=causal, softmax_scale=softmax_scale, return_lse=return_lse
+    )
+    reason = unavailable_reason(query)
+    if reason is not None:
+        raise ValueError(f"backend 'triton' cannot run this input: {reason}")
+    if use_registered_op(query, key, value):
+        out, lse = _triton_fwd(query, key, value, causal, shape.softmax_scale)
+    else:
+        out, lse = _launch(query, key, value, causal, shape.softmax_scale)
+    return (out, lse) if return_lse else out

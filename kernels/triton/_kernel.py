@@ -1,0 +1,161 @@
+"""The FlashAttention-2 forward in Triton: one program per (batch, query head, BLOCK_M query rows).
+
+Q is loaded once; K/V tiles stream through `_attend_tiles`, which is written once and called per stage:
+  stage 1: key tiles every row of the block sees in full (no mask at all);
+  stage 2: key tiles that cross the causal diagonal or the end of the keys (masked);
+key tiles above the diagonal are never visited. The online softmax runs in float32 in base 2 with the softmax scale
+folded into log2(e); the accumulator is rescaled only by the change of the running max, and divided by the row sum
+once, in the epilogue.
+
+Tiles move by TMA (host tensor descriptors over the 4-D (batch, heads, seqlen, head_dim) view, so any strides work)
+where the GPU has it, and by masked pointer loads elsewhere and under the interpreter (Triton 3.9 removed block
+pointers). Both zero-fill out-of-bounds rows and
+the head_dim padding columns (head_dim is padded to a power of two, HEAD_DIM_PAD).
+"""
+
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+LN2 = tl.constexpr(0.6931471805599453)  # a constexpr: jit code may read only constexpr globals
+
+
+@triton.jit
+def _tile_pointers(base, start, seqlen, stride_n, head_dim, BLOCK: tl.constexpr, HEAD_DIM_PAD: tl.constexpr):
+    rows = start + tl.arange(0, BLOCK)
+    cols = tl.arange(0, HEAD_DIM_PAD)
+    # int64 row offsets: seqlen x stride may pass 2^31 elements.
+    ptrs = base + rows[:, None].to(tl.int64) * stride_n + cols[None, :]
+    return ptrs, (rows[:, None] < seqlen) & (cols[None, :] < head_dim)
+
+
+@triton.jit
+def _load_tile(desc, base, off_b, off_h, start, seqlen, stride_n, head_dim,
+               BLOCK: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, USE_TMA: tl.constexpr):
+    if USE_TMA:
+        return desc.load([off_b, off_h, start, 0]).reshape(BLOCK, HEAD_DIM_PAD)
+    else:
+        ptrs, in_bounds = _tile_pointers(base, start, seqlen, stride_n, head_dim, BLOCK, HEAD_DIM_PAD)
+        return tl.load(ptrs, mask=in_bounds, other=0.0)
+
+
+@triton.jit
+def _attend_tiles(acc, row_sum, row_max, q, K, V, k_base, v_base, off_b, off_kv_head, offs_m, lo, hi,
+                  seqlen_q, seqlen_k, stride_kn, stride_vn, head_dim, qk_scale,
+                  MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, POSITIVE_SCALE: tl.constexpr,
+                  BLOCK_N: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, USE_TMA: tl.constexpr,
+                  DOT_IN_FP32: tl.constexpr):
+    offs_n = tl.arange(0, BLOCK_N)
+    # With a positive scale the max commutes with scaling, so the scale rides in the FMA inside exp2's argument.
+    # Any other finite scale (negative, zero) scales first so that the max and the -inf mask stay right.
+    exp_scale = qk_scale if POSITIVE_SCALE else 1.0
+    for start_n in tl.range(lo, hi, BLOCK_N):
+        k = _load_tile(K, k_base, off_b, off_kv_head, start_n, seqlen_k, stride_kn, head_dim,
+                       BLOCK_N, HEAD_DIM_PAD, USE_TMA)
+        if DOT_IN_FP32:
+            k = k.to(tl.float32)
+        qk = tl.dot(q, tl.trans(k))
+        if not POSITIVE_SCALE:
+            qk = qk * qk_scale
+        if MASKED:
+            cols = start_n + offs_n
+            visible = cols[None, :] < seqlen_k
+            if IS_CAUSAL:
+                visible = visible & (cols[None, :] <= offs_m[:, None] + (seqlen_k - seqlen_q))
+            qk = tl.where(visible, qk, float("-inf"))
+        new_max = tl.maximum(row_max, tl.max(qk, 1) * exp_scale)
+        if MASKED:
+            # A row that has seen no key yet keeps max -inf; subtract 0 instead so exp2 gives 0, not NaN.
+            new_max = tl.where(new_max == float("-inf"), 0.0, new_max)
+        p = tl.math.exp2(qk * exp_scale - new_max[:, None])
+        correction = tl.math.exp2(row_max - new_max)
+        row_sum = row_sum * correction + tl.sum(p, 1)
+        acc = acc * correction[:, None]
+        v = _load_tile(V, v_base, off_b, off_kv_head, start_n, seqlen_k, stride_vn, head_dim,
+                       BLOCK_N, HEAD_DIM_PAD, USE_TMA)
+        p = p.to(v.dtype)
+        if DOT_IN_FP32:
+            p = p.to(tl.float32)
+            v = v.to(tl.float32)
+        acc = tl.dot(p, v, acc)
+        row_max = new_max
+    return acc, row_sum, row_max
+
+
+@triton.jit(do_not_specialize=["seqlen_q_bucket", "seqlen_k_bucket"])
+def attention_fwd_kernel(
+    Q, K, V, Out, Lse,
+    stride_qb, stride_qh, stride_qm,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_om,
+    heads_q, group_size, seqlen_q, seqlen_k, head_dim, qk_scale,
+    seqlen_q_bucket, seqlen_k_bucket,  # autotune keys only: a new length bucket retunes
+    IS_CAUSAL: tl.constexpr, POSITIVE_SCALE: tl.constexpr, IS_BF16: tl.constexpr,
+    HEAD_DIM_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    USE_TMA: tl.constexpr, DOT_IN_FP32: tl.constexpr,
+):
+    # One flat grid axis (limit 2^31 - 1) so that batch x heads beyond 65,535 needs no y/z dimension.
+    pid = tl.program_id(0)
+    num_m_blocks = tl.cdiv(seqlen_q, BLOCK_M)
+    bh = pid // num_m_blocks
+    m_block = pid % num_m_blocks
+    if IS_CAUSAL:
+        m_block = num_m_blocks - 1 - m_block  # bottom rows see the most keys: start them first
+    off_b = bh // heads_q
+    off_h = bh % heads_q
+    off_kv_head = off_h // group_size  # GQA: query heads of a group share one K/V head, never copied
+    start_m = m_block * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+
+    # 64-bit base offsets: a (batch, head) slice may start past 2^31 elements.
+    q_base = Q
+    k_base = K
+    v_base = V
+    o_base = Out
+    if not USE_TMA:
+        q_base = Q + off_b.to(tl.int64) * stride_qb + off_h.to(tl.int64) * stride_qh
+        k_base = K + off_b.to(tl.int64) * stride_kb + off_kv_head.to(tl.int64) * stride_kh
+        v_base = V + off_b.to(tl.int64) * stride_vb + off_kv_head.to(tl.int64) * stride_vh
+        o_base = Out + off_b.to(tl.int64) * stride_ob + off_h.to(tl.int64) * stride_oh
+
+    q = _load_tile(Q, q_base, off_b, off_h, start_m, seqlen_q, stride_qm, head_dim,
+                   BLOCK_M, HEAD_DIM_PAD, USE_TMA)
+    if DOT_IN_FP32:
+        q = q.to(tl.float32)
+
+    acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], dtype=tl.float32)
+    row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+    row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+
+    # Key ranges. Unmasked: [0, full_hi); masked: [full_hi, masked_hi); above masked_hi nothing is visible.
+    full_tiles_k = seqlen_k // BLOCK_N
+    if IS_CAUSAL:
+        diagonal = seqlen_k - seqlen_q  # query i sees key j iff j <= i + diagonal
+        first_row_sees = tl.maximum(start_m + diagonal + 1, 0)  # keys visible to the block's first row
+        full_hi = tl.minimum(first_row_sees // BLOCK_N, full_tiles_k) * BLOCK_N
+        masked_hi = tl.minimum(tl.maximum(start_m + BLOCK_M + diagonal, 0), seqlen_k)
+    else:
+        full_hi = full_tiles_k * BLOCK_N
+        masked_hi = seqlen_k
+
+    acc, row_sum, row_max = _attend_tiles(
+        acc, row_sum, row_max, q, K, V, k_base, v_base, off_b, off_kv_head, offs_m, 0, full_hi,
+        seqlen_q, seqlen_k, stride_kn, stride_vn, head_dim, qk_scale,
+        False, IS_CAUSAL, POSITIVE_SCALE, BLOCK_N, HEAD_DIM_PAD, USE_TMA, DOT_IN_FP32)
+    acc, row_sum, row_max = _attend_tiles(
+        acc, row_sum, row_max, q, K, V, k_base, v_base, off_b, off_kv_head, offs_m, full_hi, masked_hi,
+        seqlen_q, seqlen_k, stride_kn, stride_vn, head_dim, qk_scale,
+        True, IS_CAUSAL, POSITIVE_SCALE, BLOCK_N, HEAD_DIM_PAD, USE_TMA, DOT_IN_FP32)
+
+    # Epilogue. A row that saw no key has row_sum 0: output 0 and LSE -inf (log2(0) = -inf), never NaN.
+    lse = (row_max + tl.math.log2(row_sum)) * LN2
+    acc = acc / tl.where(row_sum == 0.0, 1.0, row_sum)[:, None]
+    lse_ptrs = Lse + bh.to(tl.int64) * seqlen_q + offs_m
+    tl.store(lse_ptrs, lse, mask=offs_m < seqlen_q)
+    out = acc.to(tl.bfloat16 if IS_BF16 else tl.float16)
+    if USE_TMA:
+        Out.store([off_b, off_h, start_m, 0], out.reshape(1, 1, BLOCK_M, HEAD_DIM_PAD))
+    else:
+        ptrs, in_bounds = _tile_pointers(o_base, start_m, seqlen_q, stride_om, head_dim, BLOCK_M, HEAD_DIM_PAD)
+        tl.store(ptrs, out, mask=in_bounds)

@@ -1,0 +1,142 @@
+"""What only a GPU shows: the autotuned and TMA paths, huge and odd shapes, CUDA graphs, streams, torch.compile.
+Every test here skips cleanly without a GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import flash_attention
+from conftest import KERNEL_BACKENDS, random_qkv, requires_gpu
+from reference import assert_attention_close, attention_reference
+
+pytestmark = requires_gpu
+
+
+def check_slice(out, lse, q, k, v, heads, *, causal=False):
+    """Compare only the given query heads (a huge call's reference would not fit)."""
+    group = q.shape[1] // k.shape[1]
+    kv_heads = slice(heads.start // group, (heads.stop - 1) // group + 1)
+    assert_attention_close(out[:, heads], lse[:, heads], q[:, heads], k[:, kv_heads], v[:, kv_heads], causal=causal)
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_triton_autotuned_path(monkeypatch, head_dim, causal):
+    monkeypatch.setenv("FLASH_ATTENTION_AUTOTUNE", "1")
+    q, k, v = random_qkv(2, 4, 2, 1000, 1000, head_dim, torch.float16)
+    out, lse = flash_attention.attention(q, k, v, causal=causal, return_lse=True, backend="triton")
+    assert_attention_close(out, lse, q, k, v, causal=causal)
+
+
+def test_triton_falls_back_from_tma_on_unaligned_strides():
+    """A row stride of 72 elements (144 bytes) is TMA-legal; 68 is not (not a multiple of 16 bytes)."""
+    base = torch.randn(1, 2, 300, 68, device="cuda", dtype=torch.float16)
+    q = base[..., :64]
+    k, v = (torch.randn_like(q) for _ in range(2))
+    out, lse = flash_attention.attention(q, k, v, return_lse=True, backend="triton")
+    assert_attention_close(out, lse, q, k, v)
+
+
+@pytest.mark.parametrize("head_dim", [8, 248])
+def test_odd_head_dims(kernel_backend, head_dim):
+    q, k, v = random_qkv(1, 2, 1, 150, 130, head_dim, torch.bfloat16)
+    out, lse = flash_attention.attention(q, k, v, causal=True, return_lse=True, backend=kernel_backend)
+    assert_attention_close(out, lse, q, k, v, causal=True)
+
+
+@pytest.mark.slow
+def test_more_than_2_31_elements(kernel_backend):
+    """q and out hold more than 2^31 elements (2.18e9): offsets past int32 must be 64-bit."""
+    heads, seqlen_q, head_dim = 1040, 16384, 128
+    assert heads * seqlen_q * head_dim > 2**31
+    q = torch.randn(1, heads, seqlen_q, head_dim, device="cuda", dtype=torch.float16)
+    k, v = (torch.randn(1, heads, 64, head_dim, device="cuda", dtype=torch.float16) for _ in range(2))
+    out, lse = flash_attention.attention(q, k, v, return_lse=True, backend=kernel_backend)
+    check_slice(out, lse, q, k, v, slice(heads - 2, heads))
+    check_slice(out, lse, q, k, v, slice(0, 1))
+
+
+def test_more_than_65535_batch_heads(kernel_backend):
+    q, k, v = random_qkv(1100, 64, 8, 16, 24, 32, torch.float16)
+    out, lse = flash_attention.attention(q, k, v, causal=True, return_lse=True, backend=kernel_backend)
+    check_slice(out[-2:], lse[-2:], q[-2:], k[-2:], v[-2:], slice(56, 64), causal=True)
+    check_slice(out[:1], lse[:1], q[:1], k[:1], v[:1], slice(0, 8), causal=True)
+
+
+@pytest.mark.parametrize("seqlen_q", [1, 7, 128])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_128k_keys(kernel_backend, seqlen_q, causal):
+    q, k, v = random_qkv(1, 2, 1, seqlen_q, 131072, 64, torch.bfloat16)
+    out, lse = flash_attention.attention(q, k, v, causal=causal, return_lse=True, backend=kernel_backend)
+    assert_attention_close(out, lse, q, k, v, causal=causal)
+
+
+def test_nan_and_inf_inputs_propagate_like_the_reference(kernel_backend):
+    q, k, v = random_qkv(1, 2, 2, 64, 64, 64, torch.float16)
+    k[0, 0, 10, 3] = float("nan")
+    v[0, 1, 20, 5] = float("inf")
+    out, _ = flash_attention.attention(q, k, v, causal=True, return_lse=True, backend=kernel_backend)
+    ref, _ = attention_reference(q, k, v, causal=True)
+    assert torch.equal(out.isnan(), ref.isnan()), "NaN must reach exactly the rows the reference gives NaN"
+    finite = ref.isfinite()
+    assert torch.allclose(out.double()[finite], ref[finite], atol=2e-2)
+
+
+def test_cuda_graph_capture_and_replay(kernel_backend):
+    q, k, v = random_qkv(2, 4, 2, 256, 256, 64, torch.float16)
+    expected = flash_attention.attention(q, k, v, causal=True, backend=kernel_backend)  # compiles/tunes outside
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        flash_attention.attention(q, k, v, causal=True, backend=kernel_backend)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = flash_attention.attention(q, k, v, causal=True, backend=kernel_backend)
+    fresh = random_qkv(2, 4, 2, 256, 256, 64, torch.float16)
+    for static, new in zip((q, k, v), fresh):
+        static.copy_(new)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert not torch.equal(captured, expected)
+    assert torch.equal(captured, flash_attention.attention(q, k, v, causal=True, backend=kernel_backend))
+
+
+def test_non_default_stream_is_respected(kernel_backend):
+    q, k, v = random_qkv(4, 8, 8, 1024, 1024, 128, torch.float16)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        # Inputs made on this stream: a kernel on the default stream could read them before they are written.
+        q2, k2, v2 = (t * 1.5 for t in (q, k, v))
+        out = flash_attention.attention(q2, k2, v2, backend=kernel_backend)
+        out_copy = out.clone()
+    stream.synchronize()
+    assert torch.equal(out_copy, flash_attention.attention(q * 1.5, k * 1.5, v * 1.5, backend=kernel_backend))
+
+
+def test_torch_compile_fullgraph_matches_eager(kernel_backend):
+    q, k, v = random_qkv(2, 4, 2, 128, 128, 64, torch.bfloat16)
+
+    def block(q, k, v):
+        return flash_attention.attention(q * 0.5, k, v, causal=True, backend=kernel_backend).float().sum(-1)
+
+    compiled = torch.compile(block, fullgraph=True)
+    assert torch.equal(compiled(q, k, v), block(q, k, v))
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_launches_on_the_inputs_device(kernel_backend):
+    q, k, v = random_qkv(1, 2, 2, 64, 64, 64, torch.float16)
+    q, k, v = (t.to("cuda:1") for t in (q, k, v))
+    with torch.cuda.device(0):
+        out, lse = flash_attention.attention(q, k, v, return_lse=True, backend=kernel_backend)
+    assert out.device == q.device
+    assert_attention_close(out, lse, q, k, v)
+
+
+def test_auto_prefers_a_kernel_on_gpu():
+    q, k, v = random_qkv(1, 2, 2, 64, 64, 64, torch.float16)
+    assert KERNEL_BACKENDS, "a GPU machine must run at least the Triton kernel"
+    out, lse = flash_attention.attention(q, k, v, return_lse=True)
+    assert_attention_close(out, lse, q, k, v)

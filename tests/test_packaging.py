@@ -1,0 +1,63 @@
+"""pixi.toml and pyproject.toml name the same packages with the same pins, so neither install path rots."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    tomllib = pytest.importorskip("tomli")
+
+ROOT = Path(__file__).resolve().parents[1]
+# Conda-only toolchain (no pip equivalent in pyproject): python itself, the CUDA compiler and runtime headers, and
+# the C++ compiler.
+CONDA_TOOLCHAIN = {"python", "cuda-nvcc", "cuda-cudart-dev", "cxx-compiler"}
+
+
+def _split(requirement: str) -> tuple[str, str]:
+    match = re.fullmatch(r"\s*([A-Za-z0-9_.\-]+)(\[[^\]]*\])?\s*(.*)", requirement)
+    return match.group(1).lower(), match.group(3).replace(" ", "")
+
+
+def pyproject_requirements() -> dict[str, str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = list(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        requirements += [r for r in extra if not r.startswith(project["name"])]
+    return dict(_split(r) for r in requirements)
+
+
+def pixi_requirements() -> dict[str, str]:
+    pixi = tomllib.loads((ROOT / "pixi.toml").read_text())
+    found = {}
+    for table in ("dependencies", "pypi-dependencies"):
+        for name, spec in pixi[table].items():
+            if name.lower() in CONDA_TOOLCHAIN or name == "flash-attention":
+                continue
+            found[name.lower()] = (spec["version"] if isinstance(spec, dict) else spec).replace(" ", "")
+    return found
+
+
+def test_same_packages_and_pins():
+    assert pyproject_requirements() == pixi_requirements()
+
+
+def test_pixi_tasks_run_the_readme_commands():
+    tasks = tomllib.loads((ROOT / "pixi.toml").read_text())["tasks"]
+    assert {"test", "bench-runtime", "bench-memory", "build"} <= tasks.keys()
+    assert tasks["bench-runtime"] == "python benchmarks/runtime.py"
+    assert tasks["bench-memory"] == "python benchmarks/memory.py"
+    readme = (ROOT / "README.md").read_text()
+    for command in ("pixi run test", "pixi run bench-runtime --markdown", "pixi run bench-memory",
+                    'pip install -e ".[test]"'):
+        assert command in readme, f"README.md must show `{command}`"
+
+
+def test_pixi_installs_the_package_from_this_folder():
+    pixi = tomllib.loads((ROOT / "pixi.toml").read_text())
+    assert pixi["pypi-dependencies"]["flash-attention"] == {"path": ".", "editable": True}
