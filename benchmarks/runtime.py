@@ -1,0 +1,102 @@
+"""Forward-attention runtime: median ms, TFLOPS, our kernels' speed relative to SDPA (and FA4), and the spread.
+
+    python benchmarks/runtime.py --markdown                 # pixi run bench-runtime --markdown
+    python benchmarks/runtime.py --grid paper --mask both --output results/
+    TRITON_INTERPRET=1 python benchmarks/runtime.py --smoke --markdown   # CPU, tiny shapes, numbers meaningless
+"""
+
+from __future__ import annotations
+
+import sys
+
+import harness
+from harness import WRONG, Document, Footnotes, Report, format_number, group_rows, shape_cells
+
+
+def measure(args, method, inputs, shape, device) -> dict:
+    timing = harness.time_call(lambda: method.run(*inputs, shape.causal), device, args.warmup_ms, args.rep_ms)
+    timing["tflops"] = shape.flops / (timing["median_ms"] * 1e-3) / 1e12
+    return timing
+
+
+def _value_cell(record, key: str, footnotes: Footnotes, fmt=format_number) -> str:
+    if not record.measured:
+        return footnotes.cell(record)
+    return fmt(record.values[key]) + (WRONG if record.status == "wrong" else "")
+
+
+def _ratio_cell(ours, peer) -> str:
+    """How many times faster ours is than the peer (= TFLOPS ratio); ✗ if either answer was wrong."""
+    if ours is None or peer is None or not (ours.measured and peer.measured):
+        return "—"
+    wrong = WRONG if "wrong" in (ours.status, peer.status) else ""
+    ratio = peer.values["median_ms"] / ours.values["median_ms"]
+    return f"{ratio:.2f}{wrong}" if ratio >= 0.1 else f"{ratio:.2g}{wrong}"
+
+
+def ratio_pairs(methods: list[str]) -> list[tuple[str, str]]:
+    return [(ours, peer) for ours in harness.OUR_METHODS if ours in methods
+            for peer in harness.PEER_METHODS if peer in methods]
+
+
+def make_report(args, grid_name, info, records, methods, method_notes) -> Report:
+    pairs = ratio_pairs(methods)
+
+    def body(document: Document) -> None:
+        document.lines(method_notes)
+        for causal in harness.masks_from_args(args):
+            section = [r for r in records if r.shape.causal == causal]
+            rows = group_rows(section)
+            footnotes = Footnotes()
+            document.heading("causal" if causal else "no mask", 2)
+            document.table(
+                "Median runtime (ms)",
+                harness.SHAPE_HEADERS + methods,
+                [shape_cells(shape) + [_value_cell(cells[m], "median_ms", footnotes) for m in methods]
+                 for shape, cells in rows.items()],
+            )
+            document.table(
+                "TFLOPS, and our speed relative to each peer (ratio > 1: ours is faster)",
+                harness.SHAPE_HEADERS + methods + [f"{ours}/{peer}" for ours, peer in pairs],
+                [shape_cells(shape) + [_value_cell(cells[m], "tflops", footnotes) for m in methods]
+                 + [_ratio_cell(cells.get(ours), cells.get(peer)) for ours, peer in pairs]
+                 for shape, cells in rows.items()],
+            )
+            document.table(
+                "Interquartile range (ms, 25th-75th percentile)",
+                harness.SHAPE_HEADERS + methods,
+                [shape_cells(shape) + [_iqr_cell(cells[m], footnotes) for m in methods]
+                 for shape, cells in rows.items()],
+            )
+            document.lines(footnotes.lines() + harness.wrong_result_lines(section), title="Notes:")
+        document.heading("How these numbers were made", 2)
+        document.lines([
+            "Timing: " + ("wall-clock median of 3 calls on CPU (smoke run: the numbers mean nothing)"
+                          if args.device.type == "cpu" else
+                          f"CUDA events around each call after {args.warmup_ms:g} ms of warm-up, repeated for "
+                          f"{args.rep_ms:g} ms and at least 10 times, with the L2 cache flushed before each call; "
+                          f"median and quartiles"),
+            "TFLOPS = 4*B*H*N*N*D / median time, halved for causal. Every method gets the same fresh inputs "
+            "(torch.randn, (B, H, N, D)); SDPA gets is_causal= (for N_q == N_k its top-left mask equals ours).",
+            f"Before timing, each method's output (batch 0, heads 0-{harness.CHECK_HEADS - 1}) is checked against "
+            f"float32 math on the same inputs; {WRONG} marks a result outside the tolerance (3x PyTorch's own "
+            f"same-dtype error + 1 ulp). Such a number is shown but is not a valid timing.",
+        ])
+
+    return Report(
+        title=f"Forward attention runtime: {grid_name} grid, {args.dtype}",
+        stem=harness.output_stem(args, grid_name),
+        info=info, records=records, body=body,
+        plot=lambda figure, recs: harness.plot_by_head_dim(figure, recs, "tflops", "TFLOPS"),
+    )
+
+
+def _iqr_cell(record, footnotes: Footnotes) -> str:
+    if not record.measured:
+        return footnotes.cell(record)
+    values = record.values
+    return f"{format_number(values['q25_ms'])}-{format_number(values['q75_ms'])}"
+
+
+if __name__ == "__main__":
+    sys.exit(harness.main("runtime", __doc__.splitlines()[0], measure, make_report))

@@ -1,0 +1,178 @@
+"""The benchmark commands end to end on CPU: `--smoke --markdown` under TRITON_INTERPRET=1 (as CI runs them), the
+results files, and the refusal to run without a GPU. Plus a few fast checks of the shared harness.
+
+The subprocesses hide any GPU (CUDA_VISIBLE_DEVICES=""), so these tests take the CPU path on every machine.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = REPO_ROOT / "benchmarks"
+SHAPE_COLUMNS = ["head_dim", "batch_size", "num_tokens"]
+METHODS = ["baseline", "triton", "cuda", "sdpa_flash", "sdpa_cudnn"]
+PROVENANCE_KEYS = ["gpu", "driver", "cuda", "torch", "triton", "cudnn", "date", "commit"]
+SMOKE_ROWS = 4  # head_dim {32, 64} x num_tokens {16, 48}
+WRONG = "✗"
+
+
+def _load_script(name: str):
+    """benchmarks/ is a folder of scripts, not a package: load one by path, under the name the others import."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses, and runtime.py's `import harness`, look it up there
+    spec.loader.exec_module(module)
+    return module
+
+
+harness = _load_script("harness")
+runtime = _load_script("runtime")
+
+
+def run_command(script: str, *args: str, timeout: float = 150) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run([sys.executable, str(BENCHMARKS / script), *args], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def markdown_tables(text: str) -> list[tuple[list[str], list[list[str]]]]:
+    """(header cells, rows of cells) of every pipe table in `text`."""
+    tables, block = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            block.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        elif block:
+            tables.append((block[0], block[2:]))  # block[1] is the |---| separator
+            block = []
+    return tables
+
+
+@pytest.fixture(scope="module", params=["runtime", "memory"])
+def smoke(request, tmp_path_factory):
+    """Each command once with --smoke --markdown --mask both --output DIR (one run serves stdout and file checks)."""
+    output = tmp_path_factory.mktemp(request.param)
+    result = run_command(f"{request.param}.py", "--smoke", "--markdown", "--mask", "both", "--output", str(output))
+    return request.param, result, output
+
+
+def test_smoke_exits_zero(smoke):
+    command, result, _ = smoke
+    assert result.returncode == 0, f"{command} failed:\n{result.stderr[-4000:]}"
+
+
+def test_smoke_tables_have_every_method_and_correct_results(smoke):
+    command, result, _ = smoke
+    tables = markdown_tables(result.stdout)
+    # runtime: ms, TFLOPS and IQR tables per mask; memory: beyond-inputs and absolute tables per mask.
+    assert len(tables) == (6 if command == "runtime" else 4), result.stdout
+    for header, rows in tables:
+        assert header[:3] == SHAPE_COLUMNS
+        assert all(method in header for method in METHODS), header
+        assert len(rows) == SMOKE_ROWS
+        for method in ("baseline", "triton"):
+            column = header.index(method)
+            for row in rows:
+                cell = row[column]
+                assert WRONG not in cell, f"{method} gave a wrong result: {row}"
+                assert cell[0].isdigit() or cell == "n/a on CPU", f"{method} did not run: {row}\n{result.stdout}"
+    if command == "runtime":
+        tflops_header = tables[1][0]
+        assert "triton/sdpa_flash" in tflops_header and "cuda/sdpa_cudnn" in tflops_header
+    else:
+        assert "n/a on CPU" in result.stdout
+
+
+def test_smoke_writes_results_files_with_provenance(smoke):
+    command, result, output = smoke
+    assert result.returncode == 0, result.stderr[-4000:]
+    stem = output / f"{command}_smoke_fp16_both"
+    markdown = stem.with_suffix(".md").read_text(encoding="utf-8")
+    assert markdown == result.stdout
+    for key in PROVENANCE_KEYS:
+        assert f"- {key}: " in markdown
+
+    data = json.loads(stem.with_suffix(".json").read_text(encoding="utf-8"))
+    assert set(PROVENANCE_KEYS) <= set(data["provenance"])
+    methods = {record["method"] for record in data["records"]}
+    assert set(METHODS) <= methods and len(data["records"]) == 2 * SMOKE_ROWS * len(methods)
+
+    lines = stem.with_suffix(".csv").read_text(encoding="utf-8").splitlines()
+    comments = [line for line in lines if line.startswith("# ")]
+    assert set(PROVENANCE_KEYS) <= {line[2:].split(":")[0] for line in comments}
+    rows = list(csv.DictReader(line for line in lines if not line.startswith("#")))
+    assert {"head_dim", "batch_size", "num_tokens", "method", "status"} <= set(rows[0])
+
+    png = stem.with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    with Image.open(png) as image:
+        assert "commit:" in image.text["Description"]
+
+
+def test_without_gpu_and_without_smoke_exits_2_with_a_clear_message():
+    result = run_command("runtime.py", "--markdown", timeout=60)
+    assert result.returncode == 2
+    assert "no CUDA GPU" in result.stderr and "--smoke" in result.stderr
+    assert result.stdout == ""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The harness in process (fast)
+
+
+def test_seed_and_paper_grids():
+    seed = harness.sweep_shapes(harness.GRIDS["seed"], [False], "fp16")
+    assert [(s.head_dim, s.batch, s.heads, s.tokens) for s in seed[:4]] == [
+        (64, 32, 8, 512), (64, 16, 8, 1024), (64, 8, 8, 2048), (64, 4, 8, 4096)]
+    assert {(s.head_dim, s.heads) for s in seed} == {(64, 8), (128, 4)}
+    paper = harness.sweep_shapes(harness.GRIDS["paper"], [False, True], "bf16")
+    assert len(paper) == 2 * 2 * 6
+    assert all(s.batch * s.tokens == 16384 and s.heads * s.head_dim == 2048 for s in paper)
+
+
+def test_causal_flops_are_half():
+    shape = harness.Shape(64, 2, 4, 128, False, "fp16")
+    assert shape.flops == 4 * 2 * 4 * 128 * 128 * 64
+    assert harness.Shape(64, 2, 4, 128, True, "fp16").flops == shape.flops / 2
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_reference_accepts_sdpa_and_flags_a_wrong_output(causal):
+    shape = harness.Shape(32, 1, 2, 40, causal, "fp16")
+    query, key, value = harness.make_inputs(shape, torch.device("cpu"))
+    reference = harness.Reference.for_inputs(query, key, value, causal)
+    right = torch.nn.functional.scaled_dot_product_attention(query, key, value, is_causal=causal)
+    assert reference.max_error(right) <= reference.tolerance
+    wrong = right.clone()
+    wrong[0, 1, -1, 0] += 0.05  # one element of a checked head
+    assert reference.max_error(wrong) > reference.tolerance
+    wrong[0, 0, 0, 0] = float("nan")
+    assert not reference.max_error(wrong) <= reference.tolerance
+
+
+def test_a_wrong_result_is_marked_in_the_table_and_listed_below_it():
+    args = harness.parse_args("runtime", "", ["--smoke", "--markdown"])
+    args.device = torch.device("cpu")
+    shapes = harness.sweep_shapes(harness.GRIDS["smoke"], [False], "fp16")[:1]
+    methods, _ = harness.build_methods(("baseline",))
+    off_by_one_tenth = harness.Method("triton", lambda q, k, v, causal: methods[0].run(q, k, v, causal) + 0.1,
+                                      lambda query: None)
+    fixed_timing = {"median_ms": 1.0, "q25_ms": 0.9, "q75_ms": 1.1, "tflops": 2.0}
+    records = harness.run_sweep(shapes, methods + [off_by_one_tenth], args.device, lambda *cell: fixed_timing)
+    assert [record.status for record in records] == ["ok", "wrong"]
+    text = runtime.make_report(args, "smoke", {"commit": "test"}, records, ["baseline", "triton"], []).document(True)
+    header, rows = markdown_tables(text)[0]
+    assert rows[0][header.index("triton")] == "1.00" + WRONG
+    assert rows[0][header.index("baseline")] == "1.00"
+    assert f"{WRONG} triton, D=32 B=1 H=2 N=16 no mask: max abs error" in text
