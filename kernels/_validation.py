@@ -91,7 +91,7 @@ def check_attention_args(query, key, value, *, causal, softmax_scale, return_lse
     if head_dim_k != head_dim:
         raise ValueError(f"key has head_dim {head_dim_k} but query has {head_dim}")
     for name, size in (("batch size", batch), ("query heads", heads_q), ("key heads", heads_kv),
-                       ("query seqlen", seqlen_q), ("key seqlen", seqlen_k)):
+                       ("query seqlen", seqlen_q), ("key seqlen", seqlen_k), ("head_dim", head_dim)):
         if size < 1:
             raise ValueError(f"{name} must be >= 1, got {size} (query {tuple(query.shape)}, key {tuple(key.shape)})")
     if heads_q % heads_kv != 0:

@@ -2,7 +2,8 @@
 
 The kernel is registered as the torch custom op `flash_attention::triton_fwd` (with a fake implementation), so
 torch.compile traces through it and CUDA graphs capture it. It is forward-only: the backward of its output raises.
-Set FLASH_ATTENTION_AUTOTUNE=0 to skip autotuning and use one fixed tile per head_dim.
+Set FLASH_ATTENTION_AUTOTUNE=0 to skip autotuning and use one fixed tile per head_dim, FLASH_ATTENTION_TMA=0 to load
+tiles with pointers instead of TMA on Hopper.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ._kernel import LOG2E, attention_fwd_kernel
 
 __all__ = ["attention", "unavailable_reason"]
 
+_FLOAT32_TINY = torch.finfo(torch.float32).tiny
 _INTERPRETED = not hasattr(attention_fwd_kernel, "device_caches")  # InterpretedFunction under TRITON_INTERPRET=1
 _tuned_kernel = triton.autotune(
     configs=autotune_configs(), key=AUTOTUNE_KEY, prune_configs_by={"early_config_prune": prune_configs}
@@ -61,8 +63,11 @@ def _autotune_enabled() -> bool:
 
 
 def _tma_capable(*tensors) -> bool:
-    """TMA needs Hopper or newer, 16-byte aligned bases and positive strides that are multiples of 16 bytes."""
+    """TMA needs Hopper or newer, 16-byte aligned bases and positive strides that are multiples of 16 bytes.
+    FLASH_ATTENTION_TMA=0 turns it off (to compare the two load paths)."""
     if _INTERPRETED or not tensors[0].is_cuda or _capability(_device_index(tensors[0])) < (9, 0):
+        return False
+    if os.environ.get("FLASH_ATTENTION_TMA", "1") == "0":
         return False
     for tensor in tensors:
         if tensor.data_ptr() % 16:
@@ -82,6 +87,11 @@ def _launch(query, key, value, causal: bool, softmax_scale: float):
     out = empty_like_query(query)
     lse = empty_lse(query)
     head_dim_pad = max(16, triton.next_power_of_2(head_dim))
+    qk_scale = softmax_scale * LOG2E
+    if abs(qk_scale) < _FLOAT32_TINY:
+        # A subnormal float32 scale: the GPU flushes it to zero, the interpreter mishandles it. Zero it for both;
+        # every score times it is below float32 resolution next to the max anyway (the softmax is uniform).
+        qk_scale = 0.0
     use_tma = _tma_capable(query, key, value, out)
     if use_tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
@@ -99,11 +109,11 @@ def _launch(query, key, value, causal: bool, softmax_scale: float):
         key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
-        heads_q, heads_q // heads_kv, seqlen_q, seqlen_k, head_dim, softmax_scale * LOG2E,
+        heads_q, heads_q // heads_kv, seqlen_q, seqlen_k, head_dim, qk_scale,
         _length_bucket(seqlen_q), _length_bucket(seqlen_k),
     )
     flags = dict(
-        IS_CAUSAL=causal, POSITIVE_SCALE=softmax_scale > 0, IS_BF16=query.dtype == torch.bfloat16,
+        IS_CAUSAL=causal, POSITIVE_SCALE=qk_scale > 0, IS_BF16=query.dtype == torch.bfloat16,
         HEAD_DIM_PAD=head_dim_pad, USE_TMA=use_tma,
         # The interpreter keeps bf16 as raw uint16 and its tl.dot multiplies those bit patterns (it converts only
         # fp8 operands), so under it the dot operands are upcast to float32 after rounding to the input dtype.

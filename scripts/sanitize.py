@@ -1,0 +1,181 @@
+#!/usr/bin/env python
+"""Run NVIDIA compute-sanitizer over every kernel backend on small shapes.
+
+    python scripts/sanitize.py                                    # memcheck + racecheck, every backend that runs here
+    python scripts/sanitize.py --tools memcheck,racecheck,synccheck,initcheck --backends triton
+
+For each backend that can run on this GPU, a plain (unsanitized) worker runs first: it builds and caches the kernels
+outside the sanitizer, and a wrong result there is reported as such. Then, for each tool,
+`compute-sanitizer --tool TOOL --error-exitcode 1 python scripts/sanitize.py --worker --backend NAME` runs the same
+calls. One summary line per (tool, backend); the exit status is non-zero if any run failed. Without a GPU or without
+compute-sanitizer it prints why, says "skipped" and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TOOLS = ("memcheck", "racecheck", "synccheck", "initcheck")
+KERNEL_BACKENDS = ("triton", "cuda")
+WORKER_ENV = {
+    "FLASH_ATTENTION_AUTOTUNE": "0",  # one fixed tile per head_dim: autotuning would multiply the sanitized launches
+    "PYTORCH_NO_CUDA_MEMORY_CACHING": "1",  # real cudaMalloc per tensor, so memcheck sees each allocation's bounds
+}
+# (batch, heads_q, heads_kv, seqlen_q, seqlen_k, head_dim, dtype, causal, layout): fp16 and bf16, causal or not,
+# seqlen_q != seqlen_k both ways (causal rows that see no key), GQA and MQA, odd lengths, decode, a BSHD view.
+WORKER_CASES = [
+    (1, 2, 2, 64, 64, 64, "float16", False, "bhsd"),
+    (1, 2, 2, 77, 77, 64, "bfloat16", True, "bhsd"),
+    (2, 4, 1, 33, 77, 128, "float16", True, "bhsd"),
+    (1, 6, 2, 77, 40, 40, "bfloat16", True, "bshd"),
+    (1, 4, 2, 77, 129, 128, "bfloat16", False, "bshd"),
+    (1, 2, 1, 1, 77, 40, "float16", False, "bhsd"),
+]
+
+
+def find_sanitizer() -> str | None:
+    candidates = [shutil.which("compute-sanitizer")]
+    for root in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
+        if root:
+            candidates.append(str(Path(root, "bin", "compute-sanitizer")))
+    return next((path for path in candidates if path and os.access(path, os.X_OK)), None)
+
+
+def run_worker(backend: str) -> int:
+    """The sanitized program: a few small calls, each checked loosely against float64 (poisoned outputs)."""
+    import torch
+
+    sys.path.insert(0, str(REPO / "tests"))
+    import flash_attention
+    from flash_attention import _validation
+    from reference import assert_attention_close
+
+    _validation.POISON_OUTPUTS = True  # NaN-filled outputs: an element the kernel never writes fails the check
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    failures = 0
+    for case in WORKER_CASES:
+        batch, heads_q, heads_kv, seqlen_q, seqlen_k, head_dim, dtype_name, causal, layout = case
+        dtype = getattr(torch, dtype_name)
+
+        def make(heads, seqlen):
+            if layout == "bshd":
+                shape = (batch, seqlen, heads, head_dim)
+                return torch.randn(shape, generator=generator, device="cuda").to(dtype).transpose(1, 2)
+            return torch.randn(batch, heads, seqlen, head_dim, generator=generator, device="cuda").to(dtype)
+
+        query, key, value = make(heads_q, seqlen_q), make(heads_kv, seqlen_k), make(heads_kv, seqlen_k)
+        out, lse = flash_attention.attention(query, key, value, causal=causal, return_lse=True, backend=backend)
+        torch.cuda.synchronize()
+        try:
+            assert_attention_close(out, lse, query, key, value, causal=causal, multiple=4.0)
+        except AssertionError as error:
+            failures += 1
+            print(f"wrong result for {case}: {error}", flush=True)
+    print(f"worker {backend}: {len(WORKER_CASES) - failures}/{len(WORKER_CASES)} calls correct", flush=True)
+    return 1 if failures else 0
+
+
+def worker_command(backend: str) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "--worker", "--backend", backend]
+
+
+def run_logged(command: list[str], timeout: float) -> tuple[int, str]:
+    env = {**os.environ, **WORKER_ENV}
+    env.pop("TRITON_INTERPRET", None)  # the point is the compiled kernel on the GPU
+    try:
+        done = subprocess.run(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as error:
+        output = error.stdout or ""
+        if isinstance(output, bytes):  # TimeoutExpired keeps bytes even with text=True
+            output = output.decode(errors="replace")
+        return 124, output + f"\ntimed out after {timeout:.0f} s"
+    return done.returncode, done.stdout
+
+
+def summary_line(log: str) -> str:
+    """The sanitizer's last summary ("ERROR SUMMARY: 0 errors", racecheck's "RACECHECK SUMMARY: ...")."""
+    summaries = [line.strip("= \t") for line in log.splitlines() if "SUMMARY" in line]
+    return summaries[-1] if summaries else "no sanitizer summary in the output"
+
+
+def print_tail(log: str, lines: int = 40) -> None:
+    print("    | " + "\n    | ".join(log.rstrip().splitlines()[-lines:]))
+
+
+def parse_list(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in allowed]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{what} takes a comma-separated subset of {','.join(allowed)}, got {text!r}")
+    return names
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tools", default="memcheck,racecheck",
+                        type=lambda text: parse_list(text, TOOLS, "--tools"), help=f"any of {','.join(TOOLS)}")
+    parser.add_argument("--backends", default=",".join(KERNEL_BACKENDS),
+                        type=lambda text: parse_list(text, KERNEL_BACKENDS, "--backends"),
+                        help=f"any of {','.join(KERNEL_BACKENDS)}")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds per sanitizer run (default 1800)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # the program being sanitized
+    parser.add_argument("--backend", choices=KERNEL_BACKENDS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        if args.backend is None:
+            parser.error("--worker needs --backend")
+        return run_worker(args.backend)
+
+    import torch
+
+    if not torch.cuda.is_available():
+        print("sanitize: skipped: no CUDA GPU (compute-sanitizer checks kernels running on a GPU)")
+        return 0
+    sanitizer = find_sanitizer()
+    if sanitizer is None:
+        print("sanitize: skipped: compute-sanitizer not found on PATH, in $CUDA_HOME/bin or in /usr/local/cuda/bin")
+        return 0
+
+    import flash_attention
+
+    probe = torch.empty(1, device="cuda")
+    backends = []
+    for name in args.backends:
+        reason = flash_attention.backend_unavailable_reason(name, probe)
+        if reason is None:
+            backends.append(name)
+        else:
+            print(f"sanitize: backend {name} skipped: {reason}")
+    if not backends:
+        print("sanitize: skipped: no kernel backend can run on this GPU")
+        return 0
+
+    print(f"sanitize: {sanitizer} on {torch.cuda.get_device_name()}; tools {','.join(args.tools)}", flush=True)
+    failed = False
+    for backend in backends:
+        status, log = run_logged(worker_command(backend), args.timeout)  # builds kernels; checks results unsanitized
+        if status != 0:
+            failed = True
+            print(f"FAIL  plain      {backend:<7} worker exited {status} without a sanitizer")
+            print_tail(log)
+            continue
+        for tool in args.tools:
+            command = [sanitizer, "--tool", tool, "--error-exitcode", "1", *worker_command(backend)]
+            status, log = run_logged(command, args.timeout)
+            verdict = "PASS" if status == 0 else "FAIL"
+            print(f"{verdict}  {tool:<10} {backend:<7} {summary_line(log)}", flush=True)
+            if status != 0:
+                failed = True
+                print_tail(log)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
