@@ -61,3 +61,21 @@ def test_pixi_tasks_run_the_readme_commands():
 def test_pixi_installs_the_package_from_this_folder():
     pixi = tomllib.loads((ROOT / "pixi.toml").read_text())
     assert pixi["pypi-dependencies"]["flash-attention"] == {"path": ".", "editable": True}
+
+
+def _cutlass_version(include: Path) -> str:
+    text = (include / "cutlass" / "version.h").read_text()
+    parts = [re.search(rf"#define CUTLASS_{part} (\d+)", text).group(1) for part in ("MAJOR", "MINOR", "PATCH")]
+    return ".".join(parts)
+
+
+def test_cutlass_submodule_and_wheel_pin_agree():
+    """third_party/cutlass is pinned (a gitlink) to the same CUTLASS release as the nvidia-cutlass wheel."""
+    assert 'path = third_party/cutlass' in (ROOT / ".gitmodules").read_text()
+    wheel_pin = pyproject_requirements()["nvidia-cutlass"]  # "==4.2.0.0"
+    release = ".".join(wheel_pin.lstrip("=").split(".")[:3])
+    checked_out = ROOT / "third_party" / "cutlass" / "include"
+    if (checked_out / "cutlass" / "version.h").is_file():
+        assert _cutlass_version(checked_out) == release
+    cutlass_library = pytest.importorskip("cutlass_library")
+    assert _cutlass_version(Path(cutlass_library.__file__).parent / "source" / "include") == release

@@ -9,13 +9,13 @@ tiles with pointers instead of TMA on Hopper.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 
 import torch
 import triton
 
 from .._custom_op import use_registered_op
+from .._device import capability, device_index
 from .._validation import check_attention_args, empty_like_query, empty_lse
 from ._configs import (
     AUTOTUNE_KEY,
@@ -36,15 +36,6 @@ _tuned_kernel = triton.autotune(
 )(attention_fwd_kernel)
 
 
-@functools.lru_cache(maxsize=None)
-def _capability(device_index: int) -> tuple[int, int]:
-    return torch.cuda.get_device_capability(device_index)
-
-
-def _device_index(tensor) -> int:
-    return tensor.device.index if tensor.device.index is not None else torch.cuda.current_device()
-
-
 def unavailable_reason(query=None) -> str | None:
     if _INTERPRETED:
         return None
@@ -52,9 +43,8 @@ def unavailable_reason(query=None) -> str | None:
         return f"needs CUDA tensors (got {query.device}); on CPU it runs only under TRITON_INTERPRET=1"
     if not torch.cuda.is_available():
         return "no CUDA GPU (set TRITON_INTERPRET=1 to run it on CPU)"
-    index = _device_index(query) if query is not None else torch.cuda.current_device()
-    if _capability(index) < (8, 0):
-        return f"needs a GPU of compute capability 8.0 or newer, got {torch.cuda.get_device_name(index)}"
+    if capability(query) < (8, 0):
+        return f"needs a GPU of compute capability 8.0 or newer, got {torch.cuda.get_device_name(device_index(query))}"
     return None
 
 
@@ -65,7 +55,7 @@ def _autotune_enabled() -> bool:
 def _tma_capable(*tensors) -> bool:
     """TMA needs Hopper or newer, 16-byte aligned bases and positive strides that are multiples of 16 bytes.
     FLASH_ATTENTION_TMA=0 turns it off (to compare the two load paths)."""
-    if _INTERPRETED or not tensors[0].is_cuda or _capability(_device_index(tensors[0])) < (9, 0):
+    if _INTERPRETED or not tensors[0].is_cuda or capability(tensors[0]) < (9, 0):
         return False
     if os.environ.get("FLASH_ATTENTION_TMA", "1") == "0":
         return False

@@ -1,0 +1,15 @@
+// The boundary between the torch binding and the kernels: one function per (dtype, padded head dim), each
+// defined in its own translation unit (fwd_hdim<D>_<dtype>.cu) so ninja compiles them in parallel.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include "params.h"
+
+namespace flash {
+
+// Launches the forward kernel on `stream`; returns the first CUDA error (attribute setting or launch).
+template <DType kDType, int kHeadDim>
+cudaError_t run_fwd(const FwdParams& params, cudaStream_t stream);
+
+}  // namespace flash

@@ -1,0 +1,55 @@
+// Masking of one S = Q K^T tile. Only tiles that cross the causal diagonal or the key-sequence end call this; every
+// other tile runs the unmasked path. Rule (bottom-right aligned): query i sees key j iff j < seqlen_k and, when
+// causal, j <= i + seqlen_k - seqlen_q.
+#pragma once
+
+#include <cute/tensor.hpp>
+
+namespace flash {
+
+using namespace cute;
+
+template <bool kCausal, typename TensorS, typename TensorC>
+__forceinline__ __device__ void apply_mask(TensorS& acc_s, TensorC const& coord_s, int row_offset, int col_offset,
+                                           int seqlen_q, int seqlen_k) {
+  // coord_s holds the (row, col) inside the tile of each accumulator element owned by this thread.
+  const int diagonal_shift = seqlen_k - seqlen_q;
+  CUTE_UNROLL
+  for (int i = 0; i < size(acc_s); ++i) {
+    const int row = row_offset + get<0>(coord_s(i));
+    const int col = col_offset + get<1>(coord_s(i));
+    bool hidden = col >= seqlen_k;
+    if constexpr (kCausal) hidden = hidden || col > row + diagonal_shift;
+    if (hidden) acc_s(i) = -INFINITY;
+  }
+}
+
+// The range of key tiles [0, n_block_max) that one query tile touches, and the first tile index from which on
+// tiles need a mask (n >= n_block_unmasked_end). The loop runs n = n_block_max - 1 down to 0, so masked tiles come
+// first and the steady state is mask-free.
+struct KeyTileRange {
+  int n_block_max;
+  int n_block_unmasked_end;
+};
+
+template <bool kCausal, int kBlockM, int kBlockN>
+__forceinline__ __device__ KeyTileRange key_tile_range(int m_block, int seqlen_q, int seqlen_k) {
+  const int n_blocks = (seqlen_k + kBlockN - 1) / kBlockN;
+  const int full_blocks = seqlen_k / kBlockN;  // tiles with no key past seqlen_k
+  if constexpr (!kCausal) {
+    return {n_blocks, full_blocks};
+  } else {
+    const int diagonal_shift = seqlen_k - seqlen_q;
+    const int first_row = m_block * kBlockM;
+    const int last_row = min(first_row + kBlockM, seqlen_q) - 1;
+    // Last key visible to the tile's last real row; < 0 means every row of the tile sees no key.
+    const int last_col = last_row + diagonal_shift;
+    const int n_block_max = last_col < 0 ? 0 : min(n_blocks, last_col / kBlockN + 1);
+    // Tile n is visible to every row iff its last key (n+1)*kBlockN-1 <= first_row + diagonal_shift.
+    const int first_visible = first_row + diagonal_shift + 1;
+    const int unmasked = first_visible <= 0 ? 0 : min(full_blocks, first_visible / kBlockN);
+    return {n_block_max, min(unmasked, n_block_max)};
+  }
+}
+
+}  // namespace flash

@@ -1,0 +1,178 @@
+"""CUDA backend: loader, cache key, errors and the op's fake implementation. Needs no GPU (and no build)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import flash_attention.cuda as fa_cuda
+from flash_attention.cuda import _loader
+
+
+def test_finds_cutlass_headers():
+    include = _loader.find_cutlass_include()
+    if include is None:
+        pytest.skip(_loader.cutlass_missing_reason())
+    assert (include / "cute" / "tensor.hpp").is_file()
+
+
+def test_cutlass_path_env_wins(monkeypatch, tmp_path):
+    (tmp_path / "include" / "cute").mkdir(parents=True)
+    (tmp_path / "include" / "cute" / "tensor.hpp").write_text("// stub\n")
+    monkeypatch.setenv("CUTLASS_PATH", str(tmp_path))
+    assert _loader.find_cutlass_include() == tmp_path / "include"
+    monkeypatch.setenv("CUTLASS_PATH", str(tmp_path / "nowhere"))
+    assert _loader.find_cutlass_include() is None
+    assert "CUTLASS_PATH" in _loader.cutlass_missing_reason()
+
+
+def test_cache_key_is_stable_and_arch_specific():
+    assert _loader.cache_key("80") == _loader.cache_key("80")
+    assert _loader.cache_key("80") != _loader.cache_key("90")
+    assert len(_loader.cache_key("80")) == 16
+
+
+def test_cache_dir_follows_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("FLASH_ATTENTION_CACHE", str(tmp_path / "fa"))
+    assert _loader.build_dir("80").parent == tmp_path / "fa"
+    monkeypatch.delenv("FLASH_ATTENTION_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert _loader.cache_root() == tmp_path / "xdg" / "flash_attention"
+
+
+def test_sources_are_one_binding_and_one_unit_per_instantiation():
+    names = [p.name for p in _loader.source_files()]
+    assert names.count("binding.cpp") == 1
+    for d in (32, 64, 96, 128, 160, 192, 256):
+        for t in ("fp16", "bf16"):
+            assert f"fwd_hdim{d}_{t}.cu" in names
+    # Kernel translation units must compile without torch (CI builds them with nvcc + CUTLASS only).
+    for path in _loader.CSRC.iterdir():
+        if path.suffix in (".cu", ".h", ".cuh") and path.name != "binding.cpp":
+            text = path.read_text()
+            assert "#include <torch" not in text and "#include <ATen" not in text, path.name
+
+
+def test_build_without_nvcc_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(_loader, "find_nvcc", lambda: None)
+    with pytest.raises(RuntimeError, match="nvcc not found"):
+        _loader._build("80", tmp_path / "build", verbose=False)
+
+
+def test_build_without_cutlass_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(_loader, "find_nvcc", lambda: "/usr/bin/true")
+    monkeypatch.setattr(_loader, "find_cutlass_include", lambda: None)
+    with pytest.raises(RuntimeError, match="CUTLASS"):
+        _loader._build("80", tmp_path / "build", verbose=False)
+
+
+def test_unavailable_on_cpu_and_never_builds(monkeypatch):
+    def no_build(*args, **kwargs):
+        raise AssertionError("unavailable_reason must not build")
+
+    monkeypatch.setattr(_loader, "_build", no_build)
+    reason = fa_cuda.unavailable_reason(torch.zeros(1, 1, 1, 8, dtype=torch.float16))
+    assert isinstance(reason, str) and "CUDA" in reason
+    assert fa_cuda.auto_eligible(torch.zeros(1, 1, 1, 8, dtype=torch.float16)) is False
+
+
+def test_attention_on_cpu_refuses_with_value_error():
+    q = torch.randn(1, 2, 3, 16, dtype=torch.float16)
+    with pytest.raises(ValueError, match="CUDA"):
+        fa_cuda.attention(q, q, q)
+    with pytest.raises(TypeError):  # validation first: same messages as every backend
+        fa_cuda.attention(q.float(), q.float(), q.float())
+
+
+def test_load_without_gpu_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        _loader.load()
+
+
+def _fake_gpu(monkeypatch, tmp_path):
+    monkeypatch.setenv("FLASH_ATTENTION_CACHE", str(tmp_path))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    monkeypatch.setattr(_loader, "_loaded", {})
+    builds, loads = [], []
+
+    def fake_build(arch, where, verbose):
+        builds.append(arch)
+        where.mkdir(parents=True, exist_ok=True)
+        (where / f"{_loader.EXTENSION_NAME}.so").write_bytes(b"a complete library")
+
+    def fake_load_library(path):
+        loads.append(open(path, "rb").read())
+        if loads[-1] == b"unloadable":
+            raise OSError("undefined symbol")
+
+    monkeypatch.setattr(_loader, "_build", fake_build)
+    monkeypatch.setattr(torch.ops, "load_library", fake_load_library)
+    return builds, loads
+
+
+def test_build_once_then_load_from_cache(monkeypatch, tmp_path):
+    builds, loads = _fake_gpu(monkeypatch, tmp_path)
+    assert not _loader.is_built("80")
+    path = _loader.load()
+    assert builds == ["80"] and loads == [b"a complete library"] and _loader.is_built("80")
+    monkeypatch.setattr(_loader, "_loaded", {})  # a new process: the cached build is loaded, not rebuilt
+    assert _loader.is_built("80")
+    assert _loader.load() == path and builds == ["80"]
+
+
+def test_truncated_cached_library_is_rebuilt_before_loading(monkeypatch, tmp_path):
+    # dlopen of a truncated library can die with SIGBUS, so the size/sha256 record must catch it first.
+    builds, loads = _fake_gpu(monkeypatch, tmp_path)
+    _loader.load()
+    library = _loader.library_path("80")
+    library.write_bytes(b"a compl")
+    monkeypatch.setattr(_loader, "_loaded", {})
+    assert not _loader.is_built("80")
+    _loader.load()
+    assert builds == ["80", "80"] and loads == [b"a complete library", b"a complete library"]
+
+
+def test_unloadable_cached_library_is_rebuilt_once(monkeypatch, tmp_path):
+    builds, loads = _fake_gpu(monkeypatch, tmp_path)
+    directory = _loader.build_dir("80")
+    directory.mkdir(parents=True)
+    (directory / f"{_loader.EXTENSION_NAME}.so").write_bytes(b"unloadable")
+    _loader._write_marker(directory)
+    _loader.load()
+    assert builds == ["80"] and loads == [b"unloadable", b"a complete library"]
+
+
+@pytest.mark.parametrize("layout", ["bhsd", "bshd"])
+def test_fake_impl_shapes_dtypes_and_layout(layout):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        if layout == "bhsd":
+            q = torch.empty(2, 8, 33, 72, dtype=torch.bfloat16, device="cuda")
+        else:
+            q = torch.empty(2, 33, 8, 72, dtype=torch.bfloat16, device="cuda").transpose(1, 2)
+        k = torch.empty(2, 2, 50, 72, dtype=torch.bfloat16, device="cuda")
+        out, lse = torch.ops.flash_attention.cuda_fwd(q, k, k, True, 0.125)
+        assert out.shape == q.shape and out.dtype == q.dtype and out.stride() == q.stride()
+        assert lse.shape == (2, 8, 33) and lse.dtype == torch.float32
+
+
+def test_op_schema():
+    schema = torch.ops.flash_attention.cuda_fwd.default._schema
+    assert [a.name for a in schema.arguments] == ["q", "k", "v", "causal", "softmax_scale"]
+    assert len(schema.returns) == 2
+
+
+def test_check_cuda_compile_script_is_importable():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "check_cuda_compile.py"
+    spec = importlib.util.spec_from_file_location("check_cuda_compile", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.short_name(
+        "void flash::flash_fwd_sm80_kernel<flash::FwdKernelTraits<64, 128, 128, 4, cutlass::half_t>, true>(x)"
+    ) == "d64 fp16 128x128 4w causal"

@@ -1,0 +1,158 @@
+"""CUDA backend on a GPU: correctness against float64 attention on the cases that stress the kernel's tiling
+(padded head dims, partial tiles, causal diagonals, GQA, strided views, > 65,535 batch x heads). Skips without a GPU."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import flash_attention.cuda as fa_cuda
+from flash_attention._validation import empty_like_query
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        fa_cuda.unavailable_reason() is not None, reason=str(fa_cuda.unavailable_reason())
+    ),
+]
+
+
+def reference(q, k, v, causal, scale=None, dtype=torch.float64):
+    """Attention computed in `dtype` (float64: the reference; q.dtype: what PyTorch itself would get)."""
+    batch, heads_q, seqlen_q, head_dim = q.shape
+    heads_kv, seqlen_k = k.shape[1], k.shape[2]
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
+    group = heads_q // heads_kv
+    k = k.to(dtype).repeat_interleave(group, dim=1)
+    v = v.to(dtype).repeat_interleave(group, dim=1)
+    scores = torch.matmul(q.to(dtype), k.transpose(-1, -2)) * scale
+    if causal:
+        rows = torch.arange(seqlen_q, device=q.device)[:, None]
+        cols = torch.arange(seqlen_k, device=q.device)[None, :]
+        scores = scores.masked_fill(cols > rows + seqlen_k - seqlen_q, float("-inf"))
+    lse = torch.logsumexp(scores.float() if dtype != torch.float64 else scores, dim=-1)
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # rows that see no key: 0
+    return torch.matmul(probs, v), lse
+
+
+def poison_allocator(*like):
+    # The op allocates its outputs; fill same-size blocks with NaN and free them so the caching allocator hands
+    # them back: any element the kernel fails to write then shows as NaN.
+    blocks = [torch.full_like(t, float("nan")) for t in like]
+    del blocks
+
+
+def check(q, k, v, causal=False, scale=None):
+    out_ref, lse_ref = reference(q, k, v, causal, scale)
+    out_same, _ = reference(q, k, v, causal, scale, dtype=q.dtype)
+    poison_allocator(q, q[..., 0].float())
+    out, lse = fa_cuda.attention(q, k, v, causal=causal, softmax_scale=scale, return_lse=True)
+    torch.cuda.synchronize()
+    # query's layout where query is dense (e.g. BSHD views), else contiguous: exactly empty_like_query's choice.
+    assert out.shape == q.shape and out.dtype == q.dtype and out.stride() == empty_like_query(q).stride()
+    assert lse.shape == q.shape[:3] and lse.dtype == torch.float32
+    assert not out.isnan().any(), "unwritten or NaN output"
+    floor = 2e-3 if q.dtype == torch.float16 else 1.6e-2
+    tol = max(2 * (out_same.double() - out_ref).abs().max().item(), floor)
+    err = (out.double() - out_ref).abs().max().item()
+    assert err <= tol, f"max |out - ref| {err:.3g} > {tol:.3g}"
+    finite = torch.isfinite(lse_ref)
+    assert torch.equal(torch.isfinite(lse), finite.to(lse.device)), "LSE -inf pattern differs"
+    assert (lse[~finite] == float("-inf")).all()
+    if finite.any():
+        lse_err = (lse.double()[finite] - lse_ref[finite]).abs().max().item()
+        assert lse_err <= 1e-3 * max(1.0, lse_ref[finite].abs().max().item()), f"LSE error {lse_err:.3g}"
+
+
+def rand(*shape, dtype=torch.float16):
+    return torch.randn(*shape, device="cuda", dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("head_dim", [8, 32, 40, 64, 96, 128, 136, 160, 192, 256])
+@pytest.mark.parametrize("causal", [False, True])
+def test_head_dims(dtype, head_dim, causal):
+    torch.manual_seed(head_dim)
+    q, k, v = rand(2, 3, 157, head_dim, dtype=dtype), rand(2, 3, 211, head_dim, dtype=dtype), rand(2, 3, 211, head_dim, dtype=dtype)
+    check(q, k, v, causal)
+
+
+@pytest.mark.parametrize("seqlens", [(1, 1), (1, 17), (17, 1), (17, 113), (113, 17), (128, 128), (1000, 1000),
+                                     (1, 1000), (1000, 1), (256, 64), (64, 256), (1000, 1023)])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_sequence_lengths(seqlens, causal, head_dim):
+    torch.manual_seed(sum(seqlens))
+    nq, nk = seqlens
+    check(rand(2, 2, nq, head_dim), rand(2, 2, nk, head_dim), rand(2, 2, nk, head_dim), causal)
+
+
+@pytest.mark.parametrize("heads", [(8, 2), (8, 1), (6, 3)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_gqa_mqa(heads, causal):
+    hq, hkv = heads
+    check(rand(2, hq, 99, 64), rand(2, hkv, 130, 64), rand(2, hkv, 130, 64), causal)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_bshd_views_write_bshd_output(causal):
+    q = rand(2, 77, 4, 64).transpose(1, 2)
+    k = rand(2, 90, 2, 64).transpose(1, 2)
+    v = rand(2, 90, 2, 64).transpose(1, 2)
+    check(q, k, v, causal)
+
+
+def test_misaligned_view_is_correct():
+    base = rand(2, 3, 50, 64 + 8)
+    q = base[..., 8:]  # base pointer off by 16 bytes is fine; row stride 72 is a multiple of 8
+    odd = rand(2, 3, 50 * 64 + 4)[..., 4:].view(2, 3, 50, 64)  # 8-byte misaligned base: copied once
+    check(q, odd, odd, causal=True)
+
+
+def test_custom_scale_and_large_scores():
+    q, k, v = rand(1, 2, 200, 64) * 4, rand(1, 2, 200, 64) * 4, rand(1, 2, 200, 64)
+    check(q, k, v, causal=False, scale=0.5)
+
+
+def test_rows_that_see_no_key_give_zero_and_minus_inf():
+    q, k, v = rand(1, 2, 300, 64), rand(1, 2, 40, 64), rand(1, 2, 40, 64)
+    out, lse = fa_cuda.attention(q, k, v, causal=True, return_lse=True)
+    empty = 300 - 40  # rows i < Nq - Nk see nothing
+    assert (out[:, :, :empty] == 0).all() and (lse[:, :, :empty] == float("-inf")).all()
+    check(q, k, v, causal=True)
+
+
+def test_many_batch_heads_past_grid_y_limit():
+    q = rand(1, 70_000, 3, 32)
+    k = rand(1, 70_000, 5, 32)
+    check(q, k, k, causal=False)
+
+
+def test_backward_is_not_implemented():
+    q = rand(1, 2, 16, 64).requires_grad_()
+    out = fa_cuda.attention(q, q.detach(), q.detach())
+    with pytest.raises(NotImplementedError, match="forward-only"):
+        out.sum().backward()
+
+
+def test_torch_compile_traces_the_op():
+    q, k, v = rand(2, 4, 100, 64), rand(2, 4, 100, 64), rand(2, 4, 100, 64)
+    fn = torch.compile(lambda q, k, v: fa_cuda.attention(q, k, v, causal=True), fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(fn(q, k, v), fa_cuda.attention(q, k, v, causal=True))
+
+
+def test_runs_on_current_stream_and_other_device_index():
+    q, k, v = rand(1, 2, 64, 64), rand(1, 2, 64, 64), rand(1, 2, 64, 64)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        out = fa_cuda.attention(q, k, v)
+    stream.synchronize()
+    torch.testing.assert_close(out, fa_cuda.attention(q, k, v))
+
+
+def test_auto_eligible_once_built():
+    q = rand(1, 1, 8, 64)
+    fa_cuda.attention(q, q, q)
+    assert fa_cuda.auto_eligible(q)
