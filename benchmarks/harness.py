@@ -13,6 +13,7 @@ import datetime
 import io
 import json
 import math
+import os
 import platform
 import statistics
 import subprocess
@@ -593,10 +594,13 @@ def _command_output(*command: str) -> str | None:
 
 
 def git_commit() -> str:
-    """Short sha, plus '-dirty' when tracked files differ from it (as `git describe --dirty`)."""
+    """Short sha, plus '-dirty' when tracked files differ from it (as `git describe --dirty`). A copy of the tree
+    without .git (say, shipped to a GPU machine) names its commit in FLASH_ATTENTION_COMMIT."""
     sha = _command_output("git", "rev-parse", "--short", "HEAD")
     if sha is None:
-        return "unknown (no git commit)"
+        given = os.environ.get("FLASH_ATTENTION_COMMIT")
+        return f"{given} (from FLASH_ATTENTION_COMMIT: a copy of the tree without git)" if given else \
+            "unknown (no git commit)"
     dirty = _command_output("git", "status", "--porcelain", "--untracked-files=no")
     return sha + ("-dirty" if dirty else "")
 

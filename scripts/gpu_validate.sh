@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# What a change needs on a GPU before it is called done, in one place:
+#   scripts/gpu_validate.sh OUTDIR build|tests|sanitize|bench-seed|bench-paper|memory ...
+# build: the CUDA extension from a clean cache (timed), then a cached load in a fresh process (timed);
+# tests: the whole suite on CUDA tensors; sanitize: compute-sanitizer memcheck + racecheck on every kernel;
+# bench-*: the repo's benchmark commands, writing their tables under OUTDIR/results.
+# Each step logs to OUTDIR/<step>.log; the exit status is non-zero if any step failed.
+set -uo pipefail
+out=${1:?usage: scripts/gpu_validate.sh OUTDIR STEP...}; shift
+mkdir -p "$out/results"
+export PYTHONUNBUFFERED=1
+failed=0
+
+step() {
+  local name=$1; shift
+  echo "== $name: $*"
+  "$@" 2>&1 | tee "$out/$name.log"
+  local rc=${PIPESTATUS[0]}
+  echo "== $name: exit $rc"
+  [ "$rc" -eq 0 ] || failed=1
+}
+
+for what in "$@"; do
+  case $what in
+    build)  # from a clean cache (build.py prints the time), then a cached load in a fresh process
+      rm -rf "${FLASH_ATTENTION_CACHE:?set FLASH_ATTENTION_CACHE to a scratch folder}"
+      step build python -m flash_attention.cuda.build
+      step cached-load python -c "import time; t = time.perf_counter(); import flash_attention.cuda._loader as l; \
+l.load(); print(f'cached load in a fresh process (import + load): {time.perf_counter() - t:.2f} s')" ;;
+    tests) step tests python -m pytest tests -q -ra -p no:cacheprovider ;;
+    sanitize) step sanitize python scripts/sanitize.py ;;
+    bench-seed) step bench-seed python benchmarks/runtime.py --markdown --output "$out/results" ;;
+    bench-paper) step bench-paper python benchmarks/runtime.py --grid paper --mask both --markdown \
+                   --output "$out/results" ;;
+    memory) step memory python benchmarks/memory.py --markdown --output "$out/results" ;;
+    *) echo "unknown step: $what"; exit 2 ;;
+  esac
+done
+exit $failed
