@@ -25,8 +25,9 @@ for what in "$@"; do
     build)  # from a clean cache (build.py prints the time), then a cached load in a fresh process
       rm -rf "${FLASH_ATTENTION_CACHE:?set FLASH_ATTENTION_CACHE to a scratch folder}"
       step build python -m flash_attention.cuda.build
-      step cached-load python -c "import time; t = time.perf_counter(); import flash_attention.cuda._loader as l; \
-l.load(); print(f'cached load in a fresh process (import + load): {time.perf_counter() - t:.2f} s')" ;;
+      step cached-load python -c "import time, torch; t0 = time.perf_counter(); import flash_attention.cuda._loader as l; \
+t1 = time.perf_counter(); l.load(); t2 = time.perf_counter(); \
+print(f'fresh process, torch already imported: import flash_attention {t1 - t0:.2f} s, cached load {t2 - t1:.2f} s')" ;;
     tests) step tests python -m pytest tests -q -ra -p no:cacheprovider ;;
     sanitize) step sanitize python scripts/sanitize.py ;;
     bench-seed) step bench-seed python benchmarks/runtime.py --markdown --output "$out/results" ;;

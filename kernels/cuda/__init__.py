@@ -25,6 +25,8 @@ __all__ = ["attention", "unavailable_reason", "auto_eligible"]
 
 _OP_NAME = "flash_attention::cuda_fwd"
 _CUDA_KERNEL_ONLY = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
+_LOG2E = 1.4426950408889634
+_FLOAT32_TINY = torch.finfo(torch.float32).tiny
 
 
 def _define_op() -> None:
@@ -90,6 +92,18 @@ def auto_eligible(query) -> bool:
     return _loader.is_built(f"{major}{minor}")
 
 
+def _with_positive_scale(query, softmax_scale: float):
+    """The kernel takes the row max of raw scores and scales it (max(c*s) = c*max(s)), which needs a positive scale
+    whose float32 value is normal (a subnormal one is flushed to 0, and -inf * 0 is NaN in masked tiles). Any other
+    finite scale is folded into a copy of the query: c < 0 -> (-q, -c); |c| tiny -> (0 * q, 1), a uniform softmax
+    that keeps NaN/Inf in q visible. Rare values, so the copy is acceptable."""
+    if softmax_scale * _LOG2E >= _FLOAT32_TINY:
+        return query, softmax_scale
+    if softmax_scale * _LOG2E <= -_FLOAT32_TINY:
+        return -query, -softmax_scale
+    return query * 0.0, 1.0
+
+
 def attention(query, key, value, *, causal=False, softmax_scale=None, return_lse=False):
     """FlashAttention-2 forward on the GPU; same contract as ``flash_attention.attention``."""
     shape = check_attention_args(
@@ -109,11 +123,12 @@ def attention(query, key, value, *, causal=False, softmax_scale=None, return_lse
     # The op allocates out as empty_like_query does (query's layout) and lse as empty_lse does (float32, (B, Hq, Nq)),
     # launches on torch's current stream under a guard for query's device, and writes both. Allocating inside the
     # op (not passing out/lse in) keeps it functional, which torch.compile traces without auto_functionalize.
+    query, softmax_scale = _with_positive_scale(query, shape.softmax_scale)
     if use_registered_op(query, key, value):
-        out, lse = torch.ops.flash_attention.cuda_fwd(query, key, value, causal, shape.softmax_scale)
+        out, lse = torch.ops.flash_attention.cuda_fwd(query, key, value, causal, softmax_scale)
     else:  # straight to the CUDA kernel, past the Python autograd wrapper (see flash_attention._custom_op)
         out, lse = torch.ops.flash_attention.cuda_fwd.default.redispatch(
-            _CUDA_KERNEL_ONLY, query, key, value, causal, shape.softmax_scale
+            _CUDA_KERNEL_ONLY, query, key, value, causal, softmax_scale
         )
     return (out, lse) if return_lse else out
 

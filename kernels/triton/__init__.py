@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 
+import numpy
 import torch
 import triton
 
@@ -36,9 +37,19 @@ _tuned_kernel = triton.autotune(
 )(attention_fwd_kernel)
 
 
+def interpreter_problem() -> str | None:
+    """Why Triton's interpreter cannot run this kernel here, or None. Triton <= 3.6 turns a loop bound derived from
+    the program id into an int with int() of a one-element array, which NumPy 2 refuses (Triton 3.9 squeezes it)."""
+    triton_version = tuple(int(part) for part in triton.__version__.split(".")[:2])
+    if triton_version < (3, 7) and int(numpy.__version__.split(".")[0]) >= 2:
+        return (f"the Triton {triton.__version__} interpreter cannot run this kernel with NumPy {numpy.__version__} "
+                f"(it calls int() on a one-element array for a loop bound); use Triton >= 3.7 or NumPy < 2")
+    return None
+
+
 def unavailable_reason(query=None) -> str | None:
     if _INTERPRETED:
-        return None
+        return interpreter_problem()
     if query is not None and query.device.type != "cuda":
         return f"needs CUDA tensors (got {query.device}); on CPU it runs only under TRITON_INTERPRET=1"
     if not torch.cuda.is_available():
