@@ -17,8 +17,9 @@ from ._validation import check_attention_args
 __version__ = "0.1.0"
 __all__ = ["attention", "BACKENDS", "available_backends", "backend_unavailable_reason", "__version__"]
 
-# Every backend module exposes `attention(query, key, value, *, causal, softmax_scale, return_lse)` and
-# `unavailable_reason(query) -> str | None`; it may expose `auto_eligible(query) -> bool` to stay out of `auto`.
+# Every backend module exposes `attention(query, key, value, *, causal, softmax_scale, return_lse)`, the same after
+# validation as `run_validated(query, key, value, shape, *, causal, return_lse)`, and `unavailable_reason(query)`
+# -> str | None; it may expose `auto_eligible(query) -> bool` to stay out of `auto`.
 # Importing them builds and compiles nothing: kernels compile on first use.
 BACKENDS = ("cuda", "triton", "naive")
 # `auto` takes the first backend in this order that can run the input. Measured on an H100 (results/NOTES.md): the
@@ -94,8 +95,8 @@ def attention(query, key, value, *, causal=False, softmax_scale=None, return_lse
     if backend != "auto" and backend not in BACKENDS:
         raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
     # Validate before picking a backend, so that bad input gets the same error whatever is installed.
-    check_attention_args(query, key, value, causal=causal, softmax_scale=softmax_scale, return_lse=return_lse)
-    name = _auto_backend(query) if backend == "auto" else backend
-    return _backend_module(name).attention(
+    shape = check_attention_args(
         query, key, value, causal=causal, softmax_scale=softmax_scale, return_lse=return_lse
     )
+    name = _auto_backend(query) if backend == "auto" else backend
+    return _backend_module(name).run_validated(query, key, value, shape, causal=causal, return_lse=return_lse)

@@ -10,7 +10,7 @@ import torch
 
 from ._validation import check_attention_args, empty_like_query
 
-__all__ = ["attention", "unavailable_reason"]
+__all__ = ["attention", "run_validated", "unavailable_reason"]
 
 
 def unavailable_reason(query=None) -> str | None:
@@ -28,6 +28,11 @@ def attention(query, key, value, *, causal=False, softmax_scale=None, return_lse
     shape = check_attention_args(
         query, key, value, causal=causal, softmax_scale=softmax_scale, return_lse=return_lse
     )
+    return run_validated(query, key, value, shape, causal=causal, return_lse=return_lse)
+
+
+def run_validated(query, key, value, shape, *, causal, return_lse):
+    """`attention` after check_attention_args (which returned `shape`): flash_attention.attention validates once."""
     group = shape.heads_q // shape.heads_kv
     # GQA without repeating K/V: (B, Hkv, group, Nq, D) against (B, Hkv, 1, Nk, D) broadcast over the group.
     q = query.unflatten(1, (shape.heads_kv, group))

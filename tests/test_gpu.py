@@ -24,9 +24,10 @@ def check_slice(out, lse, q, k, v, heads, *, causal=False):
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_triton_autotuned_path(monkeypatch, head_dim, causal):
     monkeypatch.setenv("FLASH_ATTENTION_AUTOTUNE", "1")
-    q, k, v = random_qkv(2, 4, 2, 1000, 1000, head_dim, torch.float16)
-    out, lse = flash_attention.attention(q, k, v, causal=causal, return_lse=True, backend="triton")
-    assert_attention_close(out, lse, q, k, v, causal=causal)
+    for _ in range(2):  # the first call tunes, the second launches the remembered config directly
+        q, k, v = random_qkv(2, 4, 2, 1000, 1000, head_dim, torch.float16)
+        out, lse = flash_attention.attention(q, k, v, causal=causal, return_lse=True, backend="triton")
+        assert_attention_close(out, lse, q, k, v, causal=causal)
 
 
 def test_triton_falls_back_from_tma_on_unaligned_strides():

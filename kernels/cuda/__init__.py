@@ -21,7 +21,7 @@ from .._device import capability, device_index
 from .._validation import check_attention_args, check_cuda_tensor, empty_like_query
 from . import _loader
 
-__all__ = ["attention", "unavailable_reason", "auto_eligible"]
+__all__ = ["attention", "run_validated", "unavailable_reason", "auto_eligible"]
 
 _OP_NAME = "flash_attention::cuda_fwd"
 _CUDA_KERNEL_ONLY = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
@@ -109,6 +109,11 @@ def attention(query, key, value, *, causal=False, softmax_scale=None, return_lse
     shape = check_attention_args(
         query, key, value, causal=causal, softmax_scale=softmax_scale, return_lse=return_lse
     )
+    return run_validated(query, key, value, shape, causal=causal, return_lse=return_lse)
+
+
+def run_validated(query, key, value, shape, *, causal, return_lse):
+    """`attention` after check_attention_args (which returned `shape`): flash_attention.attention validates once."""
     check_cuda_tensor("cuda", query)
     if not torch.compiler.is_compiling():
         # Under torch.compile only the fake implementation runs while tracing; the compiled graph calls the op, so
