@@ -120,10 +120,15 @@ def test_torch_compile_fullgraph_matches_eager(kernel_backend):
     q, k, v = random_qkv(2, 4, 2, 128, 128, 64, torch.bfloat16)
 
     def block(q, k, v):
-        return flash_attention.attention(q * 0.5, k, v, causal=True, backend=kernel_backend).float().sum(-1)
+        out = flash_attention.attention(q * 0.5, k, v, causal=True, backend=kernel_backend)
+        return out, out.float().sum(-1)
 
-    compiled = torch.compile(block, fullgraph=True)
-    assert torch.equal(compiled(q, k, v), block(q, k, v))
+    compiled_out, compiled_sum = torch.compile(block, fullgraph=True)(q, k, v)
+    eager_out, eager_sum = block(q, k, v)
+    # The kernel is deterministic and q * 0.5 is exact: the attention output must match bit for bit. The sum around
+    # it is Inductor's fused reduction against eager's, whose order (and so last bits) may differ.
+    assert torch.equal(compiled_out, eager_out)
+    torch.testing.assert_close(compiled_sum, eager_sum, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
