@@ -18,6 +18,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import textwrap
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -687,7 +688,8 @@ class Report:
 
         figure = pyplot.figure(figsize=(11, 7.5))
         self.plot(figure, self.records)
-        header = f"{self.title}\n" + " | ".join(f"{k}: {v}" for k, v in self.info.items() if k != "command")
+        details = " | ".join(f"{k}: {v}" for k, v in self.info.items() if k != "command")
+        header = f"{self.title}\n" + textwrap.fill(details, width=170)  # one long line would be clipped
         figure.suptitle(header, fontsize=8)
         figure.tight_layout(rect=(0, 0, 1, 0.9))
         metadata = {"Title": self.title, "Description": "\n".join(provenance_lines(self.info))}
