@@ -547,6 +547,17 @@ def shape_cells(shape: Shape) -> list[str]:
     return [str(shape.head_dim), str(shape.batch), str(shape.tokens)]
 
 
+def mask_sections(document: "Document", args, records: list[Record]):
+    """For each mask of the run: its heading, then (rows: shape -> method -> record, footnotes) for the caller's
+    tables, then (when the caller moves on) the section's notes: footnotes and wrong results."""
+    for causal in masks_from_args(args):
+        section = [r for r in records if r.shape.causal == causal]
+        footnotes = Footnotes()
+        document.heading("causal" if causal else "no mask", 2)
+        yield group_rows(section), footnotes
+        document.lines(footnotes.lines() + wrong_result_lines(section), title="Notes:")
+
+
 def group_rows(records: list[Record]) -> dict[Shape, dict[str, Record]]:
     """shape -> method -> record, in sweep order."""
     rows: dict[Shape, dict[str, Record]] = {}

@@ -13,7 +13,7 @@ import sys
 import torch
 
 import harness
-from harness import WRONG, Document, Footnotes, Report, format_number, group_rows, shape_cells
+from harness import WRONG, Document, Footnotes, Report, format_number, shape_cells
 
 MIB = 2.0**20
 NOT_ON_CPU = "n/a on CPU"
@@ -45,11 +45,7 @@ def _cell(record, key: str, footnotes: Footnotes) -> str:
 def make_report(args, grid_name, info, records, methods, method_notes) -> Report:
     def body(document: Document) -> None:
         document.lines(method_notes)
-        for causal in harness.masks_from_args(args):
-            section = [r for r in records if r.shape.causal == causal]
-            rows = group_rows(section)
-            footnotes = Footnotes()
-            document.heading("causal" if causal else "no mask", 2)
+        for rows, footnotes in harness.mask_sections(document, args, records):
             document.table(
                 "Allocated by the call beyond its inputs (MiB, peak)",
                 harness.SHAPE_HEADERS + methods,
@@ -63,7 +59,6 @@ def make_report(args, grid_name, info, records, methods, method_notes) -> Report
                  + [format_number(_inputs_mib(shape))]
                  for shape, cells in rows.items()],
             )
-            document.lines(footnotes.lines() + harness.wrong_result_lines(section), title="Notes:")
         document.heading("What is counted", 2)
         document.lines([
             "Inputs are allocated first and each method is called once (checked against float32 math: the warm-up, "

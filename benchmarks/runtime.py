@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 import harness
-from harness import WRONG, Document, Footnotes, Report, format_number, group_rows, shape_cells
+from harness import WRONG, Document, Footnotes, Report, format_number, shape_cells
 
 
 def measure(args, method, inputs, shape, device) -> dict:
@@ -44,11 +44,7 @@ def make_report(args, grid_name, info, records, methods, method_notes) -> Report
 
     def body(document: Document) -> None:
         document.lines(method_notes)
-        for causal in harness.masks_from_args(args):
-            section = [r for r in records if r.shape.causal == causal]
-            rows = group_rows(section)
-            footnotes = Footnotes()
-            document.heading("causal" if causal else "no mask", 2)
+        for rows, footnotes in harness.mask_sections(document, args, records):
             document.table(
                 "Median runtime (ms)",
                 harness.SHAPE_HEADERS + methods,
@@ -68,7 +64,6 @@ def make_report(args, grid_name, info, records, methods, method_notes) -> Report
                 [shape_cells(shape) + [_iqr_cell(cells[m], footnotes) for m in methods]
                  for shape, cells in rows.items()],
             )
-            document.lines(footnotes.lines() + harness.wrong_result_lines(section), title="Notes:")
         document.heading("How these numbers were made", 2)
         document.lines([
             "Timing: " + ("wall-clock median of 3 calls on CPU (smoke run: the numbers mean nothing)"
