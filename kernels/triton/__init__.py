@@ -28,7 +28,7 @@ from ._configs import (
 )
 from ._kernel import LOG2E, attention_fwd_kernel
 
-__all__ = ["attention", "unavailable_reason"]
+__all__ = ["attention", "run_validated", "unavailable_reason", "interpreter_problem"]
 
 _FLOAT32_TINY = torch.finfo(torch.float32).tiny
 _INTERPRETED = not hasattr(attention_fwd_kernel, "device_caches")  # InterpretedFunction under TRITON_INTERPRET=1
