@@ -19,7 +19,8 @@ __all__ = ["attention", "BACKENDS", "available_backends", "backend_unavailable_r
 
 # Every backend module exposes `attention(query, key, value, *, causal, softmax_scale, return_lse)`, the same after
 # validation as `run_validated(query, key, value, shape, *, causal, return_lse)`, and `unavailable_reason(query)`
-# -> str | None; it may expose `auto_eligible(query) -> bool` to stay out of `auto`.
+# -> str | None; it may expose `auto_eligible(query) -> bool` (which implies unavailable_reason(query) is None) to
+# stay out of `auto`.
 # Importing them builds and compiles nothing: kernels compile on first use.
 BACKENDS = ("cuda", "triton", "naive")
 # `auto` takes the first backend in this order that can run the input. Measured on an H100 (results/NOTES.md): the
@@ -70,8 +71,10 @@ def _auto_backend(query) -> str:
     order = _AUTO_ORDER_HOPPER if capability(query) >= (9, 0) else _AUTO_ORDER_PRE_HOPPER
     for name in order:
         module = _MODULES.get(name)
-        if module is not None and module.unavailable_reason(query) is None and \
-                getattr(module, "auto_eligible", lambda q: True)(query):
+        if module is None:
+            continue
+        eligible = getattr(module, "auto_eligible", None)
+        if eligible(query) if eligible is not None else module.unavailable_reason(query) is None:
             return name
     return "naive"
 

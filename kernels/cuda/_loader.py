@@ -12,6 +12,7 @@ match (truncated, corrupt) is wiped and rebuilt before it is loaded, and one tha
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -108,8 +109,10 @@ def source_files() -> list[Path]:
     return sorted(CSRC.glob("*.cu")) + sorted(CSRC.glob("*.cpp"))
 
 
+@functools.lru_cache(maxsize=None)
 def cache_key(arch: str) -> str:
-    """Hash of everything that changes the built library: sources and headers, flags, torch, CUDA, Python, arch."""
+    """Hash of everything that changes the built library: sources and headers, flags, torch, CUDA, Python, arch.
+    Computed once per process: `is_built` asks on every `auto` call until the library is loaded."""
     h = hashlib.sha256()
     for path in sorted(p for p in CSRC.rglob("*") if p.is_file()):
         h.update(path.relative_to(CSRC).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
