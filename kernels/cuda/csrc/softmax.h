@@ -39,11 +39,12 @@ struct OnlineSoftmax {
     }
   }
 
-  // Turns the scores acc_s into unnormalised probabilities in place and rescales acc_o by the max correction.
-  template <bool kFirst, typename TensorS, typename TensorO>
-  __forceinline__ __device__ void update(TensorS& acc_s, TensorO& acc_o, float scale_log2) {
+  // Turns the scores acc_s into unnormalised probabilities in place and sets correction[r], the factor by which O
+  // (and already row_sum) must be scaled because row r's running max moved. Split from rescale_o() so that the
+  // Hopper kernel can compute P while the previous P V, which still writes O, is in flight.
+  template <bool kFirst, typename TensorS>
+  __forceinline__ __device__ void exponentiate(TensorS& acc_s, float scale_log2, float (&correction)[kRows]) {
     Tensor s = make_tensor(acc_s.data(), acc_rowcol_layout(acc_s.layout()));
-    Tensor o = make_tensor(acc_o.data(), acc_rowcol_layout(acc_o.layout()));
     static_assert(decltype(size<0>(s))::value == kRows, "");
     CUTE_UNROLL
     for (int r = 0; r < kRows; ++r) {
@@ -53,12 +54,7 @@ struct OnlineSoftmax {
       m = quad_allreduce_max(m);
       // A row with every key masked so far keeps max -inf; subtract 0 instead so exp2 gives 0, not NaN.
       const float max_scaled = m == -INFINITY ? 0.f : m * scale_log2;
-      if constexpr (!kFirst) {
-        const float correction = exp2f(row_max[r] * scale_log2 - max_scaled);
-        row_sum[r] *= correction;
-        CUTE_UNROLL
-        for (int c = 0; c < size<1>(o); ++c) o(r, c) *= correction;
-      }
+      correction[r] = kFirst ? 1.f : exp2f(row_max[r] * scale_log2 - max_scaled);
       row_max[r] = m;
       float sum = 0.f;
       CUTE_UNROLL
@@ -66,8 +62,26 @@ struct OnlineSoftmax {
         s(r, c) = exp2f(s(r, c) * scale_log2 - max_scaled);
         sum += s(r, c);
       }
-      row_sum[r] += sum;
+      row_sum[r] = kFirst ? sum : row_sum[r] * correction[r] + sum;
     }
+  }
+
+  template <typename TensorO>
+  __forceinline__ __device__ void rescale_o(TensorO& acc_o, const float (&correction)[kRows]) {
+    Tensor o = make_tensor(acc_o.data(), acc_rowcol_layout(acc_o.layout()));
+    CUTE_UNROLL
+    for (int r = 0; r < kRows; ++r) {
+      CUTE_UNROLL
+      for (int c = 0; c < size<1>(o); ++c) o(r, c) *= correction[r];
+    }
+  }
+
+  // Both steps at once (SM80: the previous P V has retired before the softmax). First tile: O is 0, no rescale.
+  template <bool kFirst, typename TensorS, typename TensorO>
+  __forceinline__ __device__ void update(TensorS& acc_s, TensorO& acc_o, float scale_log2) {
+    float correction[kRows];
+    exponentiate<kFirst>(acc_s, scale_log2, correction);
+    if constexpr (!kFirst) rescale_o(acc_o, correction);
   }
 
   // O /= row_sum; lse[r] = natural-log log-sum-exp of the scaled scores. Rows that saw no key: O = 0, lse = -inf.

@@ -7,9 +7,17 @@
 #include <cutlass/numeric_conversion.h>
 #include <cutlass/numeric_types.h>
 
+#include <type_traits>
+
+#include "params.h"
+
 namespace flash {
 
 using namespace cute;
+
+// The CUTLASS element type of a DType.
+template <DType kDType>
+using element_t = std::conditional_t<kDType == DType::kFloat16, cutlass::half_t, cutlass::bfloat16_t>;
 
 // acc += A * B with both operands in shared memory. The ldmatrix of k-slice i+1 is issued before the MMAs of
 // slice i so shared-memory latency hides behind tensor-core work.
@@ -48,22 +56,39 @@ __forceinline__ __device__ void gemm_reg_smem(TensorAcc& acc, TensorA const& tCr
   }
 }
 
-// The m16n8 accumulator fragment is ((2 cols, 2 row halves), MMA_M, MMA_N). Seen as (rows, cols) it is
-// ((2 row halves, MMA_M), (2 cols, MMA_N)): row-wise softmax then loops over plain indices.
+// Accumulator fragments seen as (rows, cols), so that row-wise softmax loops over plain indices. Both MMA families
+// give a thread two rows 8 apart in each 16-row slab, a row shared by the 4 threads of a quad.
+//   SM80 m16n8:       ((2 cols, 2 row halves), MMA_M, MMA_N)     -> ((2, MMA_M), (2, MMA_N))
+//   SM90 wgmma 64xN:  ((2 cols, 2 row halves, N/8), MMA_M, MMA_N) -> ((2, MMA_M), (2, N/8, MMA_N))
 template <typename Layout>
-__forceinline__ __device__ auto acc_rowcol_layout(Layout const& acc) {
-  static_assert(decltype(rank<0>(acc))::value == 2, "expects the SM80 m16n8 accumulator layout");
+CUTE_HOST_DEVICE auto acc_rowcol_layout(Layout const& acc) {
   static_assert(decltype(rank(acc))::value == 3, "");
-  return make_layout(make_layout(get<0, 1>(acc), get<1>(acc)), make_layout(get<0, 0>(acc), get<2>(acc)));
+  if constexpr (decltype(rank<0>(acc))::value == 2) {
+    return make_layout(make_layout(get<0, 1>(acc), get<1>(acc)), make_layout(get<0, 0>(acc), get<2>(acc)));
+  } else {
+    static_assert(decltype(rank<0>(acc))::value == 3, "expects an SM80 or SM90 accumulator layout");
+    return make_layout(make_layout(get<0, 1>(acc), get<1>(acc)),
+                       make_layout(get<0, 0>(acc), get<0, 2>(acc), get<2>(acc)));
+  }
 }
 
 // Two adjacent n8 accumulator tiles hold exactly the values of one m16k16 A-operand fragment, so P can feed the
 // second GEMM straight from registers: ((2,2), MMA_M, MMA_N) -> ((2,2,2), MMA_M, MMA_N / 2).
 template <typename Layout>
-__forceinline__ __device__ auto acc_as_operand_a_layout(Layout const& acc) {
+CUTE_HOST_DEVICE auto acc_as_operand_a_layout(Layout const& acc) {
   static_assert(decltype(size<2>(acc))::value % 2 == 0, "kBlockN must cover whole k16 slices");
   auto divided = logical_divide(acc, Shape<Underscore, Underscore, _2>{});  // ((2,2), MMA_M, (2, MMA_N/2))
   return make_layout(make_layout(get<0>(divided), get<2, 0>(divided)), get<1>(divided), get<2, 1>(divided));
+}
+
+// The same for wgmma (P as the register A operand of an RS warpgroup MMA): the n8 groups sit inside mode 0,
+// ((2,2,N/8), MMA_M, MMA_N) -> ((2,2,2), MMA_M, (N/16, MMA_N)).
+template <typename Layout>
+CUTE_HOST_DEVICE auto wgmma_acc_as_operand_a_layout(Layout const& acc) {
+  static_assert(decltype(size<0, 2>(acc))::value % 2 == 0, "kBlockN must cover whole k16 slices");
+  auto divided = logical_divide(get<0>(acc), Shape<Underscore, Underscore, _2>{});  // (2, 2, (2, N/16))
+  return make_layout(make_layout(get<0>(divided), get<1>(divided), get<2, 0>(divided)), get<1>(acc),
+                     make_layout(get<2, 1>(divided), get<2>(acc)));
 }
 
 // fp32 fragment -> Element fragment of the same layout, converted in packed pairs (cvt.rn.f16x2.f32).
