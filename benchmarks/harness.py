@@ -31,7 +31,10 @@ import torch.nn.functional as F
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WRONG = "✗"
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-OUR_METHODS = ("triton", "cuda")
+# cuda_sm80 / cuda_sm90: the cuda backend held to one kernel family (FLASH_ATTENTION_CUDA_KERNEL), to compare the
+# two on a Hopper GPU in one run (elsewhere, and for head dims the SM90 family lacks, both are the SM80 kernel).
+# Not in the default set.
+OUR_METHODS = ("triton", "cuda", "cuda_sm80", "cuda_sm90")
 PEER_METHODS = ("sdpa_flash", "sdpa_cudnn", "fa4")
 ALL_METHODS = ("baseline",) + OUR_METHODS + PEER_METHODS
 DEFAULT_METHODS = ("baseline", "triton", "cuda", "sdpa_flash", "sdpa_cudnn")  # + fa4 where importable
@@ -189,11 +192,25 @@ class Method:
     cell_label: str = "unavailable"  # what the table cell says when unavailable_reason is not None
 
 
-def _flash_attention_method(name: str, backend: str) -> Method:
+def _flash_attention_method(name: str, backend: str, environment: dict[str, str] | None = None) -> Method:
     import flash_attention
 
-    def run(query, key, value, causal):
+    def call(query, key, value, causal):
         return flash_attention.attention(query, key, value, causal=causal, backend=backend)
+
+    def run_with_environment(query, key, value, causal):
+        saved = {key_: os.environ.get(key_) for key_ in environment}
+        os.environ.update(environment)
+        try:
+            return call(query, key, value, causal)
+        finally:
+            for key_, value_ in saved.items():
+                if value_ is None:
+                    os.environ.pop(key_, None)
+                else:
+                    os.environ[key_] = value_
+
+    run = run_with_environment if environment else call
 
     def unavailable_reason(query):
         try:
@@ -265,6 +282,8 @@ def build_methods(requested: tuple[str, ...] | None) -> tuple[list[Method], list
         "baseline": lambda: _flash_attention_method("baseline", "naive"),
         "triton": lambda: _flash_attention_method("triton", "triton"),
         "cuda": lambda: _flash_attention_method("cuda", "cuda"),
+        "cuda_sm80": lambda: _flash_attention_method("cuda_sm80", "cuda", {"FLASH_ATTENTION_CUDA_KERNEL": "sm80"}),
+        "cuda_sm90": lambda: _flash_attention_method("cuda_sm90", "cuda", {"FLASH_ATTENTION_CUDA_KERNEL": "sm90"}),
         "sdpa_flash": lambda: _sdpa_method("sdpa_flash", "FLASH_ATTENTION"),
         "sdpa_cudnn": lambda: _sdpa_method("sdpa_cudnn", "CUDNN_ATTENTION"),
         "fa4": _fa4_method,

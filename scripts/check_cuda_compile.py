@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Compile every CUDA kernel translation unit with nvcc (no GPU needed) and check what ptxas and the SASS say.
 
-For each kernels/cuda/csrc/*.cu (the kernels, not the torch binding) this builds a cubin for one SM arch, then
-prints a markdown table of registers, shared memory, stack frame and spill bytes per kernel, and the count of
-tensor-core (HMMA), ldmatrix (LDSM) and cp.async (LDGSTS) instructions in its SASS. Exit status 1 if any file fails
-to compile, any kernel spills (beyond the explicit per-kernel budget in SPILL_BUDGET_BYTES, which lists the measured
-spills of today's kernels), or any kernel has no HMMA.
+For each kernels/cuda/csrc/*.cu (the kernels, not the torch binding) this builds a cubin, for one SM arch (the SM80
+family, default sm_80) or for sm_90a (the fwd_sm90_* files), then prints a markdown table of registers, shared
+memory, stack frame and spill bytes per kernel, and the count of tensor-core instructions in its SASS: HMMA (mma.sync)
+with LDSM (ldmatrix) and LDGSTS (cp.async) for the SM80 family, HGMMA (warpgroup MMA) with UTMALDG (TMA loads) for
+the SM90 family. Exit status 1 if any file fails to compile, any kernel spills (beyond the explicit per-kernel budget
+in SPILL_BUDGET_BYTES, which lists the measured spills of today's SM80 kernels; the SM90 kernels have none), or any
+kernel lacks its family's tensor-core instruction.
 
-    python scripts/check_cuda_compile.py [--arch 80] [--jobs 2]
+    python scripts/check_cuda_compile.py [--arch 80] [--jobs 2] [files...]
 """
 
 from __future__ import annotations
@@ -105,6 +107,12 @@ def demangle(names: list[str]) -> dict[str, str]:
 
 def short_name(demangled: str) -> str:
     # flash::flash_fwd_sm80_kernel<flash::FwdKernelTraits<64, 128, 128, 4, cutlass::half_t>, false>(...)
+    # flash::flash_fwd_sm90_kernel<flash::Sm90FwdTraits<128, 128, 128, 2, cutlass::half_t>, true, ...>(...)
+    m = re.search(r"Sm90FwdTraits<(\d+), (\d+), (\d+), (\d+), cutlass::(\w+)>, (true|false)", demangled)
+    if m:
+        d, bm, bn, stages, t, causal = m.groups()
+        t = {"half_t": "fp16", "bfloat16_t": "bf16"}.get(t, t)
+        return f"sm90 d{d} {t} {bm}x{bn} {stages}st" + (" causal" if causal == "true" else "")
     m = re.search(r"FwdKernelTraits<(\d+), (\d+), (\d+), (\d+), cutlass::(\w+)>, (true|false)", demangled)
     if not m:
         return demangled[:80]
@@ -113,7 +121,13 @@ def short_name(demangled: str) -> str:
     return f"d{d} {t} {bm}x{bn} {w}w" + (" causal" if causal == "true" else "")
 
 
+def is_sm90_file(cu: Path) -> bool:
+    return cu.name.startswith("fwd_sm90_")
+
+
 def compile_one(nvcc: str, cuobjdump: str, cu: Path, arch: str, include: Path, outdir: Path) -> dict:
+    if is_sm90_file(cu):
+        arch = "90a"
     cubin = outdir / (cu.stem + ".cubin")
     cmd = [nvcc, "-std=c++17", "-O3", "--use_fast_math", "--expt-relaxed-constexpr", "-lineinfo",
            f"-gencode=arch=compute_{arch},code=sm_{arch}", "-cubin", "-Xptxas", "-v",
@@ -142,16 +156,22 @@ def compile_one(nvcc: str, cuobjdump: str, cu: Path, arch: str, include: Path, o
     for line in sass.stdout.splitlines():
         if m := SASS_FUNCTION.search(line):
             func = m.group(1)
-            result["kernels"].setdefault(func, {}).update(hmma=0, ldsm=0, ldgsts=0)
+            result["kernels"].setdefault(func, {}).update(hmma=0, hgmma=0, ldsm=0, ldgsts=0, utmaldg=0)
         elif func:
             k = result["kernels"][func]
             k["hmma"] += bool(re.search(r"\bHMMA\.", line))
+            k["hgmma"] += bool(re.search(r"\bHGMMA\.", line))
+            k["utmaldg"] += bool(re.search(r"\bUTMALDG\b", line))
             k["ldsm"] += bool(re.search(r"\bLDSM\.", line))
             k["ldgsts"] += bool(re.search(r"\bLDGSTS\.", line))
     return result
 
 
 def smem_bytes(name: str) -> str:
+    m = re.search(r"Sm90FwdTraits<(\d+), (\d+), (\d+), (\d+), cutlass::(\w+)>", name)
+    if m:
+        d, bm, bn, stages = int(m[1]), int(m[2]), int(m[3]), int(m[4])
+        return f"{(bm * d + 2 * stages * bn * d) * 2 // 1024} KiB"  # Q + stages x (K + V) tiles
     m = re.search(r"FwdKernelTraits<(\d+), (\d+), (\d+), (\d+), cutlass::(\w+)>", name)
     if not m:
         return "?"
@@ -170,8 +190,8 @@ def main(argv=None) -> int:
     include = find_cutlass_include()
     sources = [Path(f).resolve() for f in args.files] or sorted(CSRC.glob("*.cu"))
     sources = [s for s in sources if "binding" not in s.name]
-    print(f"nvcc {nvcc}, cuobjdump {cuobjdump}, CUTLASS {include}, sm_{args.arch}, {len(sources)} files, "
-          f"{args.jobs} jobs", flush=True)
+    print(f"nvcc {nvcc}, cuobjdump {cuobjdump}, CUTLASS {include}, sm_{args.arch} (fwd_sm90_*: sm_90a), "
+          f"{len(sources)} files, {args.jobs} jobs", flush=True)
 
     failures: list[str] = []
     rows = []
@@ -185,6 +205,12 @@ def main(argv=None) -> int:
                 failures.append(f"{r['file']}: compile failed\n{r['log'][-4000:]}")
                 continue
             kernels = {k: v for k, v in r["kernels"].items() if "hmma" in v or "regs" in v}
+            mma = "hgmma" if r["file"].startswith("fwd_sm90_") else "hmma"
+            # ptxas falls back to serialised warpgroup MMAs (correct, much slower) when it cannot prove the
+            # register operands safe, and says so only as a warning.
+            if "serialized" in r["log"]:
+                failures.append(f"{r['file']}: ptxas serialised the warpgroup MMAs:\n"
+                                + "\n".join(line for line in r["log"].splitlines() if "serialized" in line))
             names = demangle(list(kernels))
             for mangled, k in kernels.items():
                 rows.append((r["file"], short_name(names[mangled]), k, smem_bytes(names[mangled])))
@@ -193,22 +219,22 @@ def main(argv=None) -> int:
                     failures.append(f"{r['file']} {short_name(names[mangled])}: spills "
                                     f"{k.get('spill_st')} B stores / {k.get('spill_ld')} B loads (budget "
                                     f"{spill_budget(short_name(names[mangled]))} B)")
-                if not k.get("hmma"):
-                    failures.append(f"{r['file']} {short_name(names[mangled])}: no HMMA in SASS")
+                if not k.get(mma):
+                    failures.append(f"{r['file']} {short_name(names[mangled])}: no {mma.upper()} in SASS")
 
     rows.sort(key=lambda r: (r[0], r[1]))
     print()
-    print("| file | kernel | regs | smem | stack | spill st/ld (B) | HMMA | LDSM | LDGSTS |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| file | kernel | regs | smem | stack | spill st/ld (B) | HMMA | LDSM | LDGSTS | HGMMA | UTMALDG |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for file, name, k, smem in rows:
         print(f"| {file} | {name} | {k.get('regs', '?')} | {smem} | {k.get('stack', '?')} | "
               f"{k.get('spill_st', '?')}/{k.get('spill_ld', '?')} | {k.get('hmma', 0)} | {k.get('ldsm', 0)} | "
-              f"{k.get('ldgsts', 0)} |")
+              f"{k.get('ldgsts', 0)} | {k.get('hgmma', 0)} | {k.get('utmaldg', 0)} |")
     print(f"\n{len(sources)} files in {time.time() - start:.0f} s")
     if failures:
         print("\nFAILED:", *failures, sep="\n")
     else:
-        print("all kernels compiled, HMMA present, no spills beyond the budgets in SPILL_BUDGET_BYTES")
+        print("all kernels compiled, HMMA (SM80) / HGMMA (SM90) present, no spills beyond SPILL_BUDGET_BYTES")
     # The plain closing line a CI reader counts: one check per kernel file.
     failed_files = {f.split(":")[0].split(" ")[0] for f in failures}
     print(f"compile-check: {len(sources) - len(failed_files)} passed, {len(failed_files)} failed")

@@ -28,7 +28,8 @@ WORKER_ENV = {
     "PYTORCH_NO_CUDA_MEMORY_CACHING": "1",  # real cudaMalloc per tensor, so memcheck sees each allocation's bounds
 }
 # (batch, heads_q, heads_kv, seqlen_q, seqlen_k, head_dim, dtype, causal, layout): fp16 and bf16, causal or not,
-# seqlen_q != seqlen_k both ways (causal rows that see no key), GQA and MQA, odd lengths, decode, a BSHD view.
+# seqlen_q != seqlen_k both ways (causal rows that see no key), GQA and MQA, odd lengths, decode, a BSHD view; on
+# a Hopper GPU the cuda backend runs its SM90 family for head dims 40/64/128/256 and its SM80 family for 96.
 WORKER_CASES = [
     (1, 2, 2, 64, 64, 64, "float16", False, "bhsd"),
     (1, 2, 2, 77, 77, 64, "bfloat16", True, "bhsd"),
@@ -36,6 +37,8 @@ WORKER_CASES = [
     (1, 6, 2, 77, 40, 40, "bfloat16", True, "bshd"),
     (1, 4, 2, 77, 129, 128, "bfloat16", False, "bshd"),
     (1, 2, 1, 1, 77, 40, "float16", False, "bhsd"),
+    (1, 2, 2, 65, 130, 96, "float16", True, "bhsd"),
+    (1, 2, 1, 100, 100, 256, "bfloat16", True, "bhsd"),
 ]
 
 

@@ -41,11 +41,17 @@ def test_cache_dir_follows_environment(monkeypatch, tmp_path):
 
 
 def test_sources_are_one_binding_and_one_unit_per_instantiation():
-    names = [p.name for p in _loader.source_files()]
-    assert names.count("binding.cpp") == 1
-    for d in (32, 64, 96, 128, 160, 192, 256):
-        for t in ("fp16", "bf16"):
-            assert f"fwd_hdim{d}_{t}.cu" in names
+    for arch in ("80", "86", "89", "90", "100"):
+        names = [p.name for p in _loader.source_files(arch)]
+        assert names.count("binding.cpp") == 1
+        for d in (32, 64, 96, 128, 160, 192, 256):
+            for t in ("fp16", "bf16"):
+                assert f"fwd_hdim{d}_{t}.cu" in names
+                # The wgmma family is sm_90a code: built for compute capability 9.0 and nowhere else.
+                assert (f"fwd_sm90_hdim{d}_{t}.cu" in names) == (arch == "90" and d in (64, 128, 256)), (arch, d)
+    assert "-gencode=arch=compute_90a,code=sm_90a" in _loader.arch_flags("90")
+    assert "-DFLASH_ATTENTION_SM90" in _loader.host_flags("90")
+    assert "-DFLASH_ATTENTION_SM90" not in _loader.host_flags("80") + _loader.arch_flags("80")
     # Kernel translation units must compile without torch (CI builds them with nvcc + CUTLASS only).
     for path in _loader.CSRC.iterdir():
         if path.suffix in (".cu", ".h", ".cuh") and path.name != "binding.cpp":

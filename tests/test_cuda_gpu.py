@@ -19,6 +19,48 @@ pytestmark = [
 ]
 
 
+# On a Hopper GPU (9.0) the backend has two kernel families: the SM90 one (wgmma + TMA) for head dims that pad to
+# 64 / 128 / 256, and the SM80 one for every head dim. Every test here runs with each family forced, so both are
+# checked on the GPU that has both.
+HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+
+
+@pytest.fixture(autouse=True, params=["sm90", "sm80"] if HOPPER else ["default"])
+def kernel_family(request, monkeypatch):
+    if request.param != "default":
+        monkeypatch.setenv("FLASH_ATTENTION_CUDA_KERNEL", request.param)
+    return request.param
+
+
+def launched_kernels(fn) -> list[str]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return [event.name for event in prof.events() if "flash_fwd" in event.name]
+
+
+@pytest.mark.parametrize("head_dim", [32, 64, 96, 128, 192, 256])
+def test_kernel_family_is_the_one_expected(head_dim, kernel_family):
+    """The family asked for is the one that runs (so the tests above test what they claim)."""
+    q = rand(1, 2, 300, head_dim)
+    names = launched_kernels(lambda: fa_cuda.attention(q, q, q, causal=True))
+    assert len(names) == 1, names
+    sm90 = HOPPER and kernel_family == "sm90" and head_dim in (64, 128, 256)
+    assert ("flash_fwd_sm90_kernel" if sm90 else "flash_fwd_sm80_kernel") in names[0], names[0]
+
+
+def test_default_kernel_family_on_hopper(monkeypatch):
+    if not HOPPER:
+        pytest.skip("needs a compute capability 9.0 GPU")
+    from flash_attention.cuda import _loader
+
+    monkeypatch.delenv("FLASH_ATTENTION_CUDA_KERNEL", raising=False)
+    q = rand(1, 2, 300, 128)
+    names = launched_kernels(lambda: fa_cuda.attention(q, q, q))
+    expected = "flash_fwd_sm90_kernel" if _loader.SM90_DEFAULT else "flash_fwd_sm80_kernel"
+    assert len(names) == 1 and expected in names[0], names
+
+
 def reference(q, k, v, causal, scale=None, dtype=torch.float64):
     """Attention computed in `dtype` (float64: the reference; q.dtype: what PyTorch itself would get)."""
     batch, heads_q, seqlen_q, head_dim = q.shape

@@ -1,7 +1,8 @@
 """The thin JIT loader of the CUDA backend: build once per (sources, flags, torch, CUDA, GPU arch), cache per user.
 
 Importing this module builds nothing. :func:`load` builds on first use (a minute or two: one nvcc process per
-``csrc/fwd_hdim*.cu``, run in parallel by ninja) for the GPU in hand only, into
+``csrc/fwd_*.cu``, run in parallel by ninja; the ``fwd_sm90_*`` files only on compute capability 9.0) for the GPU
+in hand only, into
 ``<cache>/sm<XY>-<key>/`` where ``<cache>`` is ``$FLASH_ATTENTION_CACHE``, else ``$XDG_CACHE_HOME/flash_attention``,
 else ``~/.cache/flash_attention``, and ``<key>`` hashes the sources' contents, the flags, the torch and CUDA versions
 and the arch. Later processes load the cached library in a fraction of a second. Two processes building at once
@@ -99,14 +100,34 @@ def device_arch(device=None) -> str:
     return f"{major}{minor}"
 
 
+# Whether the SM90 family is the default on compute capability 9.0 (FLASH_ATTENTION_CUDA_KERNEL=sm80|sm90 overrides
+# it per call). Off until the family has passed the GPU test suite on a Hopper GPU.
+SM90_DEFAULT = False
+
+
+def has_sm90_kernels(arch: str) -> bool:
+    """The wgmma/TMA kernel family runs on compute capability 9.0 only (sm_90a code is not forward compatible)."""
+    return arch == "90"
+
+
 def arch_flags(arch: str) -> list[str]:
-    # Only the GPU in hand. SM90 runs these SM80 kernels natively as sm_90 (the wgmma family will want sm_90a).
+    # Only the GPU in hand. On 9.0 everything builds as sm_90a, the architecture-specific target that wgmma and
+    # setmaxnreg need (the SM80 kernels run there unchanged, for the head dims the SM90 family does not cover).
+    if has_sm90_kernels(arch):
+        return ["-gencode=arch=compute_90a,code=sm_90a", "-DFLASH_ATTENTION_SM90"]
     return [f"-gencode=arch=compute_{arch},code=sm_{arch}"]
 
 
-def source_files() -> list[Path]:
-    """Translation units: every kernel .cu plus the torch binding."""
-    return sorted(CSRC.glob("*.cu")) + sorted(CSRC.glob("*.cpp"))
+def host_flags(arch: str) -> list[str]:
+    if not has_sm90_kernels(arch):
+        return HOST_FLAGS
+    return HOST_FLAGS + ["-DFLASH_ATTENTION_SM90", f"-DFLASH_ATTENTION_SM90_DEFAULT={int(SM90_DEFAULT)}"]
+
+
+def source_files(arch: str) -> list[Path]:
+    """Translation units for `arch`: the SM80 kernel files, the SM90 ones on 9.0, and the torch binding."""
+    kernels = [p for p in sorted(CSRC.glob("*.cu")) if has_sm90_kernels(arch) or not p.name.startswith("fwd_sm90_")]
+    return kernels + sorted(CSRC.glob("*.cpp"))
 
 
 @functools.lru_cache(maxsize=None)
@@ -116,7 +137,7 @@ def cache_key(arch: str) -> str:
     h = hashlib.sha256()
     for path in sorted(p for p in CSRC.rglob("*") if p.is_file()):
         h.update(path.relative_to(CSRC).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    for part in (HOST_FLAGS, NVCC_FLAGS, arch_flags(arch)):
+    for part in (host_flags(arch), NVCC_FLAGS, arch_flags(arch)):
         h.update(" ".join(part).encode() + b"\0")
     h.update(f"torch={torch.__version__} cuda={torch.version.cuda} py={sys.version_info[:2]} arch={arch}".encode())
     return h.hexdigest()[:16]
@@ -205,8 +226,8 @@ def _build(arch: str, directory: Path, verbose: bool) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     cpp_extension.load(
         name=EXTENSION_NAME,
-        sources=[str(p) for p in source_files()],
-        extra_cflags=HOST_FLAGS,
+        sources=[str(p) for p in source_files(arch)],
+        extra_cflags=host_flags(arch),
         extra_cuda_cflags=NVCC_FLAGS + arch_flags(arch),
         extra_include_paths=[str(include), str(CSRC)],
         build_directory=str(directory),

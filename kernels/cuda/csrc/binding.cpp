@@ -8,6 +8,8 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <tuple>
 
 #include "fwd_launch_api.h"
@@ -16,8 +18,9 @@
 
 namespace {
 
-// cp.async moves 16 bytes: the base must be 16-byte aligned and every stride that is used a multiple of 8
-// elements. Dense tensors and (B, N, H, D) transposed views always are; anything else is copied once.
+// cp.async moves 16 bytes and TMA wants 16-byte aligned bases and strides: the base must be 16-byte aligned and
+// every stride that is used a multiple of 8 elements. Dense tensors and (B, N, H, D) transposed views always are;
+// anything else is copied once.
 at::Tensor aligned_for_16_byte_loads(const at::Tensor& t) {
   bool ok = reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
   for (int d = 0; d < 3; ++d) ok = ok && (t.size(d) == 1 || t.stride(d) % 8 == 0);
@@ -38,6 +41,36 @@ cudaError_t dispatch_head_dim(const flash::FwdParams& params, cudaStream_t strea
   }
   TORCH_CHECK_VALUE(false, "flash_attention cuda: no kernel for head_dim ", params.head_dim);
 }
+
+#ifdef FLASH_ATTENTION_SM90
+// The Hopper kernel family serves compute capability 9.0 and the head dims it instantiates (64, 128, 256, and the
+// sizes that round up to them; TMA zero-fills the padding columns). FLASH_ATTENTION_CUDA_KERNEL=sm80 or =sm90
+// chooses a family (to test or time both on a Hopper GPU); unset, FLASH_ATTENTION_SM90_DEFAULT (a build flag set
+// by the loader) decides.
+bool use_sm90_kernel(int head_dim) {
+  const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
+  if (props->major != 9 || props->minor != 0) return false;
+  const int padded = flash::padded_head_dim(head_dim);
+  if (padded != 64 && padded != 128 && padded != 256) return false;
+  const char* family = std::getenv("FLASH_ATTENTION_CUDA_KERNEL");
+  if (family != nullptr && std::strcmp(family, "sm80") == 0) return false;
+  if (family != nullptr && std::strcmp(family, "sm90") == 0) return true;
+  return FLASH_ATTENTION_SM90_DEFAULT;
+}
+
+template <flash::DType kDType>
+cudaError_t dispatch_head_dim_sm90(const flash::FwdParams& params, cudaStream_t stream) {
+  switch (flash::padded_head_dim(params.head_dim)) {
+    case 64:
+      return flash::run_fwd_sm90<kDType, 64>(params, stream);
+    case 128:
+      return flash::run_fwd_sm90<kDType, 128>(params, stream);
+    case 256:
+      return flash::run_fwd_sm90<kDType, 256>(params, stream);
+  }
+  TORCH_CHECK_VALUE(false, "flash_attention cuda: no SM90 kernel for head_dim ", params.head_dim);
+}
+#endif
 
 std::tuple<at::Tensor, at::Tensor> cuda_fwd(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                                             bool causal, double softmax_scale) {
@@ -91,8 +124,18 @@ std::tuple<at::Tensor, at::Tensor> cuda_fwd(const at::Tensor& q_in, const at::Te
   p.max_smem_per_block = static_cast<int>(at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin);
 
   cudaStream_t stream = at::cuda::getCurrentCUDAStream().stream();
-  const cudaError_t err = dtype == at::kHalf ? dispatch_head_dim<flash::DType::kFloat16>(p, stream)
-                                             : dispatch_head_dim<flash::DType::kBFloat16>(p, stream);
+  const bool half = dtype == at::kHalf;
+  cudaError_t err;
+#ifdef FLASH_ATTENTION_SM90
+  if (use_sm90_kernel(p.head_dim)) {
+    err = half ? dispatch_head_dim_sm90<flash::DType::kFloat16>(p, stream)
+               : dispatch_head_dim_sm90<flash::DType::kBFloat16>(p, stream);
+  } else
+#endif
+  {
+    err = half ? dispatch_head_dim<flash::DType::kFloat16>(p, stream)
+               : dispatch_head_dim<flash::DType::kBFloat16>(p, stream);
+  }
   C10_CUDA_CHECK(err);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (!out_aligned.is_same(out)) out.copy_(out_aligned);

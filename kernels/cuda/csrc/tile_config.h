@@ -4,16 +4,11 @@
 
 #include <cuda_runtime_api.h>
 
-#include <type_traits>
-
 #include "fwd_launch_template.h"
 #include "kernel_traits.h"
 #include "params.h"
 
 namespace flash {
-
-template <DType kDType>
-using element_t = std::conditional_t<kDType == DType::kFloat16, cutlass::half_t, cutlass::bfloat16_t>;
 
 template <int kHeadDim, typename Element>
 cudaError_t run_fwd_for_headdim(const FwdParams& params, cudaStream_t stream) {

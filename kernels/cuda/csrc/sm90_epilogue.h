@@ -1,0 +1,92 @@
+// Epilogue of one consumer warpgroup of the SM90a kernel: O (float32 registers) -> fp16/bf16 into this warpgroup's
+// rows of the query buffer with stmatrix, then one TMA store of the 64 x head_dim tile (TMA clips rows past
+// seqlen_q and columns past head_dim). LSE goes straight from registers to global memory.
+#pragma once
+
+#include <cute/tensor.hpp>
+#include <cutlass/arch/barrier.h>
+
+#include "params.h"
+#include "sm90_mainloop.h"
+#include "utils.h"
+
+namespace flash {
+
+using namespace cute;
+
+template <typename Traits, typename Params, typename TensorO, int kRows>
+__forceinline__ __device__ void sm90_store_output(const Params& params, typename Traits::SharedStorage& storage,
+                                                  TensorO const& acc_o, const float (&lse)[kRows], int consumer,
+                                                  int batch, int head, int m_block) {
+  using Element = typename Traits::Element;
+  constexpr int kHeadDim = Traits::kHeadDim;
+  constexpr int kRowsPerConsumer = Traits::kRowsPerConsumer;
+  const FwdParams& args = params.args;
+  const int tid = threadIdx.x % cutlass::NumThreadsPerWarpGroup;
+  const int row_tile = m_block * Traits::kNumConsumers + consumer;  // in units of kRowsPerConsumer rows
+  const int rows_left = args.seqlen_q - row_tile * kRowsPerConsumer;
+
+  // LSE: the lane holding column 0 of each of its rows writes it.
+  typename Traits::TiledMmaPV mma_pv;
+  auto thr_pv = mma_pv.get_thread_slice(tid);
+  Tensor tOcO = thr_pv.partition_C(make_identity_tensor(Shape<Int<kRowsPerConsumer>, Int<kHeadDim>>{}));
+  Tensor tOcO_rowcol = make_tensor(tOcO.data(), acc_rowcol_layout(tOcO.layout()));
+  if (get<1>(tOcO_rowcol(0, 0)) == 0) {
+    float* lse_tile = args.lse_ptr + (index_t(batch) * args.heads_q + head) * args.seqlen_q +
+                      index_t(row_tile) * kRowsPerConsumer;
+    CUTE_UNROLL
+    for (int r = 0; r < kRows; ++r) {
+      const int row = get<0>(tOcO_rowcol(r, 0));
+      if (row < rows_left) lse_tile[row] = lse[r];
+    }
+  }
+
+  // Registers -> shared. Only this warpgroup read these rows of Q, and its last S GEMM has retired.
+  Tensor sO = local_tile(make_tensor(make_smem_ptr(storage.q.data()), typename Traits::SmemLayoutQ{}),
+                         Shape<Int<kRowsPerConsumer>, Int<kHeadDim>>{}, make_coord(consumer, _0{}));
+  Tensor rO = convert_fragment<Element>(acc_o);
+  auto smem_copy_o = make_tiled_copy_C(typename Traits::SmemCopyAtomO{}, mma_pv);
+  auto smem_thr_copy_o = smem_copy_o.get_thread_slice(tid);
+  Tensor taccOrO = smem_thr_copy_o.retile_S(rO);
+  Tensor taccOsO = smem_thr_copy_o.partition_D(sO);
+  cute::copy(smem_copy_o, taccOrO, taccOsO);
+  cutlass::arch::fence_view_async_shared();  // make the generic-proxy writes visible to the TMA (async proxy)
+  const int epilogue_barrier = int(consumer == 0 ? Sm90Barrier::kEpilogue0 : Sm90Barrier::kEpilogue1);
+  cutlass::arch::NamedBarrier::sync(cutlass::NumThreadsPerWarpGroup, epilogue_barrier);
+
+  if (tid == 0) {
+    Tensor mO = params.tma_o.get_tma_tensor(make_shape(args.seqlen_q, args.head_dim, args.heads_q, args.batch));
+    Tensor gO = local_tile(mO(_, _, head, batch), Shape<Int<kRowsPerConsumer>, Int<kHeadDim>>{},
+                           make_coord(row_tile, _0{}));
+    auto [tOgO, tOsO] = tma_partition(params.tma_o, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sO),
+                                      group_modes<0, 2>(gO));
+    copy(params.tma_o, tOsO, tOgO);
+    tma_store_arrive();
+    tma_store_wait<0>();  // shared memory must outlive the TMA's reads of it
+  }
+}
+
+// A query tile whose rows all see no key (causal with seqlen_q > seqlen_k): O = 0 and LSE = -inf, no loads. Each
+// consumer warpgroup clears its own rows with 16-byte stores.
+template <typename Traits>
+__forceinline__ __device__ void sm90_store_empty_rows(const FwdParams& args, int consumer, int batch, int head,
+                                                      int m_block) {
+  using Element = typename Traits::Element;
+  constexpr int kRowsPerConsumer = Traits::kRowsPerConsumer;
+  constexpr int kVec = 16 / sizeof(Element);
+  const int tid = threadIdx.x % cutlass::NumThreadsPerWarpGroup;
+  const int first_row = (m_block * Traits::kNumConsumers + consumer) * kRowsPerConsumer;
+  const int rows = min(kRowsPerConsumer, args.seqlen_q - first_row);
+  const int vecs_per_row = args.head_dim / kVec;  // head_dim is a multiple of 8
+  Element* out = reinterpret_cast<Element*>(args.o_ptr) + index_t(batch) * args.o_batch_stride +
+                 index_t(head) * args.o_head_stride;
+  for (int i = tid; i < rows * vecs_per_row; i += cutlass::NumThreadsPerWarpGroup) {
+    const int row = first_row + i / vecs_per_row;
+    *reinterpret_cast<uint4*>(out + index_t(row) * args.o_row_stride + (i % vecs_per_row) * kVec) =
+        make_uint4(0, 0, 0, 0);
+  }
+  float* lse = args.lse_ptr + (index_t(batch) * args.heads_q + head) * args.seqlen_q;
+  for (int row = tid; row < rows; row += cutlass::NumThreadsPerWarpGroup) lse[first_row + row] = -INFINITY;
+}
+
+}  // namespace flash

@@ -1,0 +1,81 @@
+// One type per tile configuration of the SM90a (Hopper) forward kernel: the warp roles, the warpgroup MMAs, the
+// shared-memory layouts that TMA writes and wgmma reads, the pipeline depth and the shared storage.
+//
+// A CTA is one producer warpgroup (one thread issues every TMA load) and kBlockM / 64 consumer warpgroups, each
+// owning 64 query rows: S = Q K^T and O += P V are 64 x N warpgroup MMAs, so a row's softmax stays inside one
+// warpgroup (in fact inside one quad of one warp, as on SM80).
+#pragma once
+
+#include <cute/tensor.hpp>
+#include <cutlass/arch/barrier.h>
+#include <cutlass/numeric_types.h>
+#include <cutlass/pipeline/sm90_pipeline.hpp>
+
+namespace flash {
+
+using namespace cute;
+
+template <int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_, typename Element_>
+struct Sm90FwdTraits {
+  using Element = Element_;
+  using ElementAccum = float;
+  using index_t = int64_t;
+
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kBlockM = kBlockM_;
+  static constexpr int kBlockN = kBlockN_;
+  static constexpr int kStages = kStages_;  // K and V each: how many key tiles are in flight
+
+  static constexpr int kRowsPerConsumer = 64;  // the M of one warpgroup MMA
+  static constexpr int kNumConsumers = kBlockM / kRowsPerConsumer;
+  static constexpr int kNThreads = 128 * (1 + kNumConsumers);
+  // setmaxnreg: the producer only issues TMA, so it gives its registers to the consumers, which hold O and S.
+  // 128 * (24 + 2 * 240) = 64,512 <= 65,536 registers per SM.
+  static constexpr int kProducerRegs = kNumConsumers == 2 ? 24 : 32;
+  static constexpr int kConsumerRegs = kNumConsumers == 2 ? 240 : 160;
+
+  static_assert(kHeadDim % 64 == 0 && kHeadDim <= 256, "rows of 128 bytes: the 128-byte swizzle");
+  static_assert(kBlockM % kRowsPerConsumer == 0 && kNumConsumers <= 2, "");
+  static_assert(kBlockN % 16 == 0 && kBlockN <= 256, "P V consumes whole k16 slices; wgmma N <= 256");
+
+  // Per warpgroup: S (64 x kBlockN) from Q and K both in shared memory; O (64 x kHeadDim) from P in registers and V
+  // in shared memory, V read "MN-major" (its rows are the K dimension of that GEMM).
+  using TiledMmaQK = decltype(make_tiled_mma(
+      GMMA::ss_op_selector<Element, Element, ElementAccum,
+                           Shape<Int<kRowsPerConsumer>, Int<kBlockN>, Int<kHeadDim>>>()));
+  using TiledMmaPV = decltype(make_tiled_mma(
+      GMMA::rs_op_selector<Element, Element, ElementAccum, Shape<Int<kRowsPerConsumer>, Int<kHeadDim>, Int<kBlockN>>,
+                           GMMA::Major::K, GMMA::Major::MN>()));
+
+  // Every tile is stored row-major with 128-byte rows swizzled in 8-row (1 KiB) atoms: the layout TMA writes and
+  // wgmma's descriptors read without bank conflicts.
+  using SmemAtom = GMMA::Layout_K_SW128_Atom<Element>;
+  using SmemLayoutQ = decltype(tile_to_shape(SmemAtom{}, Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+  using SmemLayoutQConsumer = decltype(tile_to_shape(SmemAtom{}, Shape<Int<kRowsPerConsumer>, Int<kHeadDim>>{}));
+  using SmemLayoutK = decltype(tile_to_shape(SmemAtom{}, Shape<Int<kBlockN>, Int<kHeadDim>, Int<kStages>>{}));
+  using SmemLayoutV = SmemLayoutK;
+  // The same V bytes seen as (head_dim, kBlockN, stage): the B operand of O += P V.
+  using SmemLayoutVt = decltype(composition(
+      SmemLayoutV{}, make_ordered_layout(Shape<Int<kHeadDim>, Int<kBlockN>, Int<kStages>>{}, Step<_2, _1, _3>{})));
+  // O is staged in the query buffer (each consumer in its own 64 rows, which only it read) for the TMA store.
+  using SmemLayoutO = SmemLayoutQConsumer;
+  using SmemCopyAtomO = Copy_Atom<SM90_U32x4_STSM_N, Element>;
+
+  using Pipeline = cutlass::PipelineTmaAsync<kStages>;
+  using PipelineState = typename Pipeline::PipelineState;
+
+  static constexpr uint32_t kQBytes = kBlockM * kHeadDim * sizeof(Element);
+  static constexpr uint32_t kKVTileBytes = kBlockN * kHeadDim * sizeof(Element);
+
+  struct SharedStorage {
+    cute::array_aligned<Element, cute::cosize_v<SmemLayoutQ>, 1024> q;
+    cute::array_aligned<Element, cute::cosize_v<SmemLayoutK>, 1024> k;
+    cute::array_aligned<Element, cute::cosize_v<SmemLayoutV>, 1024> v;
+    typename Pipeline::SharedStorage pipeline_k;
+    typename Pipeline::SharedStorage pipeline_v;
+    cutlass::arch::ClusterTransactionBarrier barrier_q;
+  };
+  static constexpr int kSmemSize = int(sizeof(SharedStorage));
+};
+
+}  // namespace flash

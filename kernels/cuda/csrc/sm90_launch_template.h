@@ -1,0 +1,66 @@
+// Host side of one SM90a instantiation: TMA descriptors over the caller's strides, the grid and the launch.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cute/tensor.hpp>
+
+#include "fwd_launch_api.h"
+#include "launch_utils.h"
+#include "params.h"
+#include "sm90_fwd_kernel.h"
+#include "sm90_kernel_traits.h"
+#include "static_switch.h"
+
+namespace flash {
+
+// (rows, head_dim, heads, batch) view of one operand for a TMA descriptor. The binding zeroes the strides of
+// size-1 dims; a descriptor wants every stride a positive multiple of 16 bytes, so those get the stride a packed
+// tensor would have (never used to address anything: their only index is 0).
+template <typename Element>
+auto tma_gmem_view(const void* ptr, const FwdParams& args, int rows, int heads, index_t row_stride,
+                   index_t head_stride, index_t batch_stride) {
+  if (rows == 1) row_stride = (args.head_dim + 7) / 8 * 8;
+  if (heads == 1) head_stride = row_stride * rows;
+  if (args.batch == 1) batch_stride = head_stride * heads;
+  return make_tensor(make_gmem_ptr(reinterpret_cast<Element*>(const_cast<void*>(ptr))),
+                     make_shape(rows, args.head_dim, heads, args.batch),
+                     make_stride(row_stride, _1{}, head_stride, batch_stride));
+}
+
+template <typename Traits, bool kCausal>
+cudaError_t launch_fwd_sm90(const FwdParams& args, cudaStream_t stream) {
+  using Element = typename Traits::Element;
+  using TileQ = Shape<Int<Traits::kBlockM>, Int<Traits::kHeadDim>>;
+  using TileKV = Shape<Int<Traits::kBlockN>, Int<Traits::kHeadDim>>;
+  using TileO = Shape<Int<Traits::kRowsPerConsumer>, Int<Traits::kHeadDim>>;
+
+  auto q = tma_gmem_view<Element>(args.q_ptr, args, args.seqlen_q, args.heads_q, args.q_row_stride,
+                                  args.q_head_stride, args.q_batch_stride);
+  auto k = tma_gmem_view<Element>(args.k_ptr, args, args.seqlen_k, args.heads_kv, args.k_row_stride,
+                                  args.k_head_stride, args.k_batch_stride);
+  auto v = tma_gmem_view<Element>(args.v_ptr, args, args.seqlen_k, args.heads_kv, args.v_row_stride,
+                                  args.v_head_stride, args.v_batch_stride);
+  auto o = tma_gmem_view<Element>(args.o_ptr, args, args.seqlen_q, args.heads_q, args.o_row_stride,
+                                  args.o_head_stride, args.o_batch_stride);
+  auto tma_q = make_tma_copy(SM90_TMA_LOAD{}, q, typename Traits::SmemLayoutQ{}, TileQ{}, _1{});
+  auto tma_k = make_tma_copy(SM90_TMA_LOAD{}, k, take<0, 2>(typename Traits::SmemLayoutK{}), TileKV{}, _1{});
+  auto tma_v = make_tma_copy(SM90_TMA_LOAD{}, v, take<0, 2>(typename Traits::SmemLayoutV{}), TileKV{}, _1{});
+  auto tma_o = make_tma_copy(SM90_TMA_STORE{}, o, typename Traits::SmemLayoutO{}, TileO{}, _1{});
+  using Params = Sm90FwdParams<decltype(tma_q), decltype(tma_k), decltype(tma_v), decltype(tma_o)>;
+  const Params params{args, tma_q, tma_k, tma_v, tma_o};
+
+  constexpr auto kernel = &flash_fwd_sm90_kernel<Traits, kCausal, Params>;
+  cudaError_t err = opt_in_shared_memory<kernel>(Traits::kSmemSize);
+  if (err != cudaSuccess) return err;
+  const dim3 grid = fwd_grid(args, Traits::kBlockM);
+  kernel<<<grid, Traits::kNThreads, Traits::kSmemSize, stream>>>(params);
+  return cudaGetLastError();
+}
+
+template <typename Traits>
+cudaError_t launch_fwd_sm90_causal_switch(const FwdParams& params, cudaStream_t stream) {
+  return FLASH_BOOL_SWITCH(params.causal, kCausal, [&] { return launch_fwd_sm90<Traits, kCausal>(params, stream); });
+}
+
+}  // namespace flash

@@ -1,0 +1,210 @@
+// The two halves of the SM90a mainloop: the producer, one thread that issues TMA loads of Q once and of K and V per
+// key tile into a kStages-deep mbarrier pipeline, and the consumers, warpgroups that run S = Q K^T and O += P V as
+// warpgroup MMAs with the online softmax in registers between them.
+//
+// A consumer overlaps inside itself and with its sibling:
+//   - within a warpgroup, S of tile n is issued before O += P V of tile n+1 (the previous P), so the softmax of n
+//     runs while that P V is still on the tensor cores;
+//   - between the two consumer warpgroups, named barriers hand the right to issue GEMMs back and forth (ping-pong),
+//     so one warpgroup's softmax overlaps the other's GEMMs instead of both competing for the tensor cores at once.
+#pragma once
+
+#include <cute/tensor.hpp>
+#include <cutlass/arch/barrier.h>
+
+#include "mask.h"
+#include "params.h"
+#include "softmax.h"
+#include "utils.h"
+
+namespace flash {
+
+using namespace cute;
+
+// Named barriers (0 is __syncthreads): the two ping-pong turns, then one per consumer for its epilogue.
+enum class Sm90Barrier : int { kTurnConsumer0 = 1, kTurnConsumer1 = 2, kEpilogue0 = 3, kEpilogue1 = 4 };
+
+// acc (+)= A * B as warpgroup MMAs over the K slices. A is descriptors (shared memory) or registers (P). The batch is
+// committed; kWait >= 0 waits until at most kWait batches are still in flight, -1 returns at once.
+template <bool kZeroInit, int kWait, typename TiledMma, typename TensorA, typename TensorB, typename TensorC>
+__forceinline__ __device__ void warpgroup_gemm(TiledMma& tiled_mma, TensorA& tCrA, TensorB const& tCrB,
+                                               TensorC& tCrC) {
+  constexpr bool kRegisterA = !cute::is_base_of<GMMA::DescriptorIterator, typename TiledMma::FrgTypeA>::value;
+  if constexpr (kRegisterA) warpgroup_fence_operand(tCrA);
+  warpgroup_fence_operand(tCrC);
+  warpgroup_arrive();
+  tiled_mma.accumulate_ = kZeroInit ? GMMA::ScaleOut::Zero : GMMA::ScaleOut::One;
+  CUTE_UNROLL
+  for (int k = 0; k < size<2>(tCrA); ++k) {
+    cute::gemm(tiled_mma, tCrA(_, _, k), tCrB(_, _, k), tCrC);
+    tiled_mma.accumulate_ = GMMA::ScaleOut::One;
+  }
+  warpgroup_commit_batch();
+  if constexpr (kWait >= 0) warpgroup_wait<kWait>();
+  warpgroup_fence_operand(tCrC);
+  if constexpr (kRegisterA) warpgroup_fence_operand(tCrA);
+}
+
+// Producer: Q, then K[n] and V[n] for n = n_block_max - 1 down to 0 (the consumers' order: masked tiles first).
+template <typename Traits, typename Params>
+__forceinline__ __device__ void sm90_load(const Params& params, typename Traits::SharedStorage& storage,
+                                          typename Traits::Pipeline& pipeline_k,
+                                          typename Traits::Pipeline& pipeline_v, int batch, int head, int head_kv,
+                                          int m_block, int n_block_max) {
+  using Pipeline = typename Traits::Pipeline;
+  constexpr int kBlockM = Traits::kBlockM;
+  constexpr int kBlockN = Traits::kBlockN;
+  constexpr int kHeadDim = Traits::kHeadDim;
+  const FwdParams& args = params.args;
+
+  Tensor sQ = make_tensor(make_smem_ptr(storage.q.data()), typename Traits::SmemLayoutQ{});
+  Tensor sK = make_tensor(make_smem_ptr(storage.k.data()), typename Traits::SmemLayoutK{});
+  Tensor sV = make_tensor(make_smem_ptr(storage.v.data()), typename Traits::SmemLayoutV{});
+
+  // TMA views of the whole tensors, (rows, head_dim, heads, batch); rows and head-dim columns past the end arrive
+  // as zeros, which the mask (rows of K) and the zero columns (head_dim) make harmless.
+  Tensor mQ = params.tma_q.get_tma_tensor(make_shape(args.seqlen_q, args.head_dim, args.heads_q, args.batch));
+  Tensor mK = params.tma_k.get_tma_tensor(make_shape(args.seqlen_k, args.head_dim, args.heads_kv, args.batch));
+  Tensor mV = params.tma_v.get_tma_tensor(make_shape(args.seqlen_k, args.head_dim, args.heads_kv, args.batch));
+  Tensor gQ = local_tile(mQ(_, _, head, batch), Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(m_block, _0{}));
+  Tensor gK = local_tile(mK(_, _, head_kv, batch), Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(_, _0{}));
+  Tensor gV = local_tile(mV(_, _, head_kv, batch), Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(_, _0{}));
+
+  auto [tQgQ, tQsQ] = tma_partition(params.tma_q, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sQ),
+                                    group_modes<0, 2>(gQ));
+  auto [tKgK, tKsK] = tma_partition(params.tma_k, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sK),
+                                    group_modes<0, 2>(gK));  // (TMA, n), (TMA, stage)
+  auto [tVgV, tVsV] = tma_partition(params.tma_v, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sV),
+                                    group_modes<0, 2>(gV));
+
+  storage.barrier_q.arrive_and_expect_tx(Traits::kQBytes);
+  copy(params.tma_q.with(reinterpret_cast<uint64_t&>(storage.barrier_q)), tQgQ, tQsQ);
+
+  typename Traits::PipelineState state = cutlass::make_producer_start_state<Pipeline>();
+  CUTE_NO_UNROLL
+  for (int n_block = n_block_max - 1; n_block >= 0; --n_block) {
+    pipeline_k.producer_acquire(state);
+    copy(params.tma_k.with(*pipeline_k.producer_get_barrier(state)), tKgK(_, n_block), tKsK(_, state.index()));
+    pipeline_v.producer_acquire(state);
+    copy(params.tma_v.with(*pipeline_v.producer_get_barrier(state)), tVgV(_, n_block), tVsV(_, state.index()));
+    ++state;
+  }
+}
+
+// Consumer: this warpgroup's 64 query rows against every key tile. Returns with acc_o normalised and lse filled.
+template <typename Traits, bool kCausal, typename TensorO, int kRows>
+__forceinline__ __device__ void sm90_mma(const FwdParams& args, typename Traits::SharedStorage& storage,
+                                         typename Traits::Pipeline& pipeline_k,
+                                         typename Traits::Pipeline& pipeline_v, TensorO& acc_o,
+                                         float (&lse)[kRows], int consumer, int m_block, KeyTileRange range) {
+  using Element = typename Traits::Element;
+  constexpr int kBlockM = Traits::kBlockM;
+  constexpr int kBlockN = Traits::kBlockN;
+  constexpr int kHeadDim = Traits::kHeadDim;
+  constexpr int kRowsPerConsumer = Traits::kRowsPerConsumer;
+  constexpr bool kPingPong = Traits::kNumConsumers == 2;
+  const int tid = threadIdx.x % cutlass::NumThreadsPerWarpGroup;
+
+  Tensor sQ = make_tensor(make_smem_ptr(storage.q.data()), typename Traits::SmemLayoutQ{});
+  Tensor sQc = local_tile(sQ, Shape<Int<kRowsPerConsumer>, Int<kHeadDim>>{}, make_coord(consumer, _0{}));
+  Tensor sK = make_tensor(make_smem_ptr(storage.k.data()), typename Traits::SmemLayoutK{});
+  Tensor sVt = make_tensor(make_smem_ptr(storage.v.data()), typename Traits::SmemLayoutVt{});
+
+  typename Traits::TiledMmaQK mma_qk;
+  typename Traits::TiledMmaPV mma_pv;
+  auto thr_qk = mma_qk.get_thread_slice(tid);
+  auto thr_pv = mma_pv.get_thread_slice(tid);
+  Tensor tSrQ = thr_qk.partition_fragment_A(sQc);  // (MMA, 1, kHeadDim / 16) descriptors
+  Tensor tSrK = thr_qk.partition_fragment_B(sK);   // (MMA, 1, kHeadDim / 16, stage)
+  Tensor tOrV = thr_pv.partition_fragment_B(sVt);  // (MMA, 1, kBlockN / 16, stage)
+  Tensor tScS = thr_qk.partition_C(make_identity_tensor(Shape<Int<kRowsPerConsumer>, Int<kBlockN>>{}));
+  const int row_offset = m_block * kBlockM + consumer * kRowsPerConsumer;
+
+  // Ping-pong: wait for this warpgroup's turn to issue GEMMs, then hand the turn to the sibling.
+  const int my_turn = int(consumer == 0 ? Sm90Barrier::kTurnConsumer0 : Sm90Barrier::kTurnConsumer1);
+  const int other_turn = int(consumer == 0 ? Sm90Barrier::kTurnConsumer1 : Sm90Barrier::kTurnConsumer0);
+  auto wait_turn = [&] {
+    if constexpr (kPingPong) cutlass::arch::NamedBarrier::sync(2 * cutlass::NumThreadsPerWarpGroup, my_turn);
+  };
+  auto pass_turn = [&] {
+    if constexpr (kPingPong) cutlass::arch::NamedBarrier::arrive(2 * cutlass::NumThreadsPerWarpGroup, other_turn);
+  };
+  if constexpr (kPingPong) {
+    if (consumer == 1) pass_turn();  // consumer 0 goes first
+  }
+
+  OnlineSoftmax<kRows> softmax;
+  float correction[kRows];
+  typename Traits::PipelineState state_k, state_v;
+  Tensor rP = make_tensor<Element>(partition_fragment_C(mma_qk, Shape<Int<kRowsPerConsumer>, Int<kBlockN>>{}).layout());
+  clear(acc_o);
+
+  storage.barrier_q.wait(0);
+
+  // The first (last-in-memory) key tile: the only one that can be partial, and where the causal diagonal is.
+  int n_block = range.n_block_max - 1;
+  {
+    Tensor acc_s = partition_fragment_C(mma_qk, Shape<Int<kRowsPerConsumer>, Int<kBlockN>>{});
+    pipeline_k.consumer_wait(state_k);
+    wait_turn();
+    warpgroup_gemm<true, -1>(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), acc_s);
+    pass_turn();
+    warpgroup_wait<0>();
+    pipeline_k.consumer_release(state_k);
+    ++state_k;
+    if (n_block >= range.n_block_unmasked_end) {
+      apply_mask<kCausal>(acc_s, tScS, row_offset, n_block * kBlockN, args.seqlen_q, args.seqlen_k);
+    }
+    softmax.template exponentiate<true>(acc_s, args.scale_log2, correction);
+    rP = convert_fragment<Element>(acc_s);
+  }
+
+  // Steady state: S[n] and O += P[n+1] V[n+1] in flight together; softmax of S[n] while P V runs.
+  auto step = [&](int n, auto needs_mask) __attribute__((always_inline)) {
+    Tensor acc_s = partition_fragment_C(mma_qk, Shape<Int<kRowsPerConsumer>, Int<kBlockN>>{});
+    Tensor tOrP = make_tensor(rP.data(), wgmma_acc_as_operand_a_layout(rP.layout()));
+    pipeline_k.consumer_wait(state_k);
+    wait_turn();
+    warpgroup_gemm<true, -1>(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), acc_s);
+    softmax.rescale_o(acc_o, correction);  // the previous P V retired at the end of the last step
+    pipeline_v.consumer_wait(state_v);
+    warpgroup_gemm<false, -1>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), acc_o);
+    pass_turn();
+    warpgroup_wait<1>();  // S[n] is done; P V may still run
+    pipeline_k.consumer_release(state_k);
+    ++state_k;
+    if constexpr (decltype(needs_mask)::value) {
+      apply_mask<kCausal>(acc_s, tScS, row_offset, n * kBlockN, args.seqlen_q, args.seqlen_k);
+    }
+    softmax.template exponentiate<false>(acc_s, args.scale_log2, correction);
+    warpgroup_wait<0>();  // P V done: rP and V's stage are free
+    pipeline_v.consumer_release(state_v);
+    ++state_v;
+    rP = convert_fragment<Element>(acc_s);
+  };
+  --n_block;
+  CUTE_NO_UNROLL
+  for (; n_block >= range.n_block_unmasked_end; --n_block) step(n_block, cute::true_type{});
+  CUTE_NO_UNROLL
+  for (; n_block >= 0; --n_block) step(n_block, cute::false_type{});
+
+  // The last P V.
+  {
+    Tensor tOrP = make_tensor(rP.data(), wgmma_acc_as_operand_a_layout(rP.layout()));
+    softmax.rescale_o(acc_o, correction);
+    pipeline_v.consumer_wait(state_v);
+    wait_turn();
+    warpgroup_gemm<false, 0>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), acc_o);
+    pass_turn();
+    pipeline_v.consumer_release(state_v);
+  }
+  // Consumer 1 passed the turn once more than consumer 0 waited for it; take that arrival so no barrier is left
+  // half-full when the CTA exits.
+  if constexpr (kPingPong) {
+    if (consumer == 0) wait_turn();
+  }
+
+  softmax.finalize(acc_o, args.softmax_scale, lse);
+}
+
+}  // namespace flash

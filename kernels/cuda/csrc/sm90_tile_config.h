@@ -1,0 +1,26 @@
+// Tile shape per head dim for the SM90a kernel: 128 query rows (two consumer warpgroups of 64) per CTA; the key
+// tile as wide as the registers allow (a consumer holds O, 64 x head_dim, and S, 64 x kBlockN, in float32) and the
+// shared memory fits (Q + kStages x (K + V) tiles <= 227 KiB).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include "params.h"
+#include "sm90_kernel_traits.h"
+#include "sm90_launch_template.h"
+
+namespace flash {
+
+template <int kHeadDim, typename Element>
+cudaError_t run_fwd_sm90_for_headdim(const FwdParams& params, cudaStream_t stream) {
+  static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256, "SM90 head dims: 64, 128, 256");
+  if constexpr (kHeadDim == 64) {
+    return launch_fwd_sm90_causal_switch<Sm90FwdTraits<64, 128, 128, 3, Element>>(params, stream);   // 112 KiB
+  } else if constexpr (kHeadDim == 128) {
+    return launch_fwd_sm90_causal_switch<Sm90FwdTraits<128, 128, 128, 2, Element>>(params, stream);  // 160 KiB
+  } else {
+    return launch_fwd_sm90_causal_switch<Sm90FwdTraits<256, 128, 64, 2, Element>>(params, stream);   // 192 KiB
+  }
+}
+
+}  // namespace flash
