@@ -46,9 +46,12 @@ def test_sources_are_one_binding_and_one_unit_per_instantiation():
         assert names.count("binding.cpp") == 1
         for d in (32, 64, 96, 128, 160, 192, 256):
             for t in ("fp16", "bf16"):
-                assert f"fwd_hdim{d}_{t}.cu" in names
-                # The wgmma family is sm_90a code: built for compute capability 9.0 and nowhere else.
-                assert (f"fwd_sm90_hdim{d}_{t}.cu" in names) == (arch == "90" and d in (64, 128, 256)), (arch, d)
+                for mask in ("", "_causal"):
+                    assert f"fwd_hdim{d}_{t}{mask}.cu" in names
+                    # The wgmma family is sm_90a code: built for compute capability 9.0 and nowhere else.
+                    sm90 = f"fwd_sm90_hdim{d}_{t}{mask}.cu" in names
+                    assert sm90 == (arch == "90" and d in (64, 128, 256)), (arch, d)
+        assert len(names) == 1 + 28 + (12 if arch == "90" else 0)
     assert "-gencode=arch=compute_90a,code=sm_90a" in _loader.arch_flags("90")
     assert "-DFLASH_ATTENTION_SM90" in _loader.host_flags("90")
     assert "-DFLASH_ATTENTION_SM90" not in _loader.host_flags("80") + _loader.arch_flags("80")

@@ -30,12 +30,12 @@ at::Tensor aligned_for_16_byte_loads(const at::Tensor& t) {
 // Strides of dims of size 1 are never multiplied by a nonzero index; zero them so odd values cannot matter.
 int64_t used_stride(const at::Tensor& t, int dim) { return t.size(dim) == 1 ? 0 : t.stride(dim); }
 
-template <flash::DType kDType>
+template <flash::DType kDType, bool kCausal>
 cudaError_t dispatch_head_dim(const flash::FwdParams& params, cudaStream_t stream) {
   switch (flash::padded_head_dim(params.head_dim)) {
 #define FLASH_CASE(D) \
   case D:             \
-    return flash::run_fwd<kDType, D>(params, stream);
+    return flash::run_fwd<kDType, D, kCausal>(params, stream);
     FLASH_FOR_EACH_HEADDIM(FLASH_CASE)
 #undef FLASH_CASE
   }
@@ -58,15 +58,15 @@ bool use_sm90_kernel(int head_dim) {
   return FLASH_ATTENTION_SM90_DEFAULT;
 }
 
-template <flash::DType kDType>
+template <flash::DType kDType, bool kCausal>
 cudaError_t dispatch_head_dim_sm90(const flash::FwdParams& params, cudaStream_t stream) {
   switch (flash::padded_head_dim(params.head_dim)) {
     case 64:
-      return flash::run_fwd_sm90<kDType, 64>(params, stream);
+      return flash::run_fwd_sm90<kDType, 64, kCausal>(params, stream);
     case 128:
-      return flash::run_fwd_sm90<kDType, 128>(params, stream);
+      return flash::run_fwd_sm90<kDType, 128, kCausal>(params, stream);
     case 256:
-      return flash::run_fwd_sm90<kDType, 256>(params, stream);
+      return flash::run_fwd_sm90<kDType, 256, kCausal>(params, stream);
   }
   TORCH_CHECK_VALUE(false, "flash_attention cuda: no SM90 kernel for head_dim ", params.head_dim);
 }
@@ -125,17 +125,19 @@ std::tuple<at::Tensor, at::Tensor> cuda_fwd(const at::Tensor& q_in, const at::Te
 
   cudaStream_t stream = at::cuda::getCurrentCUDAStream().stream();
   const bool half = dtype == at::kHalf;
-  cudaError_t err;
 #ifdef FLASH_ATTENTION_SM90
-  if (use_sm90_kernel(p.head_dim)) {
-    err = half ? dispatch_head_dim_sm90<flash::DType::kFloat16>(p, stream)
-               : dispatch_head_dim_sm90<flash::DType::kBFloat16>(p, stream);
-  } else
+  const bool sm90 = use_sm90_kernel(p.head_dim);
 #endif
-  {
-    err = half ? dispatch_head_dim<flash::DType::kFloat16>(p, stream)
-               : dispatch_head_dim<flash::DType::kBFloat16>(p, stream);
-  }
+  const cudaError_t err = FLASH_BOOL_SWITCH(causal, kCausal, [&] {
+#ifdef FLASH_ATTENTION_SM90
+    if (sm90) {
+      return half ? dispatch_head_dim_sm90<flash::DType::kFloat16, kCausal>(p, stream)
+                  : dispatch_head_dim_sm90<flash::DType::kBFloat16, kCausal>(p, stream);
+    }
+#endif
+    return half ? dispatch_head_dim<flash::DType::kFloat16, kCausal>(p, stream)
+                : dispatch_head_dim<flash::DType::kBFloat16, kCausal>(p, stream);
+  });
   C10_CUDA_CHECK(err);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (!out_aligned.is_same(out)) out.copy_(out_aligned);

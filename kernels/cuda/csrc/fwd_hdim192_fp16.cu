@@ -1,9 +1,9 @@
-// Instantiation: head_dim 192, fp16. One file per (head_dim, dtype) so the build compiles them in parallel.
+// Instantiation: head_dim 192, fp16, no mask. One file per (family, head_dim, dtype, causal) so the build runs them in parallel.
 #include "tile_config.h"
 
 namespace flash {
 template <>
-cudaError_t run_fwd<DType::kFloat16, 192>(const FwdParams& params, cudaStream_t stream) {
-  return run_fwd_for_headdim<192, element_t<DType::kFloat16>>(params, stream);
+cudaError_t run_fwd<DType::kFloat16, 192, false>(const FwdParams& params, cudaStream_t stream) {
+  return run_fwd_for_headdim<192, element_t<DType::kFloat16>, false>(params, stream);
 }
 }  // namespace flash

@@ -8,7 +8,6 @@
 #include "kernel_traits.h"
 #include "launch_utils.h"
 #include "params.h"
-#include "static_switch.h"
 
 namespace flash {
 
@@ -19,11 +18,6 @@ cudaError_t launch_fwd(const FwdParams& params, cudaStream_t stream) {
   if (err != cudaSuccess) return err;
   kernel<<<fwd_grid(params, Traits::kBlockM), Traits::kNThreads, Traits::kSmemSize, stream>>>(params);
   return cudaGetLastError();
-}
-
-template <typename Traits>
-cudaError_t launch_fwd_causal_switch(const FwdParams& params, cudaStream_t stream) {
-  return FLASH_BOOL_SWITCH(params.causal, kCausal, [&] { return launch_fwd<Traits, kCausal>(params, stream); });
 }
 
 }  // namespace flash

@@ -10,7 +10,6 @@
 #include "params.h"
 #include "sm90_fwd_kernel.h"
 #include "sm90_kernel_traits.h"
-#include "static_switch.h"
 
 namespace flash {
 
@@ -56,11 +55,6 @@ cudaError_t launch_fwd_sm90(const FwdParams& args, cudaStream_t stream) {
   const dim3 grid = fwd_grid(args, Traits::kBlockM);
   kernel<<<grid, Traits::kNThreads, Traits::kSmemSize, stream>>>(params);
   return cudaGetLastError();
-}
-
-template <typename Traits>
-cudaError_t launch_fwd_sm90_causal_switch(const FwdParams& params, cudaStream_t stream) {
-  return FLASH_BOOL_SWITCH(params.causal, kCausal, [&] { return launch_fwd_sm90<Traits, kCausal>(params, stream); });
 }
 
 }  // namespace flash

@@ -11,15 +11,15 @@
 
 namespace flash {
 
-template <int kHeadDim, typename Element>
+template <int kHeadDim, typename Element, bool kCausal>
 cudaError_t run_fwd_sm90_for_headdim(const FwdParams& params, cudaStream_t stream) {
   static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256, "SM90 head dims: 64, 128, 256");
   if constexpr (kHeadDim == 64) {
-    return launch_fwd_sm90_causal_switch<Sm90FwdTraits<64, 128, 128, 3, Element>>(params, stream);   // 112 KiB
+    return launch_fwd_sm90<Sm90FwdTraits<64, 128, 128, 3, Element>, kCausal>(params, stream);   // 112 KiB
   } else if constexpr (kHeadDim == 128) {
-    return launch_fwd_sm90_causal_switch<Sm90FwdTraits<128, 128, 128, 2, Element>>(params, stream);  // 160 KiB
+    return launch_fwd_sm90<Sm90FwdTraits<128, 128, 128, 2, Element>, kCausal>(params, stream);  // 160 KiB
   } else {
-    return launch_fwd_sm90_causal_switch<Sm90FwdTraits<256, 128, 64, 2, Element>>(params, stream);   // 192 KiB
+    return launch_fwd_sm90<Sm90FwdTraits<256, 128, 64, 2, Element>, kCausal>(params, stream);   // 192 KiB
   }
 }
 

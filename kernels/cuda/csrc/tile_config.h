@@ -10,20 +10,20 @@
 
 namespace flash {
 
-template <int kHeadDim, typename Element>
+template <int kHeadDim, typename Element, bool kCausal>
 cudaError_t run_fwd_for_headdim(const FwdParams& params, cudaStream_t stream) {
   if constexpr (kHeadDim <= 64) {
-    return launch_fwd_causal_switch<FwdKernelTraits<kHeadDim, 128, 128, 4, Element>>(params, stream);
+    return launch_fwd<FwdKernelTraits<kHeadDim, 128, 128, 4, Element>, kCausal>(params, stream);
   } else if constexpr (kHeadDim <= 128) {
-    return launch_fwd_causal_switch<FwdKernelTraits<kHeadDim, 128, 64, 4, Element>>(params, stream);
+    return launch_fwd<FwdKernelTraits<kHeadDim, 128, 64, 4, Element>, kCausal>(params, stream);
   } else if constexpr (kHeadDim <= 192) {
-    return launch_fwd_causal_switch<FwdKernelTraits<kHeadDim, 128, 64, 8, Element>>(params, stream);
+    return launch_fwd<FwdKernelTraits<kHeadDim, 128, 64, 8, Element>, kCausal>(params, stream);
   } else {
     // 128x64 needs 128 KiB of shared memory (A100, H100); GPUs with ~100 KiB (sm86/sm89) get 64x64.
     using Big = FwdKernelTraits<kHeadDim, 128, 64, 8, Element>;
     using Small = FwdKernelTraits<kHeadDim, 64, 64, 4, Element>;
-    if (params.max_smem_per_block >= Big::kSmemSize) return launch_fwd_causal_switch<Big>(params, stream);
-    return launch_fwd_causal_switch<Small>(params, stream);
+    if (params.max_smem_per_block >= Big::kSmemSize) return launch_fwd<Big, kCausal>(params, stream);
+    return launch_fwd<Small, kCausal>(params, stream);
   }
 }
 

@@ -1,0 +1,9 @@
+// Instantiation: head_dim 128, bf16, causal. One file per (family, head_dim, dtype, causal) so the build runs them in parallel.
+#include "tile_config.h"
+
+namespace flash {
+template <>
+cudaError_t run_fwd<DType::kBFloat16, 128, true>(const FwdParams& params, cudaStream_t stream) {
+  return run_fwd_for_headdim<128, element_t<DType::kBFloat16>, true>(params, stream);
+}
+}  // namespace flash

@@ -1,0 +1,9 @@
+// Instantiation: SM90a kernel, head_dim 64, fp16, causal. One file per (family, head_dim, dtype, causal) so the build runs them in parallel.
+#include "sm90_tile_config.h"
+
+namespace flash {
+template <>
+cudaError_t run_fwd_sm90<DType::kFloat16, 64, true>(const FwdParams& params, cudaStream_t stream) {
+  return run_fwd_sm90_for_headdim<64, element_t<DType::kFloat16>, true>(params, stream);
+}
+}  // namespace flash
