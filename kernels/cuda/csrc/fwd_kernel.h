@@ -11,6 +11,7 @@
 #include "mask.h"
 #include "params.h"
 #include "softmax.h"
+#include "tile_scheduler.h"
 #include "utils.h"
 
 namespace flash {
@@ -28,14 +29,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm80_kernel(co
   extern __shared__ __align__(128) char smem[];
   const int tid = threadIdx.x;
 
-  // Grid: x = query tile; (y, z) = batch * heads folded linearly, y < 65,536, so any batch * heads works. Causal
-  // grids run the longest rows (the last query tiles) first to shorten the tail.
-  const index_t bh = index_t(blockIdx.z) * gridDim.y + blockIdx.y;
-  if (bh >= index_t(params.batch) * params.heads_q) return;
-  const int batch = int(bh / params.heads_q);
-  const int head = int(bh % params.heads_q);
-  const int head_kv = head / params.group;
-  const int m_block = kCausal ? int(gridDim.x) - 1 - int(blockIdx.x) : int(blockIdx.x);
+  const TileCoord tile = current_tile<kCausal>(params);
+  if (!tile.valid) return;
+  const int batch = tile.batch, head = tile.head, head_kv = tile.head_kv, m_block = tile.m_block;
   const int rows_left = params.seqlen_q - m_block * kBlockM;
 
   const index_t q_offset = batch * params.q_batch_stride + head * params.q_head_stride +
@@ -43,7 +39,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm80_kernel(co
   const index_t o_offset = batch * params.o_batch_stride + head * params.o_head_stride +
                            index_t(m_block) * kBlockM * params.o_row_stride;
   Element* o_tile_ptr = reinterpret_cast<Element*>(params.o_ptr) + o_offset;
-  float* lse_tile_ptr = params.lse_ptr + bh * params.seqlen_q + index_t(m_block) * kBlockM;
+  float* lse_tile_ptr = params.lse_ptr + (index_t(batch) * params.heads_q + head) * params.seqlen_q +
+                       index_t(m_block) * kBlockM;
 
   const KeyTileRange range = key_tile_range<kCausal, kBlockM, kBlockN>(m_block, params.seqlen_q, params.seqlen_k);
   if (range.n_block_max <= 0) {

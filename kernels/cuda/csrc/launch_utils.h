@@ -3,7 +3,7 @@
 
 #include <cuda_runtime_api.h>
 
-#include "params.h"
+#include "tile_scheduler.h"
 
 namespace flash {
 
@@ -23,16 +23,6 @@ cudaError_t opt_in_shared_memory(int bytes) {
   err = cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
   if (err == cudaSuccess && device < kMaxDevices) opted_in[device] = true;
   return err;
-}
-
-// x: query tiles (limit 2^31 - 1). batch * heads is folded over y (< 65,536) and z, and CTAs past the end exit, so
-// 100k (or 4 billion) batch * heads needs no second launch.
-inline dim3 fwd_grid(const FwdParams& params, int block_m) {
-  const long long num_m_blocks = (params.seqlen_q + block_m - 1) / block_m;
-  const long long bh = static_cast<long long>(params.batch) * params.heads_q;
-  const unsigned grid_y = static_cast<unsigned>(bh < 65535 ? bh : 65535);
-  const unsigned grid_z = static_cast<unsigned>((bh + grid_y - 1) / grid_y);
-  return dim3(static_cast<unsigned>(num_m_blocks), grid_y, grid_z);
 }
 
 }  // namespace flash

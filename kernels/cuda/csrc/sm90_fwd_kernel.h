@@ -12,6 +12,7 @@
 #include "sm90_epilogue.h"
 #include "sm90_kernel_traits.h"
 #include "sm90_mainloop.h"
+#include "tile_scheduler.h"
 
 namespace flash {
 
@@ -40,14 +41,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
   SharedStorage& storage = *reinterpret_cast<SharedStorage*>(smem);
   const FwdParams& args = params.args;
 
-  // Grid: x = query tile; (y, z) = batch * heads folded linearly (as in the SM80 kernel). Causal grids run the
-  // longest rows (the last query tiles) first to shorten the tail.
-  const index_t bh = index_t(blockIdx.z) * gridDim.y + blockIdx.y;
-  if (bh >= index_t(args.batch) * args.heads_q) return;
-  const int batch = int(bh / args.heads_q);
-  const int head = int(bh % args.heads_q);
-  const int head_kv = head / args.group;
-  const int m_block = kCausal ? int(gridDim.x) - 1 - int(blockIdx.x) : int(blockIdx.x);
+  const TileCoord tile = current_tile<kCausal>(args);
+  if (!tile.valid) return;
+  const int batch = tile.batch, head = tile.head, head_kv = tile.head_kv, m_block = tile.m_block;
   const int warp_group = cutlass::canonical_warp_group_idx();
 
   const KeyTileRange range = key_tile_range<kCausal, kBlockM, kBlockN>(m_block, args.seqlen_q, args.seqlen_k);
