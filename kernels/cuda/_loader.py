@@ -114,11 +114,12 @@ def arch_flags(arch: str) -> list[str]:
     # Only the GPU in hand. On 9.0 everything builds as sm_90a, the architecture-specific target that wgmma and
     # setmaxnreg need (the SM80 kernels run there unchanged, for the head dims the SM90 family does not cover).
     if has_sm90_kernels(arch):
-        return ["-gencode=arch=compute_90a,code=sm_90a", "-DFLASH_ATTENTION_SM90"]
+        return ["-gencode=arch=compute_90a,code=sm_90a"]
     return [f"-gencode=arch=compute_{arch},code=sm_{arch}"]
 
 
 def host_flags(arch: str) -> list[str]:
+    """The binding (the only host-compiled unit) learns here whether the SM90 units are in the build."""
     if not has_sm90_kernels(arch):
         return HOST_FLAGS
     return HOST_FLAGS + ["-DFLASH_ATTENTION_SM90", f"-DFLASH_ATTENTION_SM90_DEFAULT={int(SM90_DEFAULT)}"]
