@@ -39,8 +39,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm80_kernel(co
   const index_t o_offset = batch * params.o_batch_stride + head * params.o_head_stride +
                            index_t(m_block) * kBlockM * params.o_row_stride;
   Element* o_tile_ptr = reinterpret_cast<Element*>(params.o_ptr) + o_offset;
-  float* lse_tile_ptr = params.lse_ptr + (index_t(batch) * params.heads_q + head) * params.seqlen_q +
-                       index_t(m_block) * kBlockM;
+  float* lse_tile_ptr = params.lse_ptr + tile.bh * params.seqlen_q + index_t(m_block) * kBlockM;
 
   const KeyTileRange range = key_tile_range<kCausal, kBlockM, kBlockN>(m_block, params.seqlen_q, params.seqlen_k);
   if (range.n_block_max <= 0) {

@@ -20,6 +20,7 @@ inline dim3 fwd_grid(const FwdParams& params, int block_m) {
 
 struct TileCoord {
   bool valid;   // false for the CTAs past batch * heads that the folded grid rounds up to
+  index_t bh;   // batch * heads_q + head: the row of the (batch * heads_q, seqlen_q) LSE
   int batch;
   int head;
   int head_kv;  // GQA: query head h reads key/value head h / group
@@ -32,6 +33,7 @@ __forceinline__ __device__ TileCoord current_tile(const FwdParams& params) {
   const index_t bh = index_t(blockIdx.z) * gridDim.y + blockIdx.y;
   TileCoord tile;
   tile.valid = bh < index_t(params.batch) * params.heads_q;
+  tile.bh = bh;
   tile.batch = int(bh / params.heads_q);
   tile.head = int(bh % params.heads_q);
   tile.head_kv = tile.head / params.group;
