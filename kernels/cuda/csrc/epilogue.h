@@ -55,9 +55,7 @@ __forceinline__ __device__ void store_output(const FwdParams& params, TensorO co
 
   Tensor cO = make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{});
   Tensor tOcO = gmem_thr_copy_o.partition_D(cO);
-  Tensor col_ok = make_tensor<bool>(make_shape(size<2>(tOgO)));
-  CUTE_UNROLL
-  for (int k = 0; k < size(col_ok); ++k) col_ok(k) = get<1>(tOcO(0, 0, k)) < params.head_dim;
+  Tensor col_ok = head_dim_predicate(tOcO, params.head_dim);
   store_tile_predicated(gmem_copy_o, tOrO, tOgO, tOcO, col_ok, rows_left);
 }
 
@@ -78,9 +76,7 @@ __forceinline__ __device__ void store_empty_tile(const FwdParams& params, typena
   cute::clear(tOrO);
   Tensor cO = make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{});
   Tensor tOcO = gmem_thr_copy_o.partition_D(cO);
-  Tensor col_ok = make_tensor<bool>(make_shape(size<2>(tOgO)));
-  CUTE_UNROLL
-  for (int k = 0; k < size(col_ok); ++k) col_ok(k) = get<1>(tOcO(0, 0, k)) < params.head_dim;
+  Tensor col_ok = head_dim_predicate(tOcO, params.head_dim);
   store_tile_predicated(gmem_copy_o, tOrO, tOgO, tOcO, col_ok, rows_left);
   for (int row = tid; row < kBlockM && row < rows_left; row += Traits::kNThreads) lse_tile_ptr[row] = -INFINITY;
 }

@@ -78,9 +78,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm80_kernel(co
   Tensor tQcQ = gmem_thr_copy.partition_S(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
   Tensor tKcK = gmem_thr_copy.partition_S(make_identity_tensor(Shape<Int<kBlockN>, Int<kHeadDim>>{}));
   // Q, K and V tiles share the column partition, so one head-dim predicate serves all three.
-  Tensor col_ok = make_tensor<bool>(make_shape(size<2>(tKsK)));
-  CUTE_UNROLL
-  for (int k = 0; k < size(col_ok); ++k) col_ok(k) = get<1>(tKcK(0, 0, k)) < params.head_dim;
+  Tensor col_ok = head_dim_predicate(tKcK, params.head_dim);
 
   // MMA partitions and the ldmatrix copies that feed them.
   typename Traits::TiledMma tiled_mma;

@@ -103,6 +103,16 @@ __forceinline__ __device__ auto convert_fragment(Tensor<Engine, Layout> const& s
   return dst;
 }
 
+// Per column block of a copy partition: does it hold real head-dim columns (< head_dim) or padding? `coord` is the
+// partition of an identity tensor, (CPY, CPY_M, CPY_K); one predicate per CPY_K serves every row.
+template <typename TensorC>
+__forceinline__ __device__ auto head_dim_predicate(TensorC const& coord, int head_dim) {
+  Tensor col_ok = make_tensor<bool>(make_shape(size<2>(coord)));
+  CUTE_UNROLL
+  for (int k = 0; k < size(col_ok); ++k) col_ok(k) = get<1>(coord(0, 0, k)) < head_dim;
+  return col_ok;
+}
+
 // Global -> shared copy of one tile with rows >= max_rows and columns with a false predicate zero-filled in shared
 // memory, so that padded head-dim columns and rows past the sequence end contribute exact zeros to the GEMMs.
 template <typename TiledCopy, typename TensorS, typename TensorD, typename TensorC, typename TensorP>
