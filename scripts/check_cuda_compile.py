@@ -171,7 +171,9 @@ def smem_bytes(name: str) -> str:
     m = re.search(r"Sm90FwdTraits<(\d+), (\d+), (\d+), (\d+), cutlass::(\w+)>", name)
     if m:
         d, bm, bn, stages = int(m[1]), int(m[2]), int(m[3]), int(m[4])
-        return f"{(bm * d + 2 * stages * bn * d) * 2 // 1024} KiB"  # Q + stages x (K + V) tiles
+        tiles = bm * d + 2 * stages * bn * d  # Q + stages x (K + V) tiles; + O where it fits (Sm90FwdTraits)
+        tiles += bm * d if (tiles + bm * d) * 2 + 1024 <= 227 * 1024 else 0
+        return f"{tiles * 2 // 1024} KiB"
     m = re.search(r"FwdKernelTraits<(\d+), (\d+), (\d+), (\d+), cutlass::(\w+)>", name)
     if not m:
         return "?"

@@ -1,6 +1,8 @@
-// Epilogue of one consumer warpgroup of the SM90a kernel: O (float32 registers) -> fp16/bf16 into this warpgroup's
-// rows of the query buffer with stmatrix, then one TMA store of the 64 x head_dim tile (TMA clips rows past
-// seqlen_q and columns past head_dim). LSE goes straight from registers to global memory.
+// Epilogue of one consumer warpgroup of the SM90a kernel: O (float32 registers) -> fp16/bf16 into shared memory with
+// stmatrix, then one TMA store of the 64 x head_dim tile (TMA clips rows past seqlen_q and columns past head_dim).
+// LSE goes straight from registers to global memory. Where O has a buffer of its own (Traits::kSeparateO) the store
+// runs on while the warpgroup starts its next tile, and only the next epilogue (or the kernel's end) waits for it;
+// otherwise O is staged in this warpgroup's rows of the Q buffer and the store completes before Q is released.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -41,9 +43,22 @@ __forceinline__ __device__ void sm90_store_output(const Params& params, typename
     }
   }
 
-  // Registers -> shared. Only this warpgroup read these rows of Q, and its last S GEMM has retired.
-  Tensor sO = local_tile(make_tensor(make_smem_ptr(storage.q.data()), typename Traits::SmemLayoutQ{}),
-                         Shape<Int<kRowsPerConsumer>, Int<kHeadDim>>{}, make_coord(consumer, _0{}));
+  // Registers -> shared: this warpgroup's O buffer, or its own rows of Q (no GEMM of this tile reads Q any more).
+  auto o_buffer = [&] {
+    if constexpr (Traits::kSeparateO) {
+      return make_tensor(make_smem_ptr(storage.o.data() + consumer * cute::cosize_v<typename Traits::SmemLayoutO>),
+                         typename Traits::SmemLayoutO{});
+    } else {
+      return local_tile(make_tensor(make_smem_ptr(storage.q.data()), typename Traits::SmemLayoutQ{}),
+                        Shape<Int<kRowsPerConsumer>, Int<kHeadDim>>{}, make_coord(consumer, _0{}));
+    }
+  };
+  Tensor sO = o_buffer();
+  const int epilogue_barrier = int(consumer == 0 ? Sm90Barrier::kEpilogue0 : Sm90Barrier::kEpilogue1);
+  if constexpr (Traits::kSeparateO) {  // the previous tile's store must have read the buffer before it is reused
+    if (tid == 0) tma_store_wait<0>();
+    cutlass::arch::NamedBarrier::sync(cutlass::NumThreadsPerWarpGroup, epilogue_barrier);
+  }
   Tensor rO = convert_fragment<Element>(acc_o);
   auto smem_copy_o = make_tiled_copy_C(typename Traits::SmemCopyAtomO{}, mma_pv);
   auto smem_thr_copy_o = smem_copy_o.get_thread_slice(tid);
@@ -51,7 +66,6 @@ __forceinline__ __device__ void sm90_store_output(const Params& params, typename
   Tensor taccOsO = smem_thr_copy_o.partition_D(sO);
   cute::copy(smem_copy_o, taccOrO, taccOsO);
   cutlass::arch::fence_view_async_shared();  // make the generic-proxy writes visible to the TMA (async proxy)
-  const int epilogue_barrier = int(consumer == 0 ? Sm90Barrier::kEpilogue0 : Sm90Barrier::kEpilogue1);
   cutlass::arch::NamedBarrier::sync(cutlass::NumThreadsPerWarpGroup, epilogue_barrier);
 
   if (tid == 0) {
@@ -62,8 +76,13 @@ __forceinline__ __device__ void sm90_store_output(const Params& params, typename
                                       group_modes<0, 2>(gO));
     copy(params.tma_o, tOsO, tOgO);
     tma_store_arrive();
-    tma_store_wait<0>();  // shared memory must outlive the TMA's reads of it
+    if constexpr (!Traits::kSeparateO) tma_store_wait<0>();  // Q's buffer is reloaded once this returns
   }
+}
+
+// Before a consumer warpgroup exits: its last TMA store must have finished reading shared memory.
+__forceinline__ __device__ void sm90_wait_output_stores() {
+  if (threadIdx.x % cutlass::NumThreadsPerWarpGroup == 0) tma_store_wait<0>();
 }
 
 // A query tile whose rows all see no key (causal with seqlen_q > seqlen_k): O = 0 and LSE = -inf, no loads. Each

@@ -1,6 +1,7 @@
-// The SM90a FlashAttention forward kernel: one CTA per (query tile of kBlockM rows, batch * head), split into a
-// producer warpgroup (TMA loads) and kBlockM / 64 consumer warpgroups (warpgroup MMAs and softmax), which meet on
-// the mbarriers of two kStages-deep pipelines, one for K and one for V.
+// The SM90a FlashAttention forward kernel: a persistent grid (see PersistentTileScheduler) whose CTAs are a producer
+// warpgroup (TMA loads) and kBlockM / 64 consumer warpgroups (warpgroup MMAs and softmax). They meet on the mbarriers
+// of two kStages-deep pipelines, one for K and one for V, and on a full/empty pair for Q; pipeline states and
+// barrier phases run on across a CTA's tiles, so the next tile's loads start while the current one finishes.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -23,6 +24,7 @@ using namespace cute;
 template <typename TmaQ, typename TmaK, typename TmaV, typename TmaO>
 struct Sm90FwdParams {
   FwdParams args;
+  PersistentTileScheduler scheduler;
   TmaQ tma_q;
   TmaK tma_k;
   TmaV tma_v;
@@ -40,21 +42,14 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
   extern __shared__ __align__(1024) char smem[];
   SharedStorage& storage = *reinterpret_cast<SharedStorage*>(smem);
   const FwdParams& args = params.args;
-
-  const TileCoord tile = current_tile<kCausal>(args);
-  if (!tile.valid) return;
-  const int batch = tile.batch, head = tile.head, head_kv = tile.head_kv, m_block = tile.m_block;
   const int warp_group = cutlass::canonical_warp_group_idx();
 
-  const KeyTileRange range = key_tile_range<kCausal, kBlockM, kBlockN>(m_block, args.seqlen_q, args.seqlen_k);
-  if (range.n_block_max <= 0) {  // decided the same way by every thread of the CTA, before any barrier exists
-    if (warp_group > 0) sm90_store_empty_rows<Traits>(args, warp_group - 1, batch, head, m_block);
-    return;
+  // Barriers: Q full (one arrival: the producer's expect-tx) and Q empty (every consumer thread), then the K and V
+  // pipelines, whose constructors initialise theirs from warp 0.
+  if (threadIdx.x == 0) {
+    storage.barrier_q.init(1);
+    storage.barrier_q_empty.init(Traits::kNumConsumers * cutlass::NumThreadsPerWarpGroup);
   }
-
-  // Barriers: Q's (one arrival: the producer's expect-tx), then the K and V pipelines, whose constructors
-  // initialise them from warp 0.
-  if (threadIdx.x == 0) storage.barrier_q.init(1);
   typename Pipeline::Params pipeline_params;
   pipeline_params.role = warp_group == 0 ? Pipeline::ThreadCategory::Producer : Pipeline::ThreadCategory::Consumer;
   pipeline_params.is_leader = threadIdx.x == 0;
@@ -64,23 +59,60 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
   Pipeline pipeline_v(storage.pipeline_v, pipeline_params, Shape<_1, _1, _1>{});
   __syncthreads();  // every barrier is initialised before anyone waits on it
 
+  // Every role walks the same tiles in the same order and skips the same empty ones (causal rows that see no key),
+  // so the barrier phases agree without any other communication.
+  auto for_each_tile = [&](auto&& body) {
+    for (index_t t = blockIdx.x; t < params.scheduler.num_tiles; t += gridDim.x) {
+      const TileCoord tile = persistent_tile(params.scheduler, args, t);
+      const KeyTileRange range =
+          key_tile_range<kCausal, kBlockM, kBlockN>(tile.m_block, args.seqlen_q, args.seqlen_k);
+      body(tile, range);
+    }
+  };
+
   if (warp_group == 0) {
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
     if (threadIdx.x == 0) {
       cute::prefetch_tma_descriptor(params.tma_q.get_tma_descriptor());
       cute::prefetch_tma_descriptor(params.tma_k.get_tma_descriptor());
       cute::prefetch_tma_descriptor(params.tma_v.get_tma_descriptor());
-      sm90_load<Traits>(params, storage, pipeline_k, pipeline_v, batch, head, head_kv, m_block, range.n_block_max);
+      typename Traits::PipelineState state = cutlass::make_producer_start_state<Pipeline>();
+      int q_loads = 0;
+      for_each_tile([&](const TileCoord& tile, const KeyTileRange& range) {
+        if (range.n_block_max <= 0) return;
+        if (q_loads > 0) storage.barrier_q_empty.wait((q_loads - 1) & 1);  // the consumers released the last Q
+        sm90_load<Traits>(params, storage, pipeline_k, pipeline_v, state, tile, range.n_block_max);
+        ++q_loads;
+      });
     }
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
     const int consumer = warp_group - 1;
-    typename Traits::TiledMmaPV mma_pv;
-    Tensor acc_o = partition_fragment_C(mma_pv, Shape<Int<Traits::kRowsPerConsumer>, Int<Traits::kHeadDim>>{});
-    constexpr int kRows = decltype(size<0>(acc_rowcol_layout(acc_o.layout())))::value;
-    float lse[kRows];
-    sm90_mma<Traits, kCausal>(args, storage, pipeline_k, pipeline_v, acc_o, lse, consumer, m_block, range);
-    sm90_store_output<Traits>(params, storage, acc_o, lse, consumer, batch, head, m_block);
+    typename Traits::PipelineState state_k, state_v;
+    Sm90PingPong<Traits::kNumConsumers == 2> ping_pong(consumer);
+    int q_phase = 0;
+    ping_pong.start();
+    for_each_tile([&](const TileCoord& tile, const KeyTileRange& range) {
+      if (range.n_block_max <= 0) {
+        sm90_store_empty_rows<Traits>(args, consumer, tile.batch, tile.head, tile.m_block);
+        return;
+      }
+      typename Traits::TiledMmaPV mma_pv;
+      Tensor acc_o = partition_fragment_C(mma_pv, Shape<Int<Traits::kRowsPerConsumer>, Int<Traits::kHeadDim>>{});
+      constexpr int kRows = decltype(size<0>(acc_rowcol_layout(acc_o.layout())))::value;
+      float lse[kRows];
+      // Q is free once the last S GEMM retired, before the last P V, unless O is staged in Q's buffer.
+      auto release_q = [&] {
+        if constexpr (Traits::kSeparateO) storage.barrier_q_empty.arrive();
+      };
+      sm90_mma<Traits, kCausal>(args, storage, pipeline_k, pipeline_v, state_k, state_v, q_phase, ping_pong, acc_o,
+                                lse, consumer, tile.m_block, range, release_q);
+      q_phase ^= 1;
+      sm90_store_output<Traits>(params, storage, acc_o, lse, consumer, tile.batch, tile.head, tile.m_block);
+      if constexpr (!Traits::kSeparateO) storage.barrier_q_empty.arrive();  // after the store read O out of Q
+    });
+    ping_pong.finish();
+    sm90_wait_output_stores();
   }
 #endif
 }

@@ -11,6 +11,8 @@
 #include <cutlass/numeric_types.h>
 #include <cutlass/pipeline/sm90_pipeline.hpp>
 
+#include <type_traits>
+
 namespace flash {
 
 using namespace cute;
@@ -57,9 +59,15 @@ struct Sm90FwdTraits {
   // The same V bytes seen as (head_dim, kBlockN, stage): the B operand of O += P V.
   using SmemLayoutVt = decltype(composition(
       SmemLayoutV{}, make_ordered_layout(Shape<Int<kHeadDim>, Int<kBlockN>, Int<kStages>>{}, Step<_2, _1, _3>{})));
-  // O is staged in the query buffer (each consumer in its own 64 rows, which only it read) for the TMA store.
+  // O leaves through shared memory (stmatrix, then one TMA store per consumer of its 64 x head_dim rows). Where a
+  // buffer of its own fits, the store of tile i overlaps the mainloop of tile i+1 and the next Q loads as soon as
+  // the last S GEMM retired; otherwise (head_dim 256) O is staged in the consumer's rows of the Q buffer, and the
+  // next Q waits for the store.
   using SmemLayoutO = SmemLayoutQConsumer;
   using SmemCopyAtomO = Copy_Atom<SM90_U32x4_STSM_N, Element>;
+  static constexpr int kSmemLimit = 227 * 1024;  // opt-in shared memory per block on compute capability 9.0
+  static constexpr bool kSeparateO =
+      (2 * kBlockM * kHeadDim + 2 * kStages * kBlockN * kHeadDim) * int(sizeof(Element)) + 1024 <= kSmemLimit;
 
   using Pipeline = cutlass::PipelineTmaAsync<kStages>;
   using PipelineState = typename Pipeline::PipelineState;
@@ -67,15 +75,21 @@ struct Sm90FwdTraits {
   static constexpr uint32_t kQBytes = kBlockM * kHeadDim * sizeof(Element);
   static constexpr uint32_t kKVTileBytes = kBlockN * kHeadDim * sizeof(Element);
 
-  struct SharedStorage {
+  struct SeparateOBuffer {
+    cute::array_aligned<Element, kNumConsumers * cute::cosize_v<SmemLayoutO>, 1024> o;
+  };
+  struct NoOBuffer {};
+  struct SharedStorage : std::conditional_t<kSeparateO, SeparateOBuffer, NoOBuffer> {
     cute::array_aligned<Element, cute::cosize_v<SmemLayoutQ>, 1024> q;
     cute::array_aligned<Element, cute::cosize_v<SmemLayoutK>, 1024> k;
     cute::array_aligned<Element, cute::cosize_v<SmemLayoutV>, 1024> v;
     typename Pipeline::SharedStorage pipeline_k;
     typename Pipeline::SharedStorage pipeline_v;
-    cutlass::arch::ClusterTransactionBarrier barrier_q;
+    cutlass::arch::ClusterTransactionBarrier barrier_q;  // Q landed (the producer's expect-tx + the TMA bytes)
+    cutlass::arch::ClusterBarrier barrier_q_empty;       // every consumer thread is done with this Q (and O in it)
   };
   static constexpr int kSmemSize = int(sizeof(SharedStorage));
+  static_assert(kSmemSize <= kSmemLimit, "tiles do not fit in shared memory");
 };
 
 }  // namespace flash

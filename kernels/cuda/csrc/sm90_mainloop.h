@@ -15,6 +15,7 @@
 #include "mask.h"
 #include "params.h"
 #include "softmax.h"
+#include "tile_scheduler.h"
 #include "utils.h"
 
 namespace flash {
@@ -23,6 +24,34 @@ using namespace cute;
 
 // Named barriers (0 is __syncthreads): the two ping-pong turns, then one per consumer for its epilogue.
 enum class Sm90Barrier : int { kTurnConsumer0 = 1, kTurnConsumer1 = 2, kEpilogue0 = 3, kEpilogue1 = 4 };
+
+// Ping-pong between two consumer warpgroups: each waits for its turn before issuing GEMMs and hands the turn to its
+// sibling once they are issued, so one's softmax runs while the other's GEMMs hold the tensor cores. The turns
+// alternate strictly over the CTA's whole life, across tiles (both consumers take the same number per tile):
+// consumer 1 gives consumer 0 the first turn in start(), and consumer 0 takes back the one turn consumer 1 hands
+// it after the last GEMMs in finish(), so no named barrier is left half-arrived at exit. Strict alternation is
+// also what keeps a barrier from collecting two arrivals of one consumer. One consumer: no-ops.
+template <bool kEnabled>
+struct Sm90PingPong {
+  int my_turn, other_turn;
+  int consumer;
+  __forceinline__ __device__ explicit Sm90PingPong(int consumer_) : consumer(consumer_) {
+    my_turn = int(consumer == 0 ? Sm90Barrier::kTurnConsumer0 : Sm90Barrier::kTurnConsumer1);
+    other_turn = int(consumer == 0 ? Sm90Barrier::kTurnConsumer1 : Sm90Barrier::kTurnConsumer0);
+  }
+  __forceinline__ __device__ void wait_turn() const {
+    if constexpr (kEnabled) cutlass::arch::NamedBarrier::sync(2 * cutlass::NumThreadsPerWarpGroup, my_turn);
+  }
+  __forceinline__ __device__ void pass_turn() const {
+    if constexpr (kEnabled) cutlass::arch::NamedBarrier::arrive(2 * cutlass::NumThreadsPerWarpGroup, other_turn);
+  }
+  __forceinline__ __device__ void start() const {
+    if (consumer == 1) pass_turn();
+  }
+  __forceinline__ __device__ void finish() const {
+    if (consumer == 0) wait_turn();
+  }
+};
 
 // acc (+)= A * B as warpgroup MMAs over the K slices. A is descriptors (shared memory) or registers (P). The batch is
 // committed; kWait >= 0 waits until at most kWait batches are still in flight, -1 returns at once.
@@ -45,12 +74,15 @@ __forceinline__ __device__ void warpgroup_gemm(TiledMma& tiled_mma, TensorA& tCr
   if constexpr (kRegisterA) warpgroup_fence_operand(tCrA);
 }
 
-// Producer: Q, then K[n] and V[n] for n = n_block_max - 1 down to 0 (the consumers' order: masked tiles first).
+// Producer, one tile: Q, then K[n] and V[n] for n = n_block_max - 1 down to 0 (the consumers' order: masked tiles
+// first). `state` carries on from the CTA's previous tile.
 template <typename Traits, typename Params>
 __forceinline__ __device__ void sm90_load(const Params& params, typename Traits::SharedStorage& storage,
                                           typename Traits::Pipeline& pipeline_k,
-                                          typename Traits::Pipeline& pipeline_v, int batch, int head, int head_kv,
-                                          int m_block, int n_block_max) {
+                                          typename Traits::Pipeline& pipeline_v,
+                                          typename Traits::PipelineState& state, const TileCoord& tile,
+                                          int n_block_max) {
+  const int batch = tile.batch, head = tile.head, head_kv = tile.head_kv, m_block = tile.m_block;
   using Pipeline = typename Traits::Pipeline;
   constexpr int kBlockM = Traits::kBlockM;
   constexpr int kBlockN = Traits::kBlockN;
@@ -80,7 +112,6 @@ __forceinline__ __device__ void sm90_load(const Params& params, typename Traits:
   storage.barrier_q.arrive_and_expect_tx(Traits::kQBytes);
   copy(params.tma_q.with(reinterpret_cast<uint64_t&>(storage.barrier_q)), tQgQ, tQsQ);
 
-  typename Traits::PipelineState state = cutlass::make_producer_start_state<Pipeline>();
   CUTE_NO_UNROLL
   for (int n_block = n_block_max - 1; n_block >= 0; --n_block) {
     pipeline_k.producer_acquire(state);
@@ -91,18 +122,21 @@ __forceinline__ __device__ void sm90_load(const Params& params, typename Traits:
   }
 }
 
-// Consumer: this warpgroup's 64 query rows against every key tile. Returns with acc_o normalised and lse filled.
-template <typename Traits, bool kCausal, typename TensorO, int kRows>
+// Consumer, one tile: this warpgroup's 64 query rows against every key tile. Returns with acc_o normalised and lse
+// filled; calls release_q() once no GEMM of this tile will read Q again. The pipeline states carry on across tiles.
+template <typename Traits, bool kCausal, typename PingPong, typename TensorO, int kRows, typename ReleaseQ>
 __forceinline__ __device__ void sm90_mma(const FwdParams& args, typename Traits::SharedStorage& storage,
                                          typename Traits::Pipeline& pipeline_k,
-                                         typename Traits::Pipeline& pipeline_v, TensorO& acc_o,
-                                         float (&lse)[kRows], int consumer, int m_block, KeyTileRange range) {
+                                         typename Traits::Pipeline& pipeline_v,
+                                         typename Traits::PipelineState& state_k,
+                                         typename Traits::PipelineState& state_v, int q_phase,
+                                         const PingPong& ping_pong, TensorO& acc_o, float (&lse)[kRows],
+                                         int consumer, int m_block, KeyTileRange range, ReleaseQ&& release_q) {
   using Element = typename Traits::Element;
   constexpr int kBlockM = Traits::kBlockM;
   constexpr int kBlockN = Traits::kBlockN;
   constexpr int kHeadDim = Traits::kHeadDim;
   constexpr int kRowsPerConsumer = Traits::kRowsPerConsumer;
-  constexpr bool kPingPong = Traits::kNumConsumers == 2;
   const int tid = threadIdx.x % cutlass::NumThreadsPerWarpGroup;
 
   Tensor sQ = make_tensor(make_smem_ptr(storage.q.data()), typename Traits::SmemLayoutQ{});
@@ -120,35 +154,21 @@ __forceinline__ __device__ void sm90_mma(const FwdParams& args, typename Traits:
   Tensor tScS = thr_qk.partition_C(make_identity_tensor(Shape<Int<kRowsPerConsumer>, Int<kBlockN>>{}));
   const int row_offset = m_block * kBlockM + consumer * kRowsPerConsumer;
 
-  // Ping-pong: wait for this warpgroup's turn to issue GEMMs, then hand the turn to the sibling.
-  const int my_turn = int(consumer == 0 ? Sm90Barrier::kTurnConsumer0 : Sm90Barrier::kTurnConsumer1);
-  const int other_turn = int(consumer == 0 ? Sm90Barrier::kTurnConsumer1 : Sm90Barrier::kTurnConsumer0);
-  auto wait_turn = [&] {
-    if constexpr (kPingPong) cutlass::arch::NamedBarrier::sync(2 * cutlass::NumThreadsPerWarpGroup, my_turn);
-  };
-  auto pass_turn = [&] {
-    if constexpr (kPingPong) cutlass::arch::NamedBarrier::arrive(2 * cutlass::NumThreadsPerWarpGroup, other_turn);
-  };
-  if constexpr (kPingPong) {
-    if (consumer == 1) pass_turn();  // consumer 0 goes first
-  }
-
   OnlineSoftmax<kRows> softmax;
   float correction[kRows];
-  typename Traits::PipelineState state_k, state_v;
   Tensor rP = make_tensor<Element>(partition_fragment_C(mma_qk, Shape<Int<kRowsPerConsumer>, Int<kBlockN>>{}).layout());
   clear(acc_o);
 
-  storage.barrier_q.wait(0);
+  storage.barrier_q.wait(q_phase);
 
   // The first (last-in-memory) key tile: the only one that can be partial, and where the causal diagonal is.
   int n_block = range.n_block_max - 1;
   {
     Tensor acc_s = partition_fragment_C(mma_qk, Shape<Int<kRowsPerConsumer>, Int<kBlockN>>{});
     pipeline_k.consumer_wait(state_k);
-    wait_turn();
+    ping_pong.wait_turn();
     warpgroup_gemm<true, -1>(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), acc_s);
-    pass_turn();
+    ping_pong.pass_turn();
     warpgroup_wait<0>();
     pipeline_k.consumer_release(state_k);
     ++state_k;
@@ -164,12 +184,12 @@ __forceinline__ __device__ void sm90_mma(const FwdParams& args, typename Traits:
     Tensor acc_s = partition_fragment_C(mma_qk, Shape<Int<kRowsPerConsumer>, Int<kBlockN>>{});
     Tensor tOrP = make_tensor(rP.data(), wgmma_acc_as_operand_a_layout(rP.layout()));
     pipeline_k.consumer_wait(state_k);
-    wait_turn();
+    ping_pong.wait_turn();
     warpgroup_gemm<true, -1>(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), acc_s);
     softmax.rescale_o(acc_o, correction);  // the previous P V retired at the end of the last step
     pipeline_v.consumer_wait(state_v);
     warpgroup_gemm<false, -1>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), acc_o);
-    pass_turn();
+    ping_pong.pass_turn();
     warpgroup_wait<1>();  // S[n] is done; P V may still run
     pipeline_k.consumer_release(state_k);
     ++state_k;
@@ -188,22 +208,19 @@ __forceinline__ __device__ void sm90_mma(const FwdParams& args, typename Traits:
   CUTE_NO_UNROLL
   for (; n_block >= 0; --n_block) step(n_block, cute::false_type{});
 
+  release_q();  // every S GEMM of this tile has retired (the last step waited for all its GEMMs)
+
   // The last P V.
   {
     Tensor tOrP = make_tensor(rP.data(), wgmma_acc_as_operand_a_layout(rP.layout()));
     softmax.rescale_o(acc_o, correction);
     pipeline_v.consumer_wait(state_v);
-    wait_turn();
+    ping_pong.wait_turn();
     warpgroup_gemm<false, 0>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), acc_o);
-    pass_turn();
+    ping_pong.pass_turn();
     pipeline_v.consumer_release(state_v);
+    ++state_v;
   }
-  // Consumer 1 passed the turn once more than consumer 0 waited for it; take that arrival so no barrier is left
-  // half-full when the CTA exits.
-  if constexpr (kPingPong) {
-    if (consumer == 0) wait_turn();
-  }
-
   softmax.finalize(acc_o, args.softmax_scale, lse);
 }
 

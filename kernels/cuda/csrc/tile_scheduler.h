@@ -1,8 +1,11 @@
-// Which tile a CTA computes, written once for both kernel families: the host's grid (fwd_grid) and the device's
-// decoding of blockIdx (current_tile) live side by side so they cannot drift apart.
+// Which tile a CTA computes, written once for both kernel families: the host's grid and the device's decoding of
+// it live side by side so they cannot drift apart. SM80: one CTA per tile (fwd_grid, current_tile). SM90: a
+// persistent grid walking a static tile order (PersistentTileScheduler).
 #pragma once
 
 #include <cuda_runtime_api.h>
+
+#include <algorithm>
 
 #include "params.h"
 
@@ -38,6 +41,53 @@ __forceinline__ __device__ TileCoord current_tile(const FwdParams& params) {
   tile.head = int(bh % params.heads_q);
   tile.head_kv = tile.head / params.group;
   tile.m_block = kCausal ? int(gridDim.x) - 1 - int(blockIdx.x) : int(blockIdx.x);
+  return tile;
+}
+
+// SM90: at most one CTA per SM, each taking tiles blockIdx.x, blockIdx.x + gridDim.x, ... of one static order, so
+// that a CTA's next Q and K/V loads overlap its current tile's last GEMM and epilogue (no per-tile launch, prologue
+// or barrier set-up). The order: heads in groups whose K and V fit in half the L2 (every tile of a group reads
+// its K/V from L2 after the first), and inside a group the last query tiles first (for causal the longest, so the
+// short ones fill the tail), then heads. Consecutive tiles of a round run at once on different SMs.
+struct PersistentTileScheduler {
+  index_t num_tiles;
+  index_t num_heads;    // batch * heads_q
+  int num_m_blocks;
+  int heads_per_group;
+};
+
+inline PersistentTileScheduler make_persistent_scheduler(const FwdParams& params, int block_m, int element_bytes) {
+  PersistentTileScheduler s;
+  s.num_m_blocks = (params.seqlen_q + block_m - 1) / block_m;
+  s.num_heads = index_t(params.batch) * params.heads_q;
+  s.num_tiles = s.num_heads * s.num_m_blocks;
+  const index_t kv_bytes_per_head = index_t(2) * params.seqlen_k * params.head_dim * element_bytes;
+  const index_t budget = params.l2_cache_bytes > 0 ? params.l2_cache_bytes / 2 : (index_t(16) << 20);
+  const index_t heads = std::max<index_t>(1, std::min(budget / kv_bytes_per_head, s.num_heads));
+  s.heads_per_group = int(std::min<index_t>(heads, index_t(1) << 30));
+  return s;
+}
+
+// One CTA per SM (fewer if there are fewer tiles); `persistent` false gives one CTA per tile in the same order.
+inline dim3 persistent_grid(const PersistentTileScheduler& s, const FwdParams& params, bool persistent) {
+  const index_t cap = persistent ? (params.num_sms > 0 ? params.num_sms : 1) : index_t(0x7fffffff);
+  return dim3(static_cast<unsigned>(s.num_tiles < cap ? s.num_tiles : cap));
+}
+
+__forceinline__ __device__ TileCoord persistent_tile(const PersistentTileScheduler& s, const FwdParams& params,
+                                                     index_t t) {
+  const index_t tiles_per_group = index_t(s.heads_per_group) * s.num_m_blocks;
+  const index_t group = t / tiles_per_group;
+  const index_t r = t - group * tiles_per_group;
+  const index_t first_head = group * s.heads_per_group;
+  const index_t heads_here = min(index_t(s.heads_per_group), s.num_heads - first_head);
+  TileCoord tile;
+  tile.valid = true;
+  tile.m_block = s.num_m_blocks - 1 - int(r / heads_here);
+  tile.bh = first_head + r % heads_here;
+  tile.batch = int(tile.bh / params.heads_q);
+  tile.head = int(tile.bh % params.heads_q);
+  tile.head_kv = tile.head / params.group;
   return tile;
 }
 
