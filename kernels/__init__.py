@@ -23,10 +23,13 @@ __all__ = ["attention", "BACKENDS", "available_backends", "backend_unavailable_r
 # stay out of `auto`.
 # Importing them builds and compiles nothing: kernels compile on first use.
 BACKENDS = ("cuda", "triton", "naive")
-# `auto` takes the first backend in this order that can run the input. Measured on an H100 (results/NOTES.md): the
-# Triton kernel (TMA + wgmma) is 1.3-1.5x SDPA-flash at N >= 2048, the SM80-design CUDA kernel 1.0-1.1x, so Hopper
-# and newer prefer Triton. Before Hopper (unmeasured here) the CUDA kernel, FlashAttention-2's design for SM80, leads.
-_AUTO_ORDER_HOPPER = ("triton", "cuda", "naive")
+# `auto` takes the first backend in this order that can run the input (and wants it: `auto_eligible`). Measured on
+# an H100 (results/NOTES.md): the CUDA backend's Hopper family beats the Triton kernel where it runs (head dims up to
+# 64, 104-128, 200-256; cuda.auto_eligible declines the others), and Triton (TMA + wgmma) beats the SM80-design CUDA
+# family, so Hopper tries cuda first and newer GPUs, which run no sm_90a code, Triton. Before Hopper (unmeasured
+# here) the CUDA kernel, FlashAttention-2's design for SM80, leads.
+_AUTO_ORDER_HOPPER = ("cuda", "triton", "naive")
+_AUTO_ORDER_POST_HOPPER = ("triton", "cuda", "naive")
 _AUTO_ORDER_PRE_HOPPER = ("cuda", "triton", "naive")
 
 
@@ -68,7 +71,11 @@ def available_backends(query=None) -> list[str]:
 def _auto_backend(query) -> str:
     if query.device.type != "cuda":
         return "naive"  # the CPU path (the Triton interpreter is a test vehicle, not a way to run models)
-    order = _AUTO_ORDER_HOPPER if capability(query) >= (9, 0) else _AUTO_ORDER_PRE_HOPPER
+    major_minor = capability(query)
+    if major_minor == (9, 0):
+        order = _AUTO_ORDER_HOPPER
+    else:
+        order = _AUTO_ORDER_POST_HOPPER if major_minor > (9, 0) else _AUTO_ORDER_PRE_HOPPER
     for name in order:
         module = _MODULES.get(name)
         if module is None:

@@ -39,26 +39,24 @@ def launched_kernels(fn) -> list[str]:
     return [event.name for event in prof.events() if "flash_fwd" in event.name]
 
 
-@pytest.mark.parametrize("head_dim", [32, 64, 96, 128, 192, 256])
+@pytest.mark.parametrize("head_dim", range(8, 257, 8))
 def test_kernel_family_is_the_one_expected(head_dim, kernel_family):
-    """The family asked for is the one that runs (so the tests above test what they claim)."""
+    """The family asked for is the one that runs, for every head dim (so the tests here test what they claim, and
+    sm90_family_covers, which `auto` relies on, agrees with the binding)."""
     q = rand(1, 2, 300, head_dim)
     names = launched_kernels(lambda: fa_cuda.attention(q, q, q, causal=True))
     assert len(names) == 1, names
-    sm90 = HOPPER and kernel_family == "sm90" and head_dim in (64, 128, 256)
+    sm90 = HOPPER and kernel_family == "sm90" and fa_cuda.sm90_family_covers(head_dim)
     assert ("flash_fwd_sm90_kernel" if sm90 else "flash_fwd_sm80_kernel") in names[0], names[0]
 
 
 def test_default_kernel_family_on_hopper(monkeypatch):
     if not HOPPER:
         pytest.skip("needs a compute capability 9.0 GPU")
-    from flash_attention.cuda import _loader
-
     monkeypatch.delenv("FLASH_ATTENTION_CUDA_KERNEL", raising=False)
     q = rand(1, 2, 300, 128)
     names = launched_kernels(lambda: fa_cuda.attention(q, q, q))
-    expected = "flash_fwd_sm90_kernel" if _loader.SM90_DEFAULT else "flash_fwd_sm80_kernel"
-    assert len(names) == 1 and expected in names[0], names
+    assert len(names) == 1 and "flash_fwd_sm90_kernel" in names[0], names
 
 
 def reference(q, k, v, causal, scale=None, dtype=torch.float64):
@@ -129,6 +127,21 @@ def test_sequence_lengths(seqlens, causal, head_dim):
     torch.manual_seed(sum(seqlens))
     nq, nk = seqlens
     check(rand(2, 2, nq, head_dim), rand(2, 2, nk, head_dim), rand(2, 2, nk, head_dim), causal)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_persistent_grid_runs_many_tiles_per_cta(head_dim, causal, monkeypatch):
+    """More query tiles than SMs, so each CTA of the SM90 family's persistent grid runs several one after another
+    (causal with Nq > Nk adds tiles whose rows see no key, which the producer skips); the same call with one CTA
+    per tile (FLASH_ATTENTION_SM90_PERSISTENT=0) computes every tile the same way, so it must give the same bits."""
+    torch.manual_seed(head_dim + causal)
+    q, k, v = rand(3, 8, 1500, head_dim), rand(3, 4, 1100, head_dim), rand(3, 4, 1100, head_dim)
+    check(q, k, v, causal)
+    out, lse = fa_cuda.attention(q, k, v, causal=causal, return_lse=True)
+    monkeypatch.setenv("FLASH_ATTENTION_SM90_PERSISTENT", "0")
+    out_one_cta_per_tile, lse_one_cta_per_tile = fa_cuda.attention(q, k, v, causal=causal, return_lse=True)
+    assert torch.equal(out, out_one_cta_per_tile) and torch.equal(lse, lse_one_cta_per_tile)
 
 
 @pytest.mark.parametrize("heads", [(8, 2), (8, 1), (6, 3)])

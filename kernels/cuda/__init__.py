@@ -1,4 +1,5 @@
-"""The CUDA C++ (CuTe) backend: FlashAttention-2's forward for SM80+ (mma.sync + cp.async), JIT-built on first use.
+"""The CUDA C++ (CuTe) backend, JIT-built on first use: FlashAttention-2's forward for SM80+ (mma.sync + cp.async),
+and on compute capability 9.0 a Hopper family (TMA, warpgroup MMAs, warp specialization, a persistent grid).
 
     out = flash_attention.cuda.attention(q, k, v, causal=True)
 
@@ -21,7 +22,7 @@ from .._device import capability, device_index
 from .._validation import check_attention_args, check_cuda_tensor, empty_like_query
 from . import _loader
 
-__all__ = ["attention", "run_validated", "unavailable_reason", "auto_eligible"]
+__all__ = ["attention", "run_validated", "unavailable_reason", "auto_eligible", "sm90_family_covers"]
 
 _OP_NAME = "flash_attention::cuda_fwd"
 _CUDA_KERNEL_ONLY = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
@@ -84,11 +85,26 @@ def unavailable_reason(query=None) -> str | None:
     return None
 
 
+# The head dims that have their own kernel; every other multiple of 8 runs the next one up, zero-padded. Mirrors
+# padded_head_dim in csrc/static_switch.h; the SM90 family instantiates 64, 128 and 256 (binding.cpp).
+_PADDED_HEAD_DIMS = (32, 64, 96, 128, 160, 192, 256)
+_SM90_HEAD_DIMS = (64, 128, 256)
+
+
+def sm90_family_covers(head_dim: int) -> bool:
+    """Whether, on compute capability 9.0, a call of this head_dim runs the Hopper (SM90) kernel family."""
+    return next(d for d in _PADDED_HEAD_DIMS if d >= head_dim) in _SM90_HEAD_DIMS
+
+
 def auto_eligible(query) -> bool:
-    """True only when the extension is already loaded or cached for this GPU: `auto` never triggers a build."""
+    """Whether `auto` should take this backend for `query`: only once the extension is loaded or cached for this GPU
+    (`auto` never triggers a build), and on Hopper only for head dims the SM90 family covers, where it measured
+    faster than the Triton kernel (results/NOTES.md); there the SM80 family, for the rest, is not."""
     if unavailable_reason(query) is not None:
         return False
     major, minor = capability(query)
+    if (major, minor) == (9, 0) and not sm90_family_covers(query.shape[-1]):
+        return False
     return _loader.is_built(f"{major}{minor}")
 
 

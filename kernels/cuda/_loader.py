@@ -100,11 +100,6 @@ def device_arch(device=None) -> str:
     return f"{major}{minor}"
 
 
-# Whether the SM90 family is the default on compute capability 9.0 (FLASH_ATTENTION_CUDA_KERNEL=sm80|sm90 overrides
-# it per call). Off until the family has passed the GPU test suite on a Hopper GPU.
-SM90_DEFAULT = False
-
-
 def has_sm90_kernels(arch: str) -> bool:
     """The wgmma/TMA kernel family runs on compute capability 9.0 only (sm_90a code is not forward compatible)."""
     return arch == "90"
@@ -122,7 +117,7 @@ def host_flags(arch: str) -> list[str]:
     """The binding (the only host-compiled unit) learns here whether the SM90 units are in the build."""
     if not has_sm90_kernels(arch):
         return HOST_FLAGS
-    return HOST_FLAGS + ["-DFLASH_ATTENTION_SM90", f"-DFLASH_ATTENTION_SM90_DEFAULT={int(SM90_DEFAULT)}"]
+    return HOST_FLAGS + ["-DFLASH_ATTENTION_SM90"]
 
 
 def source_files(arch: str) -> list[Path]:

@@ -44,18 +44,16 @@ cudaError_t dispatch_head_dim(const flash::FwdParams& params, cudaStream_t strea
 
 #ifdef FLASH_ATTENTION_SM90
 // The Hopper kernel family serves compute capability 9.0 and the head dims it instantiates (64, 128, 256, and the
-// sizes that round up to them; TMA zero-fills the padding columns). FLASH_ATTENTION_CUDA_KERNEL=sm80 or =sm90
-// chooses a family (to test or time both on a Hopper GPU); unset, FLASH_ATTENTION_SM90_DEFAULT (a build flag set
-// by the loader) decides.
+// sizes that round up to them; TMA zero-fills the padding columns): flash_attention.cuda.sm90_family_covers says
+// the same in Python. FLASH_ATTENTION_CUDA_KERNEL=sm80 holds such calls to the SM80 family (to test or time both
+// on a Hopper GPU).
 bool use_sm90_kernel(int head_dim) {
   const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
   if (props->major != 9 || props->minor != 0) return false;
   const int padded = flash::padded_head_dim(head_dim);
   if (padded != 64 && padded != 128 && padded != 256) return false;
   const char* family = std::getenv("FLASH_ATTENTION_CUDA_KERNEL");
-  if (family != nullptr && std::strcmp(family, "sm80") == 0) return false;
-  if (family != nullptr && std::strcmp(family, "sm90") == 0) return true;
-  return FLASH_ATTENTION_SM90_DEFAULT;
+  return family == nullptr || std::strcmp(family, "sm80") != 0;
 }
 
 template <flash::DType kDType, bool kCausal>
@@ -121,7 +119,12 @@ std::tuple<at::Tensor, at::Tensor> cuda_fwd(const at::Tensor& q_in, const at::Te
   p.softmax_scale = static_cast<float>(softmax_scale);
   p.scale_log2 = static_cast<float>(softmax_scale * M_LOG2E);
   p.causal = causal;
-  p.max_smem_per_block = static_cast<int>(at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin);
+  const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
+  p.max_smem_per_block = static_cast<int>(props->sharedMemPerBlockOptin);
+  p.num_sms = props->multiProcessorCount;
+  p.l2_cache_bytes = props->l2CacheSize;
+  const char* persistent = std::getenv("FLASH_ATTENTION_SM90_PERSISTENT");
+  p.persistent = persistent == nullptr || std::strcmp(persistent, "0") != 0;
 
   cudaStream_t stream = at::cuda::getCurrentCUDAStream().stream();
   const bool half = dtype == at::kHalf;
