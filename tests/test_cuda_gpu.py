@@ -132,11 +132,12 @@ def test_sequence_lengths(seqlens, causal, head_dim):
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_persistent_grid_runs_many_tiles_per_cta(head_dim, causal, monkeypatch):
-    """More query tiles than SMs, so each CTA of the SM90 family's persistent grid runs several one after another
-    (causal with Nq > Nk adds tiles whose rows see no key, which the producer skips); the same call with one CTA
-    per tile (FLASH_ATTENTION_SM90_PERSISTENT=0) computes every tile the same way, so it must give the same bits."""
+    """More query tiles than SMs, so each CTA of the SM90 family's persistent grid (forced on for causal too) runs
+    several one after another (causal with Nq > Nk adds tiles whose rows see no key, which the producer skips); the
+    same call with one CTA per tile computes every tile the same way, so it must give the same bits."""
     torch.manual_seed(head_dim + causal)
     q, k, v = rand(3, 8, 1500, head_dim), rand(3, 4, 1100, head_dim), rand(3, 4, 1100, head_dim)
+    monkeypatch.setenv("FLASH_ATTENTION_SM90_PERSISTENT", "1")
     check(q, k, v, causal)
     out, lse = fa_cuda.attention(q, k, v, causal=causal, return_lse=True)
     monkeypatch.setenv("FLASH_ATTENTION_SM90_PERSISTENT", "0")

@@ -122,9 +122,10 @@ std::tuple<at::Tensor, at::Tensor> cuda_fwd(const at::Tensor& q_in, const at::Te
   const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
   p.max_smem_per_block = static_cast<int>(props->sharedMemPerBlockOptin);
   p.num_sms = props->multiProcessorCount;
-  p.l2_cache_bytes = props->l2CacheSize;
+  // SM90 grid: persistent for equal tiles (no mask), one CTA per tile for causal (tile_scheduler.h says why);
+  // FLASH_ATTENTION_SM90_PERSISTENT=1 or =0 forces either, to test or time both.
   const char* persistent = std::getenv("FLASH_ATTENTION_SM90_PERSISTENT");
-  p.persistent = persistent == nullptr || std::strcmp(persistent, "0") != 0;
+  p.persistent = persistent == nullptr ? !causal : std::strcmp(persistent, "0") != 0;
 
   cudaStream_t stream = at::cuda::getCurrentCUDAStream().stream();
   const bool half = dtype == at::kHalf;

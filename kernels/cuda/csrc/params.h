@@ -37,8 +37,7 @@ struct FwdParams {
 
   int max_smem_per_block;    // the device's opt-in shared memory limit, used to pick a tile that fits
   int num_sms;               // multiprocessors: the size of a persistent grid
-  index_t l2_cache_bytes;    // L2 size: how many heads' K/V a persistent grid keeps resident at once
-  bool persistent;           // SM90: persistent grid (default) or one CTA per tile (FLASH_ATTENTION_SM90_PERSISTENT=0)
+  bool persistent;           // SM90: one CTA per SM walking the tiles, or one CTA per tile (see tile_scheduler.h)
 };
 
 }  // namespace flash

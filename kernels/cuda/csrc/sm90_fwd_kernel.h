@@ -1,7 +1,8 @@
-// The SM90a FlashAttention forward kernel: a persistent grid (see PersistentTileScheduler) whose CTAs are a producer
-// warpgroup (TMA loads) and kBlockM / 64 consumer warpgroups (warpgroup MMAs and softmax). They meet on the mbarriers
-// of two kStages-deep pipelines, one for K and one for V, and on a full/empty pair for Q; pipeline states and
-// barrier phases run on across a CTA's tiles, so the next tile's loads start while the current one finishes.
+// The SM90a FlashAttention forward kernel: a grid, persistent where tiles are equal, walking a list of tiles
+// (PersistentTileScheduler). A CTA is a producer warpgroup (TMA loads) and kBlockM / 64 consumer warpgroups (warpgroup
+// MMAs and softmax), which meet on the mbarriers of two kStages-deep pipelines, one for K and one for V, and on a
+// full/empty pair for Q; pipeline states and barrier phases run on across a CTA's tiles, so the next tile's loads
+// start while the current one finishes.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -63,7 +64,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
   // so the barrier phases agree without any other communication.
   auto for_each_tile = [&](auto&& body) {
     for (index_t t = blockIdx.x; t < params.scheduler.num_tiles; t += gridDim.x) {
-      const TileCoord tile = persistent_tile(params.scheduler, args, t);
+      const TileCoord tile = persistent_tile<kCausal>(params.scheduler, args, t);
       const KeyTileRange range =
           key_tile_range<kCausal, kBlockM, kBlockN>(tile.m_block, args.seqlen_q, args.seqlen_k);
       body(tile, range);

@@ -1,6 +1,6 @@
 // Which tile a CTA computes, written once for both kernel families: the host's grid and the device's decoding of
-// it live side by side so they cannot drift apart. SM80: one CTA per tile (fwd_grid, current_tile). SM90: a
-// persistent grid walking a static tile order (PersistentTileScheduler).
+// it live side by side so they cannot drift apart. SM80: one CTA per tile (fwd_grid, current_tile). SM90: a grid
+// walking the same tile order as a flat list, persistent where the tiles are equal (PersistentTileScheduler).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -30,65 +30,54 @@ struct TileCoord {
   int m_block;
 };
 
-// Causal grids run the longest rows (the last query tiles) first, to shorten the tail.
+// The tile order of both families: the query tiles of one (batch, head) are adjacent, so the CTAs that run at once
+// stream the same K/V tiles in step and DRAM delivers each once (L2 serves the rest); causal takes a head's last
+// query tiles (the longest rows) first, so the short ones fill the tail.
 template <bool kCausal>
-__forceinline__ __device__ TileCoord current_tile(const FwdParams& params) {
-  const index_t bh = index_t(blockIdx.z) * gridDim.y + blockIdx.y;
+__forceinline__ __device__ TileCoord make_tile(const FwdParams& params, index_t bh, int m_index, int num_m_blocks) {
   TileCoord tile;
   tile.valid = bh < index_t(params.batch) * params.heads_q;
   tile.bh = bh;
   tile.batch = int(bh / params.heads_q);
   tile.head = int(bh % params.heads_q);
   tile.head_kv = tile.head / params.group;
-  tile.m_block = kCausal ? int(gridDim.x) - 1 - int(blockIdx.x) : int(blockIdx.x);
+  tile.m_block = kCausal ? num_m_blocks - 1 - m_index : m_index;
   return tile;
 }
 
-// SM90: at most one CTA per SM, each taking tiles blockIdx.x, blockIdx.x + gridDim.x, ... of one static order, so
-// that a CTA's next Q and K/V loads overlap its current tile's last GEMM and epilogue (no per-tile launch, prologue
-// or barrier set-up). The order: heads in groups whose K and V fit in half the L2 (every tile of a group reads
-// its K/V from L2 after the first), and inside a group the last query tiles first (for causal the longest, so the
-// short ones fill the tail), then heads. Consecutive tiles of a round run at once on different SMs.
+// SM80: one CTA per tile, x the query tile and y, z the folded batch * heads.
+template <bool kCausal>
+__forceinline__ __device__ TileCoord current_tile(const FwdParams& params) {
+  return make_tile<kCausal>(params, index_t(blockIdx.z) * gridDim.y + blockIdx.y, blockIdx.x, gridDim.x);
+}
+
+// SM90: the same order as one flat list; CTA b takes tiles b, b + gridDim.x, b + 2 gridDim.x, ... With a persistent
+// grid (one CTA per SM), a CTA's next Q and K/V loads overlap its current tile's last GEMM and epilogue, and no tile
+// pays for a launch, a prologue or barrier set-up; every CTA takes the same number of equal tiles. Causal tiles are
+// unequal, and a static round-robin would hand some CTAs only long ones (with 4 query tiles per head and 132 SMs,
+// CTA b always gets query tile 3 - b % 4), so causal calls get one CTA per tile and the hardware's dynamic block
+// scheduling, unless FLASH_ATTENTION_SM90_PERSISTENT says otherwise (FwdParams::persistent, set by the binding).
 struct PersistentTileScheduler {
   index_t num_tiles;
-  index_t num_heads;    // batch * heads_q
   int num_m_blocks;
-  int heads_per_group;
 };
 
-inline PersistentTileScheduler make_persistent_scheduler(const FwdParams& params, int block_m, int element_bytes) {
+inline PersistentTileScheduler make_persistent_scheduler(const FwdParams& params, int block_m) {
   PersistentTileScheduler s;
   s.num_m_blocks = (params.seqlen_q + block_m - 1) / block_m;
-  s.num_heads = index_t(params.batch) * params.heads_q;
-  s.num_tiles = s.num_heads * s.num_m_blocks;
-  const index_t kv_bytes_per_head = index_t(2) * params.seqlen_k * params.head_dim * element_bytes;
-  const index_t budget = params.l2_cache_bytes > 0 ? params.l2_cache_bytes / 2 : (index_t(16) << 20);
-  const index_t heads = std::max<index_t>(1, std::min(budget / kv_bytes_per_head, s.num_heads));
-  s.heads_per_group = int(std::min<index_t>(heads, index_t(1) << 30));
+  s.num_tiles = index_t(params.batch) * params.heads_q * s.num_m_blocks;
   return s;
 }
 
-// One CTA per SM (fewer if there are fewer tiles); `persistent` false gives one CTA per tile in the same order.
-inline dim3 persistent_grid(const PersistentTileScheduler& s, const FwdParams& params, bool persistent) {
-  const index_t cap = persistent ? (params.num_sms > 0 ? params.num_sms : 1) : index_t(0x7fffffff);
-  return dim3(static_cast<unsigned>(s.num_tiles < cap ? s.num_tiles : cap));
+inline dim3 persistent_grid(const PersistentTileScheduler& s, const FwdParams& params) {
+  const index_t cap = params.persistent ? std::max(params.num_sms, 1) : index_t(0x7fffffff);
+  return dim3(static_cast<unsigned>(std::min(s.num_tiles, cap)));
 }
 
+template <bool kCausal>
 __forceinline__ __device__ TileCoord persistent_tile(const PersistentTileScheduler& s, const FwdParams& params,
                                                      index_t t) {
-  const index_t tiles_per_group = index_t(s.heads_per_group) * s.num_m_blocks;
-  const index_t group = t / tiles_per_group;
-  const index_t r = t - group * tiles_per_group;
-  const index_t first_head = group * s.heads_per_group;
-  const index_t heads_here = min(index_t(s.heads_per_group), s.num_heads - first_head);
-  TileCoord tile;
-  tile.valid = true;
-  tile.m_block = s.num_m_blocks - 1 - int(r / heads_here);
-  tile.bh = first_head + r % heads_here;
-  tile.batch = int(tile.bh / params.heads_q);
-  tile.head = int(tile.bh % params.heads_q);
-  tile.head_kv = tile.head / params.group;
-  return tile;
+  return make_tile<kCausal>(params, t / s.num_m_blocks, int(t % s.num_m_blocks), s.num_m_blocks);
 }
 
 }  // namespace flash
