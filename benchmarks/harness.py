@@ -626,12 +626,14 @@ def _command_output(*command: str) -> str | None:
 
 def git_commit() -> str:
     """Short sha, plus '-dirty' when tracked files differ from it (as `git describe --dirty`). A copy of the tree
-    without .git (say, shipped to a GPU machine) names its commit in FLASH_ATTENTION_COMMIT."""
+    shipped to a GPU machine names its commit in FLASH_ATTENTION_COMMIT, which wins over git: such a copy may carry
+    no .git, or a stale one (seen on the device machine: its .git named the last landed commit, not the tree's)."""
+    given = os.environ.get("FLASH_ATTENTION_COMMIT")
+    if given:
+        return f"{given} (from FLASH_ATTENTION_COMMIT: a copy of the tree)"
     sha = _command_output("git", "rev-parse", "--short", "HEAD")
     if sha is None:
-        given = os.environ.get("FLASH_ATTENTION_COMMIT")
-        return f"{given} (from FLASH_ATTENTION_COMMIT: a copy of the tree without git)" if given else \
-            "unknown (no git commit)"
+        return "unknown (no git commit)"
     dirty = _command_output("git", "status", "--porcelain", "--untracked-files=no")
     return sha + ("-dirty" if dirty else "")
 

@@ -181,3 +181,11 @@ def test_a_wrong_result_is_marked_in_the_table_and_listed_below_it():
     assert rows[0][header.index("triton")] == "1.00" + WRONG
     assert rows[0][header.index("baseline")] == "1.00"
     assert f"{WRONG} triton, D=32 B=1 H=2 N=16 no mask: max abs error" in text
+
+
+def test_commit_named_by_environment_wins_over_git(monkeypatch):
+    """A tree shipped to a GPU machine may carry a stale .git; FLASH_ATTENTION_COMMIT names what was measured."""
+    monkeypatch.delenv("FLASH_ATTENTION_COMMIT", raising=False)
+    assert "FLASH_ATTENTION_COMMIT" not in harness.git_commit()
+    monkeypatch.setenv("FLASH_ATTENTION_COMMIT", "abc1234")
+    assert harness.git_commit().startswith("abc1234 ")
