@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -185,3 +189,40 @@ def test_check_cuda_compile_script_is_importable():
     assert module.short_name(
         "void flash::flash_fwd_sm80_kernel<flash::FwdKernelTraits<64, 128, 128, 4, cutlass::half_t>, true>(x)"
     ) == "d64 fp16 128x128 4w causal"
+
+
+_CONCURRENT_LOADER = """
+import sys, time, torch
+from flash_attention.cuda import _loader
+torch.cuda.is_available = lambda: True
+torch.cuda.get_device_capability = lambda device=None: (8, 0)
+log = sys.argv[1]
+
+def slow_build(arch, where, verbose):  # long enough that the other process arrives while this one builds
+    with open(log, "a") as handle:
+        handle.write("build\\n")
+    time.sleep(2)
+    where.mkdir(parents=True, exist_ok=True)
+    (where / f"{_loader.EXTENSION_NAME}.so").write_bytes(b"a complete library")
+
+def load_library(path):
+    assert open(path, "rb").read() == b"a complete library", "loaded a library that was not complete"
+
+_loader._build = slow_build
+torch.ops.load_library = load_library
+_loader.load()
+with open(log, "a") as handle:
+    handle.write("loaded\\n")
+"""
+
+
+def test_two_processes_loading_from_a_cold_cache_share_one_build(tmp_path):
+    """Two processes start on an empty cache at once: both succeed, and the file lock makes the second wait for
+    the first's build and load it instead of building again (or loading a half-written library)."""
+    log = tmp_path / "log"
+    env = {**os.environ, "FLASH_ATTENTION_CACHE": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([sys.executable, "-c", _CONCURRENT_LOADER, str(log)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [proc.communicate(timeout=120)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    assert sorted(log.read_text().split()) == ["build", "loaded", "loaded"]
