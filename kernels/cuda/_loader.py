@@ -1,6 +1,6 @@
 """The thin JIT loader of the CUDA backend: build once per (sources, flags, torch, CUDA, GPU arch), cache per user.
 
-Importing this module builds nothing. :func:`load` builds on first use (a minute or two: one nvcc process per
+Importing this module builds nothing. :func:`load` builds on first use (2-3 minutes on 16 cores: one nvcc process per
 ``csrc/fwd_*.cu``, run in parallel by ninja; the ``fwd_sm90_*`` files only on compute capability 9.0) for the GPU
 in hand only, into
 ``<cache>/sm<XY>-<key>/`` where ``<cache>`` is ``$FLASH_ATTENTION_CACHE``, else ``$XDG_CACHE_HOME/flash_attention``,
