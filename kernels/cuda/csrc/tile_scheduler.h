@@ -53,7 +53,7 @@ __forceinline__ __device__ TileCoord current_tile(const FwdParams& params) {
 
 // SM90: the same order as one flat list; CTA b takes tiles b, b + gridDim.x, b + 2 gridDim.x, ... With a persistent
 // grid (one CTA per SM), a CTA's next Q and K/V loads overlap its current tile's last GEMM and epilogue, and no tile
-// pays for a launch, a prologue or barrier set-up; every CTA takes the same number of equal tiles. Causal tiles are
+// pays for a launch, a prologue or barrier set-up; CTAs take equal tiles, as many to within one. Causal tiles are
 // unequal, and a static round-robin would hand some CTAs only long ones (with 4 query tiles per head and 132 SMs,
 // CTA b always gets query tile 3 - b % 4), so causal calls get one CTA per tile and the hardware's dynamic block
 // scheduling, unless FLASH_ATTENTION_SM90_PERSISTENT says otherwise (FwdParams::persistent, set by the binding).
