@@ -24,8 +24,8 @@ __all__ = ["attention", "BACKENDS", "available_backends", "backend_unavailable_r
 # Importing them builds and compiles nothing: kernels compile on first use.
 BACKENDS = ("cuda", "triton", "naive")
 # `auto` takes the first backend in this order that can run the input (and wants it: `auto_eligible`). Measured on
-# an H100 (results/NOTES.md): the CUDA backend's Hopper family beats the Triton kernel where it runs (head dims up to
-# 64, 104-128, 200-256; cuda.auto_eligible declines the others), and Triton (TMA + wgmma) beats the SM80-design CUDA
+# an H100 (results/NOTES.md): the CUDA backend's Hopper family beats the Triton kernel where it runs (head dims
+# 40-64, 104-128, 200-256; cuda.auto_eligible declines the others), and Triton (TMA + wgmma) beats the SM80-design CUDA
 # family, so Hopper tries cuda first and newer GPUs, which run no sm_90a code, Triton. Before Hopper (unmeasured
 # here) the CUDA kernel, FlashAttention-2's design for SM80, leads.
 _AUTO_ORDER_HOPPER = ("cuda", "triton", "naive")

@@ -172,6 +172,12 @@ def test_fake_impl_shapes_dtypes_and_layout(layout):
         assert lse.shape == (2, 8, 33) and lse.dtype == torch.float32
 
 
+def test_sm90_family_covers_the_head_dims_that_pad_to_its_instantiations():
+    covered = [d for d in range(8, 257, 8) if fa_cuda.sm90_family_covers(d)]
+    assert covered == list(range(40, 65, 8)) + list(range(104, 129, 8)) + list(range(200, 257, 8))
+    assert not fa_cuda.sm90_family_covers(264)
+
+
 def test_op_schema():
     schema = torch.ops.flash_attention.cuda_fwd.default._schema
     assert [a.name for a in schema.arguments] == ["q", "k", "v", "causal", "softmax_scale"]

@@ -93,7 +93,7 @@ _SM90_HEAD_DIMS = (64, 128, 256)
 
 def sm90_family_covers(head_dim: int) -> bool:
     """Whether, on compute capability 9.0, a call of this head_dim runs the Hopper (SM90) kernel family."""
-    return next(d for d in _PADDED_HEAD_DIMS if d >= head_dim) in _SM90_HEAD_DIMS
+    return next((d for d in _PADDED_HEAD_DIMS if d >= head_dim), None) in _SM90_HEAD_DIMS
 
 
 def auto_eligible(query) -> bool:
