@@ -19,8 +19,8 @@ __all__ = ["attention", "BACKENDS", "available_backends", "backend_unavailable_r
 
 # Every backend module exposes `attention(query, key, value, *, causal, softmax_scale, return_lse)`, the same after
 # validation as `run_validated(query, key, value, shape, *, causal, return_lse)`, and `unavailable_reason(query)`
-# -> str | None; it may expose `auto_eligible(query) -> bool` (which implies unavailable_reason(query) is None) to
-# stay out of `auto`.
+# -> str | None; it may expose `auto_eligible(query, causal) -> bool` (which implies unavailable_reason(query) is None)
+# to stay out of `auto`.
 # Importing them builds and compiles nothing: kernels compile on first use.
 BACKENDS = ("cuda", "triton", "naive")
 # `auto` takes the first backend in this order that can run the input (and wants it: `auto_eligible`). Measured on
@@ -68,7 +68,7 @@ def available_backends(query=None) -> list[str]:
     return [name for name in BACKENDS if backend_unavailable_reason(name, query) is None]
 
 
-def _auto_backend(query) -> str:
+def _auto_backend(query, causal) -> str:
     if query.device.type != "cuda":
         return "naive"  # the CPU path (the Triton interpreter is a test vehicle, not a way to run models)
     major_minor = capability(query)
@@ -81,7 +81,7 @@ def _auto_backend(query) -> str:
         if module is None:
             continue
         eligible = getattr(module, "auto_eligible", None)
-        if eligible(query) if eligible is not None else module.unavailable_reason(query) is None:
+        if eligible(query, causal) if eligible is not None else module.unavailable_reason(query) is None:
             return name
     return "naive"
 
@@ -108,5 +108,5 @@ def attention(query, key, value, *, causal=False, softmax_scale=None, return_lse
     shape = check_attention_args(
         query, key, value, causal=causal, softmax_scale=softmax_scale, return_lse=return_lse
     )
-    name = _auto_backend(query) if backend == "auto" else backend
+    name = _auto_backend(query, causal) if backend == "auto" else backend
     return _backend_module(name).run_validated(query, key, value, shape, causal=causal, return_lse=return_lse)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What a change needs on a GPU before it is called done, in one place:
 #   scripts/gpu_validate.sh OUTDIR build|tests|sanitize|bench-seed|bench-paper|bench-families|memory ...
-# build: the CUDA extension from a clean cache (timed), then a cached load in a fresh process (timed);
+# build: from a clean cache, a first cuda call (timed), then every kernel (timed), then a cached first call in a
+# fresh process (timed);
 # tests: the whole suite on CUDA tensors; sanitize: compute-sanitizer memcheck + racecheck on every kernel;
 # bench-*: the repo's benchmark commands, writing their tables under OUTDIR/results (bench-families: the paper
 # grid with the cuda backend's two kernel families side by side, cuda_sm90 and cuda_sm80, on a Hopper GPU).
@@ -23,12 +24,18 @@ step() {
 
 for what in "$@"; do
   case $what in
-    build)  # from a clean cache (build.py prints the time), then a cached load in a fresh process
+    build)  # from a clean cache: a first call (the binding and its one kernel), then every other kernel ahead of
+            # time (build.py prints the time), then a cached first call in a fresh process
       rm -rf "${FLASH_ATTENTION_CACHE:?set FLASH_ATTENTION_CACHE to a scratch folder}"
+      step first-call python -c "import time, torch, flash_attention as fa; \
+q = torch.randn(4, 16, 1024, 128, device='cuda', dtype=torch.float16); t0 = time.perf_counter(); \
+fa.attention(q, q, q, backend='cuda'); torch.cuda.synchronize(); \
+print(f'first call from a clean cache (builds the binding and one kernel): {time.perf_counter() - t0:.1f} s')"
       step build python -m flash_attention.cuda.build
-      step cached-load python -c "import time, torch; t0 = time.perf_counter(); import flash_attention.cuda._loader as l; \
-t1 = time.perf_counter(); l.load(); t2 = time.perf_counter(); \
-print(f'fresh process, torch already imported: import flash_attention {t1 - t0:.2f} s, cached load {t2 - t1:.2f} s')" ;;
+      step cached-load python -c "import time, torch; q = torch.randn(4, 16, 1024, 128, device='cuda', \
+dtype=torch.float16); torch.cuda.synchronize(); t0 = time.perf_counter(); import flash_attention as fa; \
+t1 = time.perf_counter(); fa.attention(q, q, q, backend='cuda'); torch.cuda.synchronize(); t2 = time.perf_counter(); \
+print(f'fresh process, torch already imported: import flash_attention {t1 - t0:.2f} s, first call (cached) {t2 - t1:.2f} s')" ;;
     tests) step tests python -m pytest tests -q -ra -p no:cacheprovider ;;
     sanitize) step sanitize python scripts/sanitize.py ;;
     bench-seed) step bench-seed python benchmarks/runtime.py --markdown --output "$out/results" ;;

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 import torch
@@ -44,21 +47,34 @@ def test_cache_dir_follows_environment(monkeypatch, tmp_path):
     assert _loader.cache_root() == tmp_path / "xdg" / "flash_attention"
 
 
-def test_sources_are_one_binding_and_one_unit_per_instantiation():
+_EXPORT = re.compile(r"FLASH_EXPORT_KERNEL\((\w+), (kSm80|kSm90), (kFloat16|kBFloat16), (\d+), (true|false), (\w+)\)")
+
+
+def test_one_kernel_library_per_translation_unit_each_exporting_its_entry():
     for arch in ("80", "86", "89", "90", "100"):
-        names = [p.name for p in _loader.source_files(arch)]
-        assert names.count("binding.cpp") == 1
+        stems = _loader.kernel_stems(arch)
         for d in (32, 64, 96, 128, 160, 192, 256):
             for t in ("fp16", "bf16"):
                 for mask in ("", "_causal"):
-                    assert f"fwd_hdim{d}_{t}{mask}.cu" in names
+                    assert f"fwd_hdim{d}_{t}{mask}" in stems
                     # The wgmma family is sm_90a code: built for compute capability 9.0 and nowhere else.
-                    sm90 = f"fwd_sm90_hdim{d}_{t}{mask}.cu" in names
+                    sm90 = f"fwd_sm90_hdim{d}_{t}{mask}" in stems
                     assert sm90 == (arch == "90" and d in (64, 128, 256)), (arch, d)
-        assert len(names) == 1 + 28 + (12 if arch == "90" else 0)
+        assert len(stems) == 28 + (12 if arch == "90" else 0)
+        assert len({_loader.library_path(arch, stem) for stem in [None, *stems]}) == len(stems) + 1
     assert "-gencode=arch=compute_90a,code=sm_90a" in _loader.arch_flags("90")
-    assert "-DFLASH_ATTENTION_SM90" in _loader.host_flags("90")
-    assert "-DFLASH_ATTENTION_SM90" not in _loader.host_flags("80") + _loader.arch_flags("80")
+    # Each unit exports the entry the binding looks up (flash_attention_<stem>), and the key it states is its own.
+    for stem in _loader.kernel_stems("90"):
+        text = (_loader.CSRC / f"{stem}.cu").read_text()
+        exports = _EXPORT.findall(text)
+        assert len(exports) == 1, stem
+        name, family, dtype, head_dim, causal, launcher = exports[0]
+        sm90 = stem.startswith("fwd_sm90_")
+        assert name == stem and family == ("kSm90" if sm90 else "kSm80")
+        assert launcher == ("run_fwd_sm90" if sm90 else "run_fwd")
+        assert f"hdim{head_dim}_{'fp16' if dtype == 'kFloat16' else 'bf16'}" in stem
+        assert (causal == "true") == stem.endswith("_causal")
+        assert f"{launcher}<DType::{dtype}, {head_dim}, {causal}>" in text, stem
     # Kernel translation units must compile without torch (CI builds them with nvcc + CUTLASS only).
     for path in _loader.CSRC.iterdir():
         if path.suffix in (".cu", ".h", ".cuh") and path.name != "binding.cpp":
@@ -66,17 +82,35 @@ def test_sources_are_one_binding_and_one_unit_per_instantiation():
             assert "#include <torch" not in text and "#include <ATen" not in text, path.name
 
 
+def test_kernel_stem_is_the_unit_the_binding_runs(monkeypatch):
+    monkeypatch.delenv("FLASH_ATTENTION_CUDA_KERNEL", raising=False)
+    assert fa_cuda.kernel_stem((9, 0), 128, torch.float16, False) == "fwd_sm90_hdim128_fp16"
+    assert fa_cuda.kernel_stem((9, 0), 40, torch.bfloat16, True) == "fwd_sm90_hdim64_bf16_causal"
+    assert fa_cuda.kernel_stem((9, 0), 32, torch.float16, False) == "fwd_hdim32_fp16"
+    assert fa_cuda.kernel_stem((8, 0), 72, torch.bfloat16, True) == "fwd_hdim96_bf16_causal"
+    assert fa_cuda.kernel_stem((10, 0), 128, torch.float16, False) == "fwd_hdim128_fp16"
+    monkeypatch.setenv("FLASH_ATTENTION_CUDA_KERNEL", "sm80")
+    assert fa_cuda.kernel_stem((9, 0), 128, torch.float16, False) == "fwd_hdim128_fp16"
+    monkeypatch.delenv("FLASH_ATTENTION_CUDA_KERNEL")
+    for major_minor, arch in (((8, 0), "80"), ((9, 0), "90")):
+        stems = set(_loader.kernel_stems(arch))
+        for head_dim in range(8, 257, 8):
+            for dtype in (torch.float16, torch.bfloat16):
+                for causal in (False, True):
+                    assert fa_cuda.kernel_stem(major_minor, head_dim, dtype, causal) in stems
+
+
 def test_build_without_nvcc_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(_loader, "find_nvcc", lambda: None)
     with pytest.raises(RuntimeError, match="nvcc not found"):
-        _loader._build("80", tmp_path / "build", verbose=False)
+        _loader._build("80", "fwd_hdim64_fp16", tmp_path / "build", verbose=False)
 
 
 def test_build_without_cutlass_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(_loader, "find_nvcc", lambda: "/usr/bin/true")
     monkeypatch.setattr(_loader, "find_cutlass_include", lambda: None)
     with pytest.raises(RuntimeError, match="CUTLASS"):
-        _loader._build("80", tmp_path / "build", verbose=False)
+        _loader._build("80", None, tmp_path / "build", verbose=False)
 
 
 def test_unavailable_on_cpu_and_never_builds(monkeypatch):
@@ -104,57 +138,105 @@ def test_load_without_gpu_is_a_clear_error(monkeypatch):
 
 
 def _fake_gpu(monkeypatch, tmp_path):
+    """A pretend SM80 GPU whose builds write a small file and whose loads read it back: (builds, loads) record
+    which library was built and what was loaded, in order."""
     monkeypatch.setenv("FLASH_ATTENTION_CACHE", str(tmp_path))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
-    monkeypatch.setattr(_loader, "_loaded", {})
+    monkeypatch.setattr(_loader, "_loaded", set())
     builds, loads = [], []
 
-    def fake_build(arch, where, verbose):
-        builds.append(arch)
+    def fake_build(arch, stem, where, verbose):
+        builds.append(stem)
         where.mkdir(parents=True, exist_ok=True)
-        (where / f"{_loader.EXTENSION_NAME}.so").write_bytes(b"a complete library")
+        (where / f"{_loader.library_name(stem)}.so").write_bytes(b"a complete library")
 
-    def fake_load_library(path):
-        loads.append(open(path, "rb").read())
-        if loads[-1] == b"unloadable":
+    def fake_load(arch, stem):
+        loads.append((stem, _loader.library_path(arch, stem).read_bytes()))
+        if loads[-1][1] == b"unloadable":
             raise OSError("undefined symbol")
 
     monkeypatch.setattr(_loader, "_build", fake_build)
-    monkeypatch.setattr(torch.ops, "load_library", fake_load_library)
+    monkeypatch.setattr(_loader, "_load_into_process", fake_load)
     return builds, loads
 
 
-def test_build_once_then_load_from_cache(monkeypatch, tmp_path):
+KERNEL = "fwd_hdim64_fp16"
+
+
+def test_a_call_builds_the_binding_and_its_kernel_only_then_loads_from_cache(monkeypatch, tmp_path):
     builds, loads = _fake_gpu(monkeypatch, tmp_path)
-    assert not _loader.is_built("80")
-    path = _loader.load()
-    assert builds == ["80"] and loads == [b"a complete library"] and _loader.is_built("80")
-    monkeypatch.setattr(_loader, "_loaded", {})  # a new process: the cached build is loaded, not rebuilt
-    assert _loader.is_built("80")
-    assert _loader.load() == path and builds == ["80"]
+    assert not _loader.is_built("80") and not _loader.is_built("80", (KERNEL,))
+    _loader.load(kernels=(KERNEL,))
+    assert set(builds) == {None, KERNEL} and len(builds) == 2
+    assert loads == [(None, b"a complete library"), (KERNEL, b"a complete library")]  # the binding first
+    assert _loader.is_built("80", (KERNEL,)) and not _loader.is_built("80", ("fwd_hdim64_fp16_causal",))
+    _loader.load(kernels=(KERNEL,))
+    assert len(builds) == 2 and len(loads) == 2  # loaded in this process: nothing to do
+    _loader.load(kernels=("fwd_hdim64_fp16_causal",))  # another kernel: built and loaded alone
+    assert builds[2:] == ["fwd_hdim64_fp16_causal"] and loads[2:] == [("fwd_hdim64_fp16_causal", b"a complete library")]
+    monkeypatch.setattr(_loader, "_loaded", set())  # a new process: the cached builds are loaded, not rebuilt
+    assert _loader.is_built("80", (KERNEL,))
+    _loader.load(kernels=(KERNEL,))
+    assert len(builds) == 3 and [stem for stem, _ in loads[3:]] == [None, KERNEL]
+
+
+def test_missing_libraries_build_in_parallel(monkeypatch, tmp_path):
+    _fake_gpu(monkeypatch, tmp_path)
+    running, peak = [0], [0]
+    lock = threading.Lock()
+
+    def slow_build(arch, stem, where, verbose):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.2)
+        where.mkdir(parents=True, exist_ok=True)
+        (where / f"{_loader.library_name(stem)}.so").write_bytes(b"a complete library")
+        with lock:
+            running[0] -= 1
+
+    monkeypatch.setattr(_loader, "_build", slow_build)
+    monkeypatch.setenv("MAX_JOBS", "3")
+    _loader.load(kernels=_loader.kernel_stems("80")[:5])
+    assert peak[0] == 3  # MAX_JOBS at once, never more
+    assert _loader.is_built("80", _loader.kernel_stems("80")[:5])
+
+
+def test_a_failed_build_is_reported_and_leaves_no_complete_record(monkeypatch, tmp_path):
+    _fake_gpu(monkeypatch, tmp_path)
+
+    def failing_build(arch, stem, where, verbose):
+        where.mkdir(parents=True, exist_ok=True)
+        if stem is not None:
+            raise RuntimeError("Error building extension 'flash_attention_fwd_hdim64_fp16'")
+        (where / f"{_loader.library_name(stem)}.so").write_bytes(b"a complete library")
+
+    monkeypatch.setattr(_loader, "_build", failing_build)
+    with pytest.raises(RuntimeError, match="Error building extension"):
+        _loader.load(kernels=(KERNEL,))
+    assert _loader.is_built("80") and not _loader.is_built("80", (KERNEL,))
 
 
 def test_truncated_cached_library_is_rebuilt_before_loading(monkeypatch, tmp_path):
     # dlopen of a truncated library can die with SIGBUS, so the size/sha256 record must catch it first.
     builds, loads = _fake_gpu(monkeypatch, tmp_path)
-    _loader.load()
-    library = _loader.library_path("80")
-    library.write_bytes(b"a compl")
-    monkeypatch.setattr(_loader, "_loaded", {})
-    assert not _loader.is_built("80")
-    _loader.load()
-    assert builds == ["80", "80"] and loads == [b"a complete library", b"a complete library"]
+    _loader.load(kernels=(KERNEL,))
+    _loader.library_path("80", KERNEL).write_bytes(b"a compl")
+    monkeypatch.setattr(_loader, "_loaded", set())
+    assert _loader.is_built("80") and not _loader.is_built("80", (KERNEL,))
+    _loader.load(kernels=(KERNEL,))
+    assert builds[2:] == [KERNEL] and loads[2:] == [(None, b"a complete library"), (KERNEL, b"a complete library")]
 
 
 def test_unloadable_cached_library_is_rebuilt_once(monkeypatch, tmp_path):
     builds, loads = _fake_gpu(monkeypatch, tmp_path)
-    directory = _loader.build_dir("80")
-    directory.mkdir(parents=True)
-    (directory / f"{_loader.EXTENSION_NAME}.so").write_bytes(b"unloadable")
-    _loader._write_marker(directory)
+    library = _loader.library_path("80")
+    library.parent.mkdir(parents=True)
+    library.write_bytes(b"unloadable")
+    _loader._write_marker(library)
     _loader.load()
-    assert builds == ["80"] and loads == [b"unloadable", b"a complete library"]
+    assert builds == [None] and loads == [(None, b"unloadable"), (None, b"a complete library")]
 
 
 @pytest.mark.parametrize("layout", ["bhsd", "bshd"])
@@ -204,31 +286,31 @@ torch.cuda.is_available = lambda: True
 torch.cuda.get_device_capability = lambda device=None: (8, 0)
 log = sys.argv[1]
 
-def slow_build(arch, where, verbose):  # long enough that the other process arrives while this one builds
+def slow_build(arch, stem, where, verbose):  # long enough that the other process arrives while this one builds
     with open(log, "a") as handle:
-        handle.write("build\\n")
+        handle.write(f"build-{stem}\\n")
     time.sleep(2)
     where.mkdir(parents=True, exist_ok=True)
-    (where / f"{_loader.EXTENSION_NAME}.so").write_bytes(b"a complete library")
+    (where / f"{_loader.library_name(stem)}.so").write_bytes(b"a complete library")
 
-def load_library(path):
-    assert open(path, "rb").read() == b"a complete library", "loaded a library that was not complete"
+def load_into_process(arch, stem):
+    assert _loader.library_path(arch, stem).read_bytes() == b"a complete library", "loaded an incomplete library"
 
 _loader._build = slow_build
-torch.ops.load_library = load_library
-_loader.load()
+_loader._load_into_process = load_into_process
+_loader.load(kernels=["fwd_hdim64_fp16"])
 with open(log, "a") as handle:
     handle.write("loaded\\n")
 """
 
 
 def test_two_processes_loading_from_a_cold_cache_share_one_build(tmp_path):
-    """Two processes start on an empty cache at once: both succeed, and the file lock makes the second wait for
-    the first's build and load it instead of building again (or loading a half-written library)."""
+    """Two processes start on an empty cache at once: both succeed, and the file locks make the second wait for
+    the first's builds and load them instead of building again (or loading a half-written library)."""
     log = tmp_path / "log"
     env = {**os.environ, "FLASH_ATTENTION_CACHE": str(tmp_path / "cache")}
     procs = [subprocess.Popen([sys.executable, "-c", _CONCURRENT_LOADER, str(log)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outputs = [proc.communicate(timeout=120)[0] for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0], outputs
-    assert sorted(log.read_text().split()) == ["build", "loaded", "loaded"]
+    assert sorted(log.read_text().split()) == ["build-None", "build-fwd_hdim64_fp16", "loaded", "loaded"]

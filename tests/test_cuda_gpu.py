@@ -132,17 +132,29 @@ def test_sequence_lengths(seqlens, causal, head_dim):
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_persistent_grid_runs_many_tiles_per_cta(head_dim, causal, monkeypatch):
-    """More query tiles than SMs, so each CTA of the SM90 family's persistent grid (forced on for causal too) runs
-    several one after another (causal with Nq > Nk adds tiles whose rows see no key, which the producer skips); the
-    same call with one CTA per tile computes every tile the same way, so it must give the same bits."""
+    """More query tiles than SMs, so each CTA of the SM90 family's persistent grid runs several one after another,
+    dealt statically or drawn from the counter (causal with Nq > Nk adds tiles whose rows see no key, which the
+    producer skips); the same call with one CTA per tile computes every tile the same way, so all three must give
+    the same bits."""
     torch.manual_seed(head_dim + causal)
     q, k, v = rand(3, 8, 1500, head_dim), rand(3, 4, 1100, head_dim), rand(3, 4, 1100, head_dim)
-    monkeypatch.setenv("FLASH_ATTENTION_SM90_PERSISTENT", "1")
-    check(q, k, v, causal)
-    out, lse = fa_cuda.attention(q, k, v, causal=causal, return_lse=True)
-    monkeypatch.setenv("FLASH_ATTENTION_SM90_PERSISTENT", "0")
-    out_one_cta_per_tile, lse_one_cta_per_tile = fa_cuda.attention(q, k, v, causal=causal, return_lse=True)
-    assert torch.equal(out, out_one_cta_per_tile) and torch.equal(lse, lse_one_cta_per_tile)
+    monkeypatch.setenv("FLASH_ATTENTION_SM90_SCHEDULER", "per-tile")
+    out_per_tile, lse_per_tile = fa_cuda.attention(q, k, v, causal=causal, return_lse=True)
+    for scheduler in ("static", "dynamic"):
+        monkeypatch.setenv("FLASH_ATTENTION_SM90_SCHEDULER", scheduler)
+        check(q, k, v, causal)
+        for _ in range(3):  # the dynamic deal differs from run to run; the bits must not
+            out, lse = fa_cuda.attention(q, k, v, causal=causal, return_lse=True)
+            assert torch.equal(out, out_per_tile) and torch.equal(lse, lse_per_tile), scheduler
+
+
+def test_unknown_scheduler_is_a_value_error(monkeypatch, kernel_family):
+    if kernel_family != "sm90":
+        pytest.skip("the scheduler choice belongs to the SM90 family")
+    monkeypatch.setenv("FLASH_ATTENTION_SM90_SCHEDULER", "round-robin")
+    q = rand(1, 2, 64, 64)
+    with pytest.raises(ValueError, match="FLASH_ATTENTION_SM90_SCHEDULER"):
+        fa_cuda.attention(q, q, q)
 
 
 @pytest.mark.parametrize("heads", [(8, 2), (8, 1), (6, 3)])
@@ -197,6 +209,38 @@ def test_torch_compile_traces_the_op():
     q, k, v = rand(2, 4, 100, 64), rand(2, 4, 100, 64), rand(2, 4, 100, 64)
     fn = torch.compile(lambda q, k, v: fa_cuda.attention(q, k, v, causal=True), fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(fn(q, k, v), fa_cuda.attention(q, k, v, causal=True))
+
+
+# A fresh process with the cache already built (by the tests above): nothing is loaded, and the first thing it does
+# is compile. The fake implementation loads the kernel while tracing, so the compiled graph's call finds it.
+_COMPILE_FIRST = """
+import torch, flash_attention.cuda as fa_cuda
+q = torch.randn(1, 2, 70, 96, device="cuda", dtype=torch.bfloat16)
+fn = torch.compile(lambda q: fa_cuda.attention(q, q, q, causal=True), fullgraph=True, backend="aot_eager")
+out = fn(q)
+ref = torch.nn.functional.scaled_dot_product_attention(q.float(), q.float(), q.float(), is_causal=True)
+torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=0)
+print("compiled call ok")
+"""
+
+
+def test_torch_compile_in_a_fresh_process_loads_the_kernel_while_tracing(kernel_family):
+    import os
+    import subprocess
+    import sys
+
+    fa_cuda.load_kernel(rand(1, 1, 8, 96, dtype=torch.bfloat16), causal=True)  # built here, loaded there
+    proc = subprocess.run([sys.executable, "-c", _COMPILE_FIRST], capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ))
+    assert proc.returncode == 0 and "compiled call ok" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_direct_op_call_after_load_kernel():
+    q, k, v = rand(2, 4, 77, 128), rand(2, 2, 90, 128), rand(2, 2, 90, 128)
+    fa_cuda.load_kernel(q, causal=True)
+    out, lse = torch.ops.flash_attention.cuda_fwd(q, k, v, True, 0.1)
+    ref_out, ref_lse = fa_cuda.attention(q, k, v, causal=True, softmax_scale=0.1, return_lse=True)
+    assert torch.equal(out, ref_out) and torch.equal(lse, ref_lse)
 
 
 def test_runs_on_current_stream_and_other_device_index():

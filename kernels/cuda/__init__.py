@@ -3,9 +3,10 @@ and on compute capability 9.0 a Hopper family (TMA, warpgroup MMAs, warp special
 
     out = flash_attention.cuda.attention(q, k, v, causal=True)
 
-The first call in a fresh cache builds the extension for the GPU in hand (a minute or two; see ``_loader``); build
-ahead with ``python -m flash_attention.cuda.build``. ``backend="auto"`` picks this backend only once that build
-exists (:func:`auto_eligible`), so automatic selection never starts a surprise build.
+The first call of a kind (head dim, dtype, mask) in a fresh cache builds the binding and that one kernel for the GPU in
+hand (under a minute; see ``_loader``); ``python -m flash_attention.cuda.build`` builds every kernel ahead of time.
+``backend="auto"`` picks this backend only once the kernel a call needs is built (:func:`auto_eligible`), so
+automatic selection never starts a surprise build.
 
 The kernel is the op ``torch.ops.flash_attention.cuda_fwd(q, k, v, causal, softmax_scale) -> (out, lse)``: its schema,
 fake implementation (for torch.compile / FakeTensor) and autograd rule live here, its CUDA implementation in
@@ -14,6 +15,7 @@ fake implementation (for torch.compile / FakeTensor) and autograd rule live here
 
 from __future__ import annotations
 
+import os
 
 import torch
 
@@ -22,7 +24,10 @@ from .._device import capability, device_index
 from .._validation import check_attention_args, check_cuda_tensor, empty_like_query
 from . import _loader
 
-__all__ = ["attention", "run_validated", "unavailable_reason", "auto_eligible", "sm90_family_covers"]
+__all__ = [
+    "attention", "run_validated", "unavailable_reason", "auto_eligible", "sm90_family_covers", "kernel_stem",
+    "load_kernel",
+]
 
 _OP_NAME = "flash_attention::cuda_fwd"
 _CUDA_KERNEL_ONLY = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
@@ -43,6 +48,7 @@ def _define_op() -> None:
 
     @torch.library.register_fake(_OP_NAME)
     def _cuda_fwd_fake(q, k, v, causal, softmax_scale):
+        _load_while_tracing(q, causal)
         batch, heads_q, seqlen_q, _ = q.shape
         out = empty_like_query(q)
         lse = q.new_empty((batch, heads_q, seqlen_q), dtype=torch.float32)
@@ -89,23 +95,59 @@ def unavailable_reason(query=None) -> str | None:
 # padded_head_dim in csrc/static_switch.h; the SM90 family instantiates 64, 128 and 256 (binding.cpp).
 _PADDED_HEAD_DIMS = (32, 64, 96, 128, 160, 192, 256)
 _SM90_HEAD_DIMS = (64, 128, 256)
+_DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def _padded_head_dim(head_dim: int):
+    return next((d for d in _PADDED_HEAD_DIMS if d >= head_dim), None)
 
 
 def sm90_family_covers(head_dim: int) -> bool:
     """Whether, on compute capability 9.0, a call of this head_dim runs the Hopper (SM90) kernel family."""
-    return next((d for d in _PADDED_HEAD_DIMS if d >= head_dim), None) in _SM90_HEAD_DIMS
+    return _padded_head_dim(head_dim) in _SM90_HEAD_DIMS
 
 
-def auto_eligible(query) -> bool:
-    """Whether `auto` should take this backend for `query`: only once the extension is loaded or cached for this GPU
-    (`auto` never triggers a build), and on Hopper only for head dims the SM90 family covers, where it measured
-    faster than the Triton kernel (results/NOTES.md); there the SM80 family, for the rest, is not."""
+def kernel_stem(major_minor: tuple[int, int], head_dim: int, dtype: torch.dtype, causal: bool) -> str:
+    """The kernel translation unit (csrc/<stem>.cu) that runs a call, as binding.cpp picks it: the SM90 family on
+    compute capability 9.0 where it covers the head dim (unless FLASH_ATTENTION_CUDA_KERNEL=sm80), else the SM80 one."""
+    sm90 = (tuple(major_minor) == (9, 0) and sm90_family_covers(head_dim)
+            and os.environ.get("FLASH_ATTENTION_CUDA_KERNEL") != "sm80")
+    family = "fwd_sm90_hdim" if sm90 else "fwd_hdim"
+    return f"{family}{_padded_head_dim(head_dim)}_{_DTYPE_NAMES[dtype]}{'_causal' if causal else ''}"
+
+
+def load_kernel(query, causal: bool = False) -> None:
+    """Build (if the cache lacks it) and load the kernel that `attention(query, ..., causal=causal)` runs. Calls through
+    the API do this themselves; call it before calling torch.ops.flash_attention.cuda_fwd directly."""
+    _loader.load(query.device, kernels=(kernel_stem(capability(query), query.shape[-1], query.dtype, causal),))
+
+
+def _load_while_tracing(query, causal) -> None:
+    """torch.compile traces the op through its fake implementation and never runs `run_validated`'s load, so the
+    kernel a compiled graph will launch is loaded here, at trace time. Best effort: without a GPU (FakeTensors on a
+    CPU machine) or a toolchain, the compiled call itself reports what is missing."""
+    head_dim = query.shape[-1]
+    if query.device.type != "cuda" or not isinstance(head_dim, int) or not torch.cuda.is_available():
+        return
+    if query.dtype not in _DTYPE_NAMES or _padded_head_dim(head_dim) is None:
+        return
+    try:
+        load_kernel(query, bool(causal))
+    except (RuntimeError, ValueError):
+        pass
+
+
+def auto_eligible(query, causal: bool = False) -> bool:
+    """Whether `auto` should take this backend for `query`: only once the kernel the call needs is loaded or cached
+    for this GPU (`auto` never triggers a build), and on Hopper only for head dims the SM90 family covers, where it
+    measured faster than the Triton kernel (results/NOTES.md); there the SM80 family, for the rest, is not."""
     if unavailable_reason(query) is not None:
         return False
-    major, minor = capability(query)
-    if (major, minor) == (9, 0) and not sm90_family_covers(query.shape[-1]):
+    major_minor = capability(query)
+    if major_minor == (9, 0) and not sm90_family_covers(query.shape[-1]):
         return False
-    return _loader.is_built(f"{major}{minor}")
+    stem = kernel_stem(major_minor, query.shape[-1], query.dtype, causal)
+    return _loader.is_built(f"{major_minor[0]}{major_minor[1]}", (stem,))
 
 
 def _with_positive_scale(query, softmax_scale: float):
@@ -132,15 +174,16 @@ def run_validated(query, key, value, shape, *, causal, return_lse):
     """`attention` after check_attention_args (which returned `shape`): flash_attention.attention validates once."""
     check_cuda_tensor("cuda", query)
     if not torch.compiler.is_compiling():
-        # Under torch.compile only the fake implementation runs while tracing; the compiled graph calls the op, so
-        # the library must be loaded by then (any eager call, or `python -m flash_attention.cuda.build` + a call).
-        major, minor = capability(query)
-        if major < 8:
+        # Under torch.compile only the fake implementation runs while tracing (and loads the kernel: see
+        # _load_while_tracing); the compiled graph calls the op.
+        major_minor = capability(query)
+        if major_minor[0] < 8:
             raise ValueError(
-                f"backend 'cuda' needs a GPU with compute capability >= 8.0, got {major}.{minor} on "
-                f"{query.device}; use backend='triton' or 'naive'"
+                f"backend 'cuda' needs a GPU with compute capability >= 8.0, got {major_minor[0]}.{major_minor[1]} "
+                f"on {query.device}; use backend='triton' or 'naive'"
             )
-        _loader.load(query.device)
+        stem = kernel_stem(major_minor, query.shape[-1], query.dtype, causal)
+        _loader.load(query.device, kernels=(stem,))
     # The op allocates out as empty_like_query does (query's layout) and lse as empty_lse does (float32, (B, Hq, Nq)),
     # launches on torch's current stream under a guard for query's device, and writes both. Allocating inside the
     # op (not passing out/lse in) keeps it functional, which torch.compile traces without auto_functionalize.

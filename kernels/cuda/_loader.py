@@ -1,17 +1,25 @@
-"""The thin JIT loader of the CUDA backend: build once per (sources, flags, torch, CUDA, GPU arch), cache per user.
+"""The thin JIT loader of the CUDA backend: nothing is built at import, each kernel is built on first use, and
+everything is cached per user.
 
-Importing this module builds nothing. :func:`load` builds on first use (2-3 minutes on 16 cores: one nvcc process per
-``csrc/fwd_*.cu``, run in parallel by ninja; the ``fwd_sm90_*`` files only on compute capability 9.0) for the GPU
-in hand only, into
-``<cache>/sm<XY>-<key>/`` where ``<cache>`` is ``$FLASH_ATTENTION_CACHE``, else ``$XDG_CACHE_HOME/flash_attention``,
-else ``~/.cache/flash_attention``, and ``<key>`` hashes the sources' contents, the flags, the torch and CUDA versions
-and the arch. Later processes load the cached library in a fraction of a second. Two processes building at once
-serialise on a file lock. A finished build records the library's size and sha256; a cached library that does not
-match (truncated, corrupt) is wiped and rebuilt before it is loaded, and one that fails to load is rebuilt once.
+Libraries, each built by ``torch.utils.cpp_extension.load`` (ninja) for the GPU in hand only:
+- the binding (``csrc/binding.cpp``, the only unit that includes torch), which defines the op
+  ``flash_attention::cuda_fwd`` and holds a table of kernel launchers;
+- one library per kernel translation unit, ``csrc/fwd_[sm90_]hdim<D>_<dtype>[_causal].cu`` (40 of them; the
+  ``fwd_sm90_*`` ones only on compute capability 9.0), which the binding dlopens to file the launcher it exports.
+A call loads the binding and the one kernel it needs, building whichever is missing, in parallel: a first call
+compiles one kernel, not forty. ``python -m flash_attention.cuda.build`` builds them all ahead of time, ``MAX_JOBS``
+at once (default: one per core).
+
+The cache is ``<cache>/sm<XY>-<key>/<library>/``, where ``<cache>`` is ``$FLASH_ATTENTION_CACHE``, else
+``$XDG_CACHE_HOME/flash_attention``, else ``~/.cache/flash_attention``, and ``<key>`` hashes the sources' contents,
+the flags, the torch and CUDA versions and the arch. Two processes building the same library serialise on its file
+lock. A finished build records the library's size and sha256; a cached library that does not match (truncated,
+corrupt) is wiped and rebuilt before it is loaded, and one that fails to load is rebuilt once.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import hashlib
@@ -30,7 +38,7 @@ REPO = Path(__file__).resolve().parents[2]
 EXTENSION_NAME = "flash_attention_cuda"
 _OK_MARKER = "BUILD_OK"
 
-HOST_FLAGS = ["-O3", "-std=c++17"]
+HOST_FLAGS = ["-O3"]  # torch.utils.cpp_extension adds the C++ standard its headers need
 # torch adds -D__CUDA_NO_HALF_OPERATORS__ & co. for its own headers; CUTLASS's half/bfloat types want them back.
 NVCC_FLAGS = [
     "-O3",
@@ -44,7 +52,7 @@ NVCC_FLAGS = [
     "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
 ]
 
-_loaded: dict[str, Path] = {}  # arch -> library loaded into this process
+_loaded: set[tuple[str, str | None]] = set()  # (arch, kernel stem or None for the binding) loaded in this process
 _lock = threading.Lock()
 
 
@@ -113,27 +121,25 @@ def arch_flags(arch: str) -> list[str]:
     return [f"-gencode=arch=compute_{arch},code=sm_{arch}"]
 
 
-def host_flags(arch: str) -> list[str]:
-    """The binding (the only host-compiled unit) learns here whether the SM90 units are in the build."""
-    if not has_sm90_kernels(arch):
-        return HOST_FLAGS
-    return HOST_FLAGS + ["-DFLASH_ATTENTION_SM90"]
+def kernel_stems(arch: str) -> list[str]:
+    """The kernel translation units for `arch` by file stem: the SM80 family everywhere, the SM90 one on 9.0."""
+    files = sorted(CSRC.glob("fwd_*.cu"))
+    return [p.stem for p in files if has_sm90_kernels(arch) or not p.name.startswith("fwd_sm90_")]
 
 
-def source_files(arch: str) -> list[Path]:
-    """Translation units for `arch`: the SM80 kernel files, the SM90 ones on 9.0, and the torch binding."""
-    kernels = [p for p in sorted(CSRC.glob("*.cu")) if has_sm90_kernels(arch) or not p.name.startswith("fwd_sm90_")]
-    return kernels + sorted(CSRC.glob("*.cpp"))
+def library_name(stem: str | None) -> str:
+    """The binding's library (stem None) or a kernel's: flash_attention_cuda, flash_attention_fwd_hdim64_fp16, ..."""
+    return EXTENSION_NAME if stem is None else f"flash_attention_{stem}"
 
 
 @functools.lru_cache(maxsize=None)
 def cache_key(arch: str) -> str:
-    """Hash of everything that changes the built library: sources and headers, flags, torch, CUDA, Python, arch.
+    """Hash of everything that changes a built library: sources and headers, flags, torch, CUDA, Python, arch.
     Computed once per process: `is_built` asks on every `auto` call until the library is loaded."""
     h = hashlib.sha256()
     for path in sorted(p for p in CSRC.rglob("*") if p.is_file()):
         h.update(path.relative_to(CSRC).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    for part in (host_flags(arch), NVCC_FLAGS, arch_flags(arch)):
+    for part in (HOST_FLAGS, NVCC_FLAGS, arch_flags(arch)):
         h.update(" ".join(part).encode() + b"\0")
     h.update(f"torch={torch.__version__} cuda={torch.version.cuda} py={sys.version_info[:2]} arch={arch}".encode())
     return h.hexdigest()[:16]
@@ -143,8 +149,9 @@ def build_dir(arch: str) -> Path:
     return cache_root() / f"sm{arch}-{cache_key(arch)}"
 
 
-def library_path(arch: str) -> Path:
-    return build_dir(arch) / f"{EXTENSION_NAME}.so"
+def library_path(arch: str, stem: str | None = None) -> Path:
+    name = library_name(stem)
+    return build_dir(arch) / name / f"{name}.so"
 
 
 def _digest(path: Path) -> str:
@@ -155,18 +162,16 @@ def _digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_marker(directory: Path) -> None:
-    library = directory / f"{EXTENSION_NAME}.so"
+def _write_marker(library: Path) -> None:
     record = {"size": library.stat().st_size, "sha256": _digest(library), "built": time.strftime("%Y-%m-%d %H:%M:%S")}
-    (directory / _OK_MARKER).write_text(json.dumps(record) + "\n")
+    (library.parent / _OK_MARKER).write_text(json.dumps(record) + "\n")
 
 
-def _marker_matches(directory: Path, *, check_digest: bool) -> bool:
+def _marker_matches(library: Path, *, check_digest: bool) -> bool:
     """The cached library is the one a finished build wrote: same size (and sha256 if asked). A truncated library
     must never reach dlopen: mapping past the end of a short file kills the process with SIGBUS, not an OSError."""
-    library = directory / f"{EXTENSION_NAME}.so"
     try:
-        record = json.loads((directory / _OK_MARKER).read_text())
+        record = json.loads((library.parent / _OK_MARKER).read_text())
         if library.stat().st_size != record["size"]:
             return False
         return not check_digest or _digest(library) == record["sha256"]
@@ -174,9 +179,11 @@ def _marker_matches(directory: Path, *, check_digest: bool) -> bool:
         return False
 
 
-def is_built(arch: str) -> bool:
-    """True if this process has the library loaded, or a complete build sits in the cache (no build needed)."""
-    return arch in _loaded or _marker_matches(build_dir(arch), check_digest=False)
+def is_built(arch: str, kernels=()) -> bool:
+    """True if the binding and each kernel in `kernels` (file stems) are loaded in this process or completely built
+    in the cache: a call needs no build."""
+    return all((arch, stem) in _loaded or _marker_matches(library_path(arch, stem), check_digest=False)
+               for stem in (None, *kernels))
 
 
 # ----------------------------------------------------------------------------------------------- building
@@ -202,11 +209,11 @@ def _file_lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _build(arch: str, directory: Path, verbose: bool) -> None:
+def _check_toolchain() -> Path:
+    """The CUTLASS include directory, once nvcc, CUTLASS and ninja are known to be there; else a clear error."""
     from torch.utils import cpp_extension
 
-    nvcc = find_nvcc()
-    if nvcc is None:
+    if find_nvcc() is None:
         raise RuntimeError(
             "flash_attention cuda backend: nvcc not found (set CUDA_HOME to a CUDA toolkit >= 12, or put nvcc on "
             "PATH), and no built library is cached for this GPU; use backend='triton' or 'naive' instead"
@@ -218,22 +225,67 @@ def _build(arch: str, directory: Path, verbose: bool) -> None:
         cpp_extension.verify_ninja_availability()
     except RuntimeError as error:
         raise RuntimeError("flash_attention cuda backend: the JIT build needs ninja (`pip install ninja`)") from error
-    os.environ.setdefault("MAX_JOBS", str(os.cpu_count() or 1))  # ninja: all translation units in parallel
+    return include
+
+
+def _build(arch: str, stem: str | None, directory: Path, verbose: bool) -> None:
+    """Build one library into `directory`: the binding (stem None) or the kernel csrc/<stem>.cu."""
+    from torch.utils import cpp_extension
+
+    include = _check_toolchain()
     directory.mkdir(parents=True, exist_ok=True)
+    if stem is None:  # host code only, against torch's CUDA headers and libraries
+        sources, cuda_flags = [CSRC / "binding.cpp"], []
+    else:
+        sources, cuda_flags = [CSRC / f"{stem}.cu"], NVCC_FLAGS + arch_flags(arch)
     cpp_extension.load(
-        name=EXTENSION_NAME,
-        sources=[str(p) for p in source_files(arch)],
-        extra_cflags=host_flags(arch),
-        extra_cuda_cflags=NVCC_FLAGS + arch_flags(arch),
+        name=library_name(stem),
+        sources=[str(p) for p in sources],
+        extra_cflags=HOST_FLAGS,
+        extra_cuda_cflags=cuda_flags,
         extra_include_paths=[str(include), str(CSRC)],
         build_directory=str(directory),
-        is_python_module=False,  # the library registers flash_attention::cuda_fwd with the dispatcher
+        with_cuda=True,
+        is_python_module=False,
         verbose=verbose,
     )
 
 
-def load(device=None, *, verbose: bool = False) -> Path:
-    """Load the extension for `device`'s GPU, building it first if no complete build is cached. Returns its path."""
+def _ensure_built(arch: str, stems: list, verbose: bool) -> None:
+    """Build, in parallel (MAX_JOBS at once, default one per core), each library of `stems` (None: the binding) that
+    the cache lacks complete. Each build runs under its library's file lock, so another process building the same
+    one is waited for, not repeated."""
+
+    def build_one(stem):
+        library = library_path(arch, stem)
+        with _file_lock(library.parent.with_suffix(".lock")):
+            if not _marker_matches(library, check_digest=True):
+                # No finished build, or a truncated / altered library: start from a clean directory.
+                shutil.rmtree(library.parent, ignore_errors=True)
+                _build(arch, stem, library.parent, verbose)
+                _write_marker(library)
+
+    jobs = max(1, int(os.environ.get("MAX_JOBS") or os.cpu_count() or 1))
+    if len(stems) == 1 or jobs == 1:
+        for stem in stems:
+            build_one(stem)
+        return
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(jobs, len(stems))) as pool:
+        for future in [pool.submit(build_one, stem) for stem in stems]:
+            future.result()  # the first failure, after every build has finished
+
+
+def _load_into_process(arch: str, stem: str | None) -> None:
+    library = library_path(arch, stem)
+    if stem is None:
+        torch.ops.load_library(str(library))  # no-op if cpp_extension.load already loaded it
+    else:  # the binding dlopens it and files its launcher
+        torch.ops.flash_attention.cuda_load_kernel(str(library), stem)
+
+
+def load(device=None, *, kernels=(), verbose: bool = False) -> Path:
+    """Load the binding and the kernels named in `kernels` (file stems, e.g. "fwd_sm90_hdim128_fp16") for `device`'s
+    GPU, building in parallel whatever the cache lacks. Returns the build directory."""
     if not torch.cuda.is_available():
         raise RuntimeError("flash_attention cuda backend: CUDA is not available (no GPU, or a CPU-only torch build)")
     major, minor = torch.cuda.get_device_capability(device)
@@ -243,25 +295,20 @@ def load(device=None, *, verbose: bool = False) -> Path:
             f"({torch.cuda.get_device_name(device)})"
         )
     arch = f"{major}{minor}"
+    wanted = [None, *kernels]  # the binding first: loading a kernel goes through it
     with _lock:
-        if arch in _loaded:
-            return _loaded[arch]
-        directory = build_dir(arch)
-        library = directory / f"{EXTENSION_NAME}.so"
-        with _file_lock(directory.parent / f"{directory.name}.lock"):
-            for attempt in range(2):
-                if not _marker_matches(directory, check_digest=True):
-                    # No finished build, or a truncated / altered library: start from a clean directory.
-                    shutil.rmtree(directory, ignore_errors=True)
-                    _build(arch, directory, verbose)
-                    _write_marker(directory)
+        missing = [stem for stem in wanted if (arch, stem) not in _loaded]
+        if missing:
+            _ensure_built(arch, missing, verbose)
+            for stem in missing:
                 try:
-                    torch.ops.load_library(str(library))  # no-op if cpp_extension.load already loaded it
-                    break
+                    _load_into_process(arch, stem)
                 except (OSError, RuntimeError):
-                    if attempt == 1:
-                        raise
                     # Intact but unloadable (e.g. a system library changed under it): rebuild once.
-                    shutil.rmtree(directory, ignore_errors=True)
-        _loaded[arch] = library
-        return library
+                    library = library_path(arch, stem)
+                    with _file_lock(library.parent.with_suffix(".lock")):
+                        shutil.rmtree(library.parent, ignore_errors=True)
+                    _ensure_built(arch, [stem], verbose)
+                    _load_into_process(arch, stem)
+                _loaded.add((arch, stem))
+    return build_dir(arch)

@@ -1,15 +1,21 @@
 // The torch-facing side of the CUDA backend (the only file that includes torch): the CUDA implementation of
 // flash_attention::cuda_fwd, whose schema, fake (meta) implementation and autograd rule are defined in Python
-// (kernels/cuda/__init__.py). Inputs were validated in Python; the checks here guard direct torch.ops calls.
+// (kernels/cuda/__init__.py), and flash_attention::cuda_load_kernel, which files the launcher of a kernel library.
+// Inputs were validated in Python; the checks here guard direct torch.ops calls.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <dlfcn.h>
+
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <string>
 #include <tuple>
 
 #include "fwd_launch_api.h"
@@ -30,45 +36,62 @@ at::Tensor aligned_for_16_byte_loads(const at::Tensor& t) {
 // Strides of dims of size 1 are never multiplied by a nonzero index; zero them so odd values cannot matter.
 int64_t used_stride(const at::Tensor& t, int dim) { return t.size(dim) == 1 ? 0 : t.stride(dim); }
 
-template <flash::DType kDType, bool kCausal>
-cudaError_t dispatch_head_dim(const flash::FwdParams& params, cudaStream_t stream) {
-  switch (flash::padded_head_dim(params.head_dim)) {
-#define FLASH_CASE(D) \
-  case D:             \
-    return flash::run_fwd<kDType, D, kCausal>(params, stream);
-    FLASH_FOR_EACH_HEADDIM(FLASH_CASE)
-#undef FLASH_CASE
-  }
-  TORCH_CHECK_VALUE(false, "flash_attention cuda: no kernel for head_dim ", params.head_dim);
+// The kernels live in their own libraries (one per translation unit, built on first use by kernels/cuda/_loader.py),
+// which file their launchers here through flash_attention::cuda_load_kernel. Slots are written under a mutex and
+// read without one on every call.
+constexpr int kNumHeadDims = 7;  // FLASH_FOR_EACH_HEADDIM
+std::atomic<flash::FwdLaunchFn> g_launchers[2][2][kNumHeadDims][2];  // [family][dtype][head dim][causal]
+std::mutex g_load_mutex;
+
+int head_dim_slot(int padded) {
+  int slot = 0;
+#define FLASH_SLOT(D) \
+  if (padded == D) return slot; \
+  ++slot;
+  FLASH_FOR_EACH_HEADDIM(FLASH_SLOT)
+#undef FLASH_SLOT
+  return -1;
 }
 
-#ifdef FLASH_ATTENTION_SM90
+std::atomic<flash::FwdLaunchFn>& launcher_slot(flash::KernelFamily family, flash::DType dtype, int padded_head_dim,
+                                               bool causal) {
+  return g_launchers[static_cast<int>(family)][static_cast<int>(dtype)][head_dim_slot(padded_head_dim)][causal];
+}
+
+// The translation unit's file stem, as the loader names its library: fwd_[sm90_]hdim<D>_<dtype>[_causal].
+std::string kernel_stem(flash::KernelFamily family, flash::DType dtype, int padded_head_dim, bool causal) {
+  std::string stem = family == flash::KernelFamily::kSm90 ? "fwd_sm90_hdim" : "fwd_hdim";
+  stem += std::to_string(padded_head_dim) + (dtype == flash::DType::kFloat16 ? "_fp16" : "_bf16");
+  return causal ? stem + "_causal" : stem;
+}
+
+// flash_attention::cuda_load_kernel(path, stem): dlopen a kernel library and file the launcher it exports as
+// flash_attention_<stem>. Called by the loader once per library and process; loading one twice is harmless.
+void cuda_load_kernel(const std::string& path, const std::string& stem) {
+  std::lock_guard<std::mutex> lock(g_load_mutex);
+  void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);  // kept open for the life of the process
+  TORCH_CHECK(handle != nullptr, "flash_attention cuda: cannot load kernel library ", path, ": ", dlerror());
+  const std::string symbol = "flash_attention_" + stem;
+  const auto* entry = static_cast<const flash::KernelEntry*>(dlsym(handle, symbol.c_str()));
+  TORCH_CHECK(entry != nullptr, "flash_attention cuda: ", path, " does not export ", symbol);
+  TORCH_CHECK(entry->params_bytes == static_cast<int>(sizeof(flash::FwdParams)),
+              "flash_attention cuda: ", path, " was built against another FwdParams layout; clear the cache");
+  TORCH_CHECK(head_dim_slot(entry->head_dim) >= 0 &&
+                  kernel_stem(entry->family, entry->dtype, entry->head_dim, entry->causal) == stem,
+              "flash_attention cuda: ", symbol, " in ", path, " describes another kernel");
+  launcher_slot(entry->family, entry->dtype, entry->head_dim, entry->causal).store(entry->launch);
+}
+
 // The Hopper kernel family serves compute capability 9.0 and the head dims it instantiates (64, 128, 256, and the
-// sizes that round up to them; TMA zero-fills the padding columns): flash_attention.cuda.sm90_family_covers says
-// the same in Python. FLASH_ATTENTION_CUDA_KERNEL=sm80 holds such calls to the SM80 family (to test or time both
-// on a Hopper GPU).
-bool use_sm90_kernel(int head_dim) {
-  const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
-  if (props->major != 9 || props->minor != 0) return false;
-  const int padded = flash::padded_head_dim(head_dim);
-  if (padded != 64 && padded != 128 && padded != 256) return false;
+// sizes that round up to them; TMA zero-fills the padding columns): flash_attention.cuda.kernel_stem says the same in
+// Python, and a GPU test checks that the two agree. FLASH_ATTENTION_CUDA_KERNEL=sm80 holds such calls to the SM80
+// family (to test or time both on a Hopper GPU).
+bool use_sm90_kernel(int major, int minor, int padded_head_dim) {
+  if (major != 9 || minor != 0) return false;
+  if (padded_head_dim != 64 && padded_head_dim != 128 && padded_head_dim != 256) return false;
   const char* family = std::getenv("FLASH_ATTENTION_CUDA_KERNEL");
   return family == nullptr || std::strcmp(family, "sm80") != 0;
 }
-
-template <flash::DType kDType, bool kCausal>
-cudaError_t dispatch_head_dim_sm90(const flash::FwdParams& params, cudaStream_t stream) {
-  switch (flash::padded_head_dim(params.head_dim)) {
-    case 64:
-      return flash::run_fwd_sm90<kDType, 64, kCausal>(params, stream);
-    case 128:
-      return flash::run_fwd_sm90<kDType, 128, kCausal>(params, stream);
-    case 256:
-      return flash::run_fwd_sm90<kDType, 256, kCausal>(params, stream);
-  }
-  TORCH_CHECK_VALUE(false, "flash_attention cuda: no SM90 kernel for head_dim ", params.head_dim);
-}
-#endif
 
 std::tuple<at::Tensor, at::Tensor> cuda_fwd(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                                             bool causal, double softmax_scale) {
@@ -119,29 +142,37 @@ std::tuple<at::Tensor, at::Tensor> cuda_fwd(const at::Tensor& q_in, const at::Te
   p.softmax_scale = static_cast<float>(softmax_scale);
   p.scale_log2 = static_cast<float>(softmax_scale * M_LOG2E);
   p.causal = causal;
-  const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
-  p.max_smem_per_block = static_cast<int>(props->sharedMemPerBlockOptin);
-  p.num_sms = props->multiProcessorCount;
-  // SM90 grid: persistent for equal tiles (no mask), one CTA per tile for causal (tile_scheduler.h says why);
-  // FLASH_ATTENTION_SM90_PERSISTENT=1 or =0 forces either, to test or time both.
-  const char* persistent = std::getenv("FLASH_ATTENTION_SM90_PERSISTENT");
-  p.persistent = persistent == nullptr ? !causal : std::strcmp(persistent, "0") != 0;
-
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream().stream();
-  const bool half = dtype == at::kHalf;
-#ifdef FLASH_ATTENTION_SM90
-  const bool sm90 = use_sm90_kernel(p.head_dim);
-#endif
-  const cudaError_t err = FLASH_BOOL_SWITCH(causal, kCausal, [&] {
-#ifdef FLASH_ATTENTION_SM90
-    if (sm90) {
-      return half ? dispatch_head_dim_sm90<flash::DType::kFloat16, kCausal>(p, stream)
-                  : dispatch_head_dim_sm90<flash::DType::kBFloat16, kCausal>(p, stream);
+  // Attributes, not cudaGetDeviceProperties: cheap per call, and c10/cuda alone (no ATen/cuda, whose headers want
+  // cuSPARSE and cuBLAS) is enough, so CI can compile this file without them.
+  const int device = q_in.device().index();
+  int major = 0, minor = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&p.max_smem_per_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&p.num_sms, cudaDevAttrMultiProcessorCount, device));
+  const int padded = flash::padded_head_dim(p.head_dim);
+  const flash::KernelFamily family =
+      use_sm90_kernel(major, minor, padded) ? flash::KernelFamily::kSm90 : flash::KernelFamily::kSm80;
+  const flash::DType kernel_dtype = dtype == at::kHalf ? flash::DType::kFloat16 : flash::DType::kBFloat16;
+  const flash::FwdLaunchFn launch = launcher_slot(family, kernel_dtype, padded, causal).load();
+  // SM90 grid (tile_scheduler.h): persistent, dealing equal tiles (no mask) statically and unequal ones (causal)
+  // from a counter. FLASH_ATTENTION_SM90_SCHEDULER=static|dynamic|per-tile overrides, to test or time each.
+  at::Tensor tile_counter;
+  if (family == flash::KernelFamily::kSm90) {
+    const char* scheduler = std::getenv("FLASH_ATTENTION_SM90_SCHEDULER");
+    const std::string choice = scheduler != nullptr ? scheduler : (causal ? "dynamic" : "static");
+    TORCH_CHECK_VALUE(choice == "static" || choice == "dynamic" || choice == "per-tile",
+                      "FLASH_ATTENTION_SM90_SCHEDULER must be static, dynamic or per-tile, got ", choice);
+    p.persistent = choice != "per-tile";
+    if (choice == "dynamic") {
+      tile_counter = at::zeros({1}, q_in.options().dtype(at::kInt));  // on the current stream, before the kernel
+      p.tile_counter = reinterpret_cast<unsigned int*>(tile_counter.data_ptr<int32_t>());
     }
-#endif
-    return half ? dispatch_head_dim<flash::DType::kFloat16, kCausal>(p, stream)
-                : dispatch_head_dim<flash::DType::kBFloat16, kCausal>(p, stream);
-  });
+  }
+  TORCH_CHECK(launch != nullptr, "flash_attention cuda: kernel ", kernel_stem(family, kernel_dtype, padded, causal),
+              " is not loaded: flash_attention.attention builds and loads it on first use; before calling the op "
+              "directly, call flash_attention.cuda.load_kernel(query, causal)");
+  const cudaError_t err = launch(p, c10::cuda::getCurrentCUDAStream().stream());
   C10_CUDA_CHECK(err);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (!out_aligned.is_same(out)) out.copy_(out_aligned);
@@ -150,4 +181,7 @@ std::tuple<at::Tensor, at::Tensor> cuda_fwd(const at::Tensor& q_in, const at::Te
 
 }  // namespace
 
+TORCH_LIBRARY_FRAGMENT(flash_attention, m) {
+  m.def("cuda_load_kernel(str path, str stem) -> ()", &cuda_load_kernel);
+}
 TORCH_LIBRARY_IMPL(flash_attention, CUDA, m) { m.impl("cuda_fwd", &cuda_fwd); }

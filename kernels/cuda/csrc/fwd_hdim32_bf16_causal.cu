@@ -1,4 +1,5 @@
-// Instantiation: head_dim 32, bf16, causal. One file per (family, head_dim, dtype, causal) so the build runs them in parallel.
+// Instantiation: head_dim 32, bf16, causal.
+// One file per (family, head_dim, dtype, causal): the loader builds each as its own library on first use.
 #include "tile_config.h"
 
 namespace flash {
@@ -7,3 +8,5 @@ cudaError_t run_fwd<DType::kBFloat16, 32, true>(const FwdParams& params, cudaStr
   return run_fwd_for_headdim<32, element_t<DType::kBFloat16>, true>(params, stream);
 }
 }  // namespace flash
+
+FLASH_EXPORT_KERNEL(fwd_hdim32_bf16_causal, kSm80, kBFloat16, 32, true, run_fwd)

@@ -1,4 +1,5 @@
-// Instantiation: head_dim 96, fp16, causal. One file per (family, head_dim, dtype, causal) so the build runs them in parallel.
+// Instantiation: head_dim 96, fp16, causal.
+// One file per (family, head_dim, dtype, causal): the loader builds each as its own library on first use.
 #include "tile_config.h"
 
 namespace flash {
@@ -7,3 +8,5 @@ cudaError_t run_fwd<DType::kFloat16, 96, true>(const FwdParams& params, cudaStre
   return run_fwd_for_headdim<96, element_t<DType::kFloat16>, true>(params, stream);
 }
 }  // namespace flash
+
+FLASH_EXPORT_KERNEL(fwd_hdim96_fp16_causal, kSm80, kFloat16, 96, true, run_fwd)

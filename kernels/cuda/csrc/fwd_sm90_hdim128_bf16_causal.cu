@@ -1,4 +1,5 @@
-// Instantiation: SM90a kernel, head_dim 128, bf16, causal. One file per (family, head_dim, dtype, causal) so the build runs them in parallel.
+// Instantiation: SM90a kernel, head_dim 128, bf16, causal.
+// One file per (family, head_dim, dtype, causal): the loader builds each as its own library on first use.
 #include "sm90_tile_config.h"
 
 namespace flash {
@@ -7,3 +8,5 @@ cudaError_t run_fwd_sm90<DType::kBFloat16, 128, true>(const FwdParams& params, c
   return run_fwd_sm90_for_headdim<128, element_t<DType::kBFloat16>, true>(params, stream);
 }
 }  // namespace flash
+
+FLASH_EXPORT_KERNEL(fwd_sm90_hdim128_bf16_causal, kSm90, kBFloat16, 128, true, run_fwd_sm90)

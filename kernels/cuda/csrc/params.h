@@ -37,7 +37,10 @@ struct FwdParams {
 
   int max_smem_per_block;    // the device's opt-in shared memory limit, used to pick a tile that fits
   int num_sms;               // multiprocessors: the size of a persistent grid
-  bool persistent;           // SM90: one CTA per SM walking the tiles, or one CTA per tile (see tile_scheduler.h)
+  // SM90 grid (tile_scheduler.h): one CTA per tile, or persistent (one CTA per SM walking the tile list), with the
+  // tiles dealt round-robin (static) or drawn from tile_counter (dynamic: a zeroed global counter, else null).
+  bool persistent;
+  unsigned int* tile_counter;
 };
 
 }  // namespace flash

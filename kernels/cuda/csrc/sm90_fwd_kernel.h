@@ -1,8 +1,8 @@
-// The SM90a FlashAttention forward kernel: a grid, persistent where tiles are equal, walking a list of tiles
-// (PersistentTileScheduler). A CTA is a producer warpgroup (TMA loads) and kBlockM / 64 consumer warpgroups (warpgroup
-// MMAs and softmax), which meet on the mbarriers of two kStages-deep pipelines, one for K and one for V, and on a
-// full/empty pair for Q; pipeline states and barrier phases run on across a CTA's tiles, so the next tile's loads
-// start while the current one finishes.
+// The SM90a FlashAttention forward kernel: a grid (one CTA per tile, or persistent with a static or a dynamic deal)
+// walking a list of tiles (PersistentTileScheduler). A CTA is a producer warpgroup (TMA loads) and kBlockM / 64
+// consumer warpgroups (warpgroup MMAs and softmax), which meet on the mbarriers of two kStages-deep pipelines, one
+// for K and one for V, and on a full/empty pair for Q; pipeline states and barrier phases run on across a CTA's
+// tiles, so the next tile's loads start while the current one finishes.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -45,30 +45,38 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
   const FwdParams& args = params.args;
   const int warp_group = cutlass::canonical_warp_group_idx();
 
-  // Barriers: Q full (one arrival: the producer's expect-tx) and Q empty (every consumer thread), then the K and V
-  // pipelines, whose constructors initialise theirs from warp 0.
+  // Barriers: Q full (one arrival: the producer's expect-tx) and Q empty (every consumer thread), the tile slots,
+  // and the K and V pipelines' (from warp 0). Each role builds its pipeline objects after setmaxnreg, as values live
+  // across it can spill.
+  constexpr int kConsumerThreads = Traits::kNumConsumers * cutlass::NumThreadsPerWarpGroup;
   if (threadIdx.x == 0) {
     storage.barrier_q.init(1);
-    storage.barrier_q_empty.init(Traits::kNumConsumers * cutlass::NumThreadsPerWarpGroup);
+    storage.barrier_q_empty.init(kConsumerThreads);
+    for (int slot = 0; slot < 2; ++slot) {
+      storage.barrier_tile_full[slot].init(1);
+      storage.barrier_tile_empty[slot].init(kConsumerThreads);
+    }
   }
-  typename Pipeline::Params pipeline_params;
-  pipeline_params.role = warp_group == 0 ? Pipeline::ThreadCategory::Producer : Pipeline::ThreadCategory::Consumer;
-  pipeline_params.is_leader = threadIdx.x == 0;
-  pipeline_params.num_consumers = Traits::kNumConsumers * cutlass::NumThreadsPerWarpGroup;
-  pipeline_params.transaction_bytes = Traits::kKVTileBytes;
-  Pipeline pipeline_k(storage.pipeline_k, pipeline_params, Shape<_1, _1, _1>{});
-  Pipeline pipeline_v(storage.pipeline_v, pipeline_params, Shape<_1, _1, _1>{});
+  auto pipeline_params = [](bool producer) {
+    typename Pipeline::Params pp;
+    pp.role = producer ? Pipeline::ThreadCategory::Producer : Pipeline::ThreadCategory::Consumer;
+    pp.is_leader = threadIdx.x == 0;
+    pp.num_consumers = kConsumerThreads;
+    pp.transaction_bytes = Traits::kKVTileBytes;
+    return pp;
+  };
+  Pipeline::init_barriers(storage.pipeline_k, pipeline_params(true), Shape<_1, _1, _1>{});
+  Pipeline::init_barriers(storage.pipeline_v, pipeline_params(true), Shape<_1, _1, _1>{});
   __syncthreads();  // every barrier is initialised before anyone waits on it
 
   // Every role walks the same tiles in the same order and skips the same empty ones (causal rows that see no key),
-  // so the barrier phases agree without any other communication.
-  auto for_each_tile = [&](auto&& body) {
-    for (index_t t = blockIdx.x; t < params.scheduler.num_tiles; t += gridDim.x) {
-      const TileCoord tile = persistent_tile<kCausal>(params.scheduler, args, t);
-      const KeyTileRange range =
-          key_tile_range<kCausal, kBlockM, kBlockN>(tile.m_block, args.seqlen_q, args.seqlen_k);
-      body(tile, range);
-    }
+  // so the K/V/Q barrier phases agree. With a static deal each role computes the order itself; with a dynamic one
+  // the producer draws each next tile and passes it on: the i-th tile goes through slot i % 2, whose full barrier
+  // completes for the i/2-th time when it is written and whose empty barrier when every consumer has read it. The
+  // index past the end is passed on too: it stops the consumers.
+  auto run_tile = [&](int t, auto&& body) {
+    const TileCoord tile = persistent_tile<kCausal>(params.scheduler, args, t);
+    body(tile, key_tile_range<kCausal, kBlockM, kBlockN>(tile.m_block, args.seqlen_q, args.seqlen_k));
   };
 
   if (warp_group == 0) {
@@ -77,41 +85,73 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
       cute::prefetch_tma_descriptor(params.tma_q.get_tma_descriptor());
       cute::prefetch_tma_descriptor(params.tma_k.get_tma_descriptor());
       cute::prefetch_tma_descriptor(params.tma_v.get_tma_descriptor());
+      Pipeline pipeline_k(storage.pipeline_k, pipeline_params(true), Shape<_1, _1, _1>{}, cute::false_type{});
+      Pipeline pipeline_v(storage.pipeline_v, pipeline_params(true), Shape<_1, _1, _1>{}, cute::false_type{});
+      const bool dynamic = args.tile_counter != nullptr;
+      const int num_tiles = params.scheduler.num_tiles;
       typename Traits::PipelineState state = cutlass::make_producer_start_state<Pipeline>();
-      int q_loads = 0;
-      for_each_tile([&](const TileCoord& tile, const KeyTileRange& range) {
-        if (range.n_block_max <= 0) return;
-        if (q_loads > 0) storage.barrier_q_empty.wait((q_loads - 1) & 1);  // the consumers released the last Q
-        sm90_load<Traits>(params, storage, pipeline_k, pipeline_v, state, tile, range.n_block_max);
-        ++q_loads;
-      });
+      int t = blockIdx.x;
+      // Waits on an "empty" barrier use the parity of the use before (a fresh barrier counts its phase -1 as done),
+      // so the first uses pass at once without a branch: the producer has 24 registers.
+      for (int i = 0;; ++i) {
+        if (dynamic) {
+          const int slot = i & 1;
+          storage.barrier_tile_empty[slot].wait(((i >> 1) & 1) ^ 1);  // the index it held before was read
+          storage.tile_slot[slot] = t;
+          storage.barrier_tile_full[slot].arrive();
+        }
+        if (t >= num_tiles) break;
+        storage.barrier_q_empty.wait((i & 1) ^ 1);  // the consumers released the last tile's Q
+        run_tile(t, [&](const TileCoord& tile, const KeyTileRange& range) {
+          if (range.n_block_max > 0) {
+            sm90_load<Traits>(params, storage, pipeline_k, pipeline_v, state, tile, range.n_block_max);
+          }
+        });
+        t = next_tile(args, t);
+      }
     }
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
     const int consumer = warp_group - 1;
+    Pipeline pipeline_k(storage.pipeline_k, pipeline_params(false), Shape<_1, _1, _1>{}, cute::false_type{});
+    Pipeline pipeline_v(storage.pipeline_v, pipeline_params(false), Shape<_1, _1, _1>{}, cute::false_type{});
+    const bool dynamic = args.tile_counter != nullptr;
+    const int num_tiles = params.scheduler.num_tiles;
     typename Traits::PipelineState state_k, state_v;
     Sm90PingPong<Traits::kNumConsumers == 2> ping_pong(consumer);
     int q_phase = 0;
     ping_pong.start();
-    for_each_tile([&](const TileCoord& tile, const KeyTileRange& range) {
-      if (range.n_block_max <= 0) {
-        sm90_store_empty_rows<Traits>(args, consumer, tile.batch, tile.head, tile.m_block);
-        return;
+    int t = blockIdx.x;
+    for (int i = 0;; ++i) {
+      if (dynamic) {
+        const int slot = i & 1;
+        storage.barrier_tile_full[slot].wait((i >> 1) & 1);
+        t = storage.tile_slot[slot];
+        storage.barrier_tile_empty[slot].arrive();
       }
-      typename Traits::TiledMmaPV mma_pv;
-      Tensor acc_o = partition_fragment_C(mma_pv, Shape<Int<Traits::kRowsPerConsumer>, Int<Traits::kHeadDim>>{});
-      constexpr int kRows = decltype(size<0>(acc_rowcol_layout(acc_o.layout())))::value;
-      float lse[kRows];
-      // Q is free once the last S GEMM retired, before the last P V, unless O is staged in Q's buffer.
-      auto release_q = [&] {
-        if constexpr (Traits::kSeparateO) storage.barrier_q_empty.arrive();
-      };
-      sm90_mma<Traits, kCausal>(args, storage, pipeline_k, pipeline_v, state_k, state_v, q_phase, ping_pong, acc_o,
-                                lse, consumer, tile.m_block, range, release_q);
-      q_phase ^= 1;
-      sm90_store_output<Traits>(params, storage, acc_o, lse, consumer, tile.batch, tile.head, tile.m_block);
-      if constexpr (!Traits::kSeparateO) storage.barrier_q_empty.arrive();  // after the store read O out of Q
-    });
+      if (t >= num_tiles) break;
+      run_tile(t, [&](const TileCoord& tile, const KeyTileRange& range) {
+        if (range.n_block_max <= 0) {
+          sm90_store_empty_rows<Traits>(args, consumer, tile.batch, tile.head, tile.m_block);
+          storage.barrier_q_empty.arrive();  // one arrival per tile, loaded or not, keeps the producer's count
+          return;
+        }
+        typename Traits::TiledMmaPV mma_pv;
+        Tensor acc_o = partition_fragment_C(mma_pv, Shape<Int<Traits::kRowsPerConsumer>, Int<Traits::kHeadDim>>{});
+        constexpr int kRows = decltype(size<0>(acc_rowcol_layout(acc_o.layout())))::value;
+        float lse[kRows];
+        // Q is free once the last S GEMM retired, before the last P V, unless O is staged in Q's buffer.
+        auto release_q = [&] {
+          if constexpr (Traits::kSeparateO) storage.barrier_q_empty.arrive();
+        };
+        sm90_mma<Traits, kCausal>(args, storage, pipeline_k, pipeline_v, state_k, state_v, q_phase, ping_pong, acc_o,
+                                  lse, consumer, tile.m_block, range, release_q);
+        q_phase ^= 1;
+        sm90_store_output<Traits>(params, storage, acc_o, lse, consumer, tile.batch, tile.head, tile.m_block);
+        if constexpr (!Traits::kSeparateO) storage.barrier_q_empty.arrive();  // after the store read O out of Q
+      });
+      if (!dynamic) t += grid_size();
+    }
     ping_pong.finish();
     sm90_wait_output_stores();
   }

@@ -87,6 +87,11 @@ struct Sm90FwdTraits {
     typename Pipeline::SharedStorage pipeline_v;
     cutlass::arch::ClusterTransactionBarrier barrier_q;  // Q landed (the producer's expect-tx + the TMA bytes)
     cutlass::arch::ClusterBarrier barrier_q_empty;       // every consumer thread is done with this Q (and O in it)
+    // Dynamic scheduling: the producer hands tile indices to the consumers through two slots, each with a full
+    // (one arrival: the producer's) and an empty (every consumer thread) barrier.
+    int tile_slot[2];
+    cutlass::arch::ClusterBarrier barrier_tile_full[2];
+    cutlass::arch::ClusterBarrier barrier_tile_empty[2];
   };
   static constexpr int kSmemSize = int(sizeof(SharedStorage));
   static_assert(kSmemSize <= kSmemLimit, "tiles do not fit in shared memory");

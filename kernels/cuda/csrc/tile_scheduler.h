@@ -1,6 +1,6 @@
 // Which tile a CTA computes, written once for both kernel families: the host's grid and the device's decoding of
 // it live side by side so they cannot drift apart. SM80: one CTA per tile (fwd_grid, current_tile). SM90: a grid
-// walking the same tile order as a flat list, persistent where the tiles are equal (PersistentTileScheduler).
+// walking the same tile order as a flat list, persistent with a static or a dynamic deal (PersistentTileScheduler).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -51,33 +51,57 @@ __forceinline__ __device__ TileCoord current_tile(const FwdParams& params) {
   return make_tile<kCausal>(params, index_t(blockIdx.z) * gridDim.y + blockIdx.y, blockIdx.x, gridDim.x);
 }
 
-// SM90: the same order as one flat list; CTA b takes tiles b, b + gridDim.x, b + 2 gridDim.x, ... With a persistent
-// grid (one CTA per SM), a CTA's next Q and K/V loads overlap its current tile's last GEMM and epilogue, and no tile
-// pays for a launch, a prologue or barrier set-up; CTAs take equal tiles, as many to within one. Causal tiles are
-// unequal, and a static round-robin would hand some CTAs only long ones (with 4 query tiles per head and 132 SMs,
-// CTA b always gets query tile 3 - b % 4), so causal calls get one CTA per tile and the hardware's dynamic block
-// scheduling, unless FLASH_ATTENTION_SM90_PERSISTENT says otherwise (FwdParams::persistent, set by the binding).
+// SM90: the same order as one flat list, walked by a grid of one of three kinds (FwdParams::persistent and
+// ::tile_counter, set by the binding; FLASH_ATTENTION_SM90_SCHEDULER overrides its choice):
+// - one CTA per tile (CTA b runs tile b), the hardware's block scheduler balancing them;
+// - persistent, static: one CTA per SM, CTA b takes tiles b, b + gridDim.x, b + 2 gridDim.x, ... Its next Q and K/V
+//   loads overlap its current tile's last GEMM and epilogue, and no tile pays for a launch, a prologue or barrier
+//   set-up. The default without a mask, where tiles are equal and CTAs take as many to within one;
+// - persistent, dynamic: CTA b takes tile b first, then draws the next unstarted tile from a global counter, so a
+//   CTA that drew short tiles draws more. The default for causal calls, whose tiles are unequal: a static
+//   round-robin would hand some CTAs only long ones (with 4 query tiles per head and 132 SMs, CTA b always gets
+//   query tile 3 - b % 4). The list runs longest first within each head, so the short tiles fill the tail.
+//   The producer draws (an atomic on a 64-bit counter, issued a whole tile ahead so its latency hides) and
+//   hands each tile index to the consumers through shared memory (sm90_fwd_kernel.h).
+// Tile indices are 32-bit (the producer runs on 24 registers): 2^31 tiles of 128 query rows would be a query of
+// 4 TB, so make_persistent_scheduler's check cannot fail on a real call; it only keeps the limit explicit.
 struct PersistentTileScheduler {
-  index_t num_tiles;
+  int num_tiles;
   int num_m_blocks;
 };
 
-inline PersistentTileScheduler make_persistent_scheduler(const FwdParams& params, int block_m) {
-  PersistentTileScheduler s;
+inline bool make_persistent_scheduler(const FwdParams& params, int block_m, PersistentTileScheduler& s) {
   s.num_m_blocks = (params.seqlen_q + block_m - 1) / block_m;
-  s.num_tiles = index_t(params.batch) * params.heads_q * s.num_m_blocks;
-  return s;
+  const index_t num_tiles = index_t(params.batch) * params.heads_q * s.num_m_blocks;
+  s.num_tiles = static_cast<int>(num_tiles);
+  return num_tiles <= 0x7fffffff;
 }
 
 inline dim3 persistent_grid(const PersistentTileScheduler& s, const FwdParams& params) {
-  const index_t cap = params.persistent ? std::max(params.num_sms, 1) : index_t(0x7fffffff);
+  const int cap = params.persistent ? std::max(params.num_sms, 1) : 0x7fffffff;
   return dim3(static_cast<unsigned>(std::min(s.num_tiles, cap)));
 }
 
 template <bool kCausal>
 __forceinline__ __device__ TileCoord persistent_tile(const PersistentTileScheduler& s, const FwdParams& params,
-                                                     index_t t) {
-  return make_tile<kCausal>(params, t / s.num_m_blocks, int(t % s.num_m_blocks), s.num_m_blocks);
+                                                     int t) {
+  return make_tile<kCausal>(params, index_t(t / s.num_m_blocks), t % s.num_m_blocks, s.num_m_blocks);
+}
+
+// gridDim.x read where it is used: ptxas otherwise hoists it out of the producer's loop into a register and, on the
+// producer's 24, spills it.
+__forceinline__ __device__ int grid_size() {
+  unsigned n;
+  asm volatile("mov.u32 %0, %%nctaid.x;" : "=r"(n));
+  return int(n);
+}
+
+// The tile after `t` for this CTA: the next draw from the counter (dynamic) or t + gridDim.x (static, and one CTA
+// per tile, where it is past the end). Only the producer calls it in the dynamic case. Past the end, draws keep
+// counting up: at most one per CTA, far from overflow.
+__forceinline__ __device__ int next_tile(const FwdParams& params, int t) {
+  if (params.tile_counter != nullptr) return int(atomicAdd(params.tile_counter, 1u)) + grid_size();
+  return t + grid_size();
 }
 
 }  // namespace flash
