@@ -148,6 +148,15 @@ def test_persistent_grid_runs_many_tiles_per_cta(head_dim, causal, monkeypatch):
             assert torch.equal(out, out_per_tile) and torch.equal(lse, lse_per_tile), scheduler
 
 
+@pytest.mark.parametrize("seqlens", [(2100, 2300), (2300, 2100)])
+def test_causal_long_queries_at_head_dim_64(seqlens):
+    """From Nq = 2048 causal calls at head dim 64 take the SM90 family's 192-row tile (shorter ones 128 rows):
+    partial last tiles, diagonals that cross three key tiles, and (Nq > Nk) rows that see no key."""
+    torch.manual_seed(sum(seqlens))
+    nq, nk = seqlens
+    check(rand(1, 4, nq, 64), rand(1, 2, nk, 64), rand(1, 2, nk, 64), True)
+
+
 def test_unknown_scheduler_is_a_value_error(monkeypatch, kernel_family):
     if kernel_family != "sm90":
         pytest.skip("the scheduler choice belongs to the SM90 family")

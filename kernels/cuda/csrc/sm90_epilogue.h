@@ -54,7 +54,7 @@ __forceinline__ __device__ void sm90_store_output(const Params& params, typename
     }
   };
   Tensor sO = o_buffer();
-  const int epilogue_barrier = int(consumer == 0 ? Sm90Barrier::kEpilogue0 : Sm90Barrier::kEpilogue1);
+  const int epilogue_barrier = sm90_epilogue_barrier(consumer);
   if constexpr (Traits::kSeparateO) {  // the previous tile's store must have read the buffer before it is reused
     if (tid == 0) tma_store_wait<0>();
     cutlass::arch::NamedBarrier::sync(cutlass::NumThreadsPerWarpGroup, epilogue_barrier);

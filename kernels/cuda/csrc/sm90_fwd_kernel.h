@@ -118,7 +118,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
     const bool dynamic = args.tile_counter != nullptr;
     const int num_tiles = params.scheduler.num_tiles;
     typename Traits::PipelineState state_k, state_v;
-    Sm90PingPong<Traits::kNumConsumers == 2> ping_pong(consumer);
+    Sm90PingPong<Traits::kNumConsumers> ping_pong(consumer);
     int q_phase = 0;
     ping_pong.start();
     int t = blockIdx.x;

@@ -31,13 +31,14 @@ struct Sm90FwdTraits {
   static constexpr int kRowsPerConsumer = 64;  // the M of one warpgroup MMA
   static constexpr int kNumConsumers = kBlockM / kRowsPerConsumer;
   static constexpr int kNThreads = 128 * (1 + kNumConsumers);
-  // setmaxnreg: the producer only issues TMA, so it gives its registers to the consumers, which hold O and S.
-  // 128 * (24 + 2 * 240) = 64,512 <= 65,536 registers per SM.
+  // setmaxnreg: the producer only issues TMA, so it gives its registers to the consumers, which hold O and S. The
+  // launch gives every thread 65,536 / kNThreads (168 or 128); what the producer frees the consumers take:
+  // two consumers 128 * (24 + 2 * 240) = 64,512, three 128 * (32 + 3 * 160) = 65,536.
   static constexpr int kProducerRegs = kNumConsumers == 2 ? 24 : 32;
   static constexpr int kConsumerRegs = kNumConsumers == 2 ? 240 : 160;
 
   static_assert(kHeadDim % 64 == 0 && kHeadDim <= 256, "rows of 128 bytes: the 128-byte swizzle");
-  static_assert(kBlockM % kRowsPerConsumer == 0 && kNumConsumers <= 2, "");
+  static_assert(kBlockM % kRowsPerConsumer == 0 && (kNumConsumers == 2 || kNumConsumers == 3), "");
   static_assert(kBlockN % 16 == 0 && kBlockN <= 256, "P V consumes whole k16 slices; wgmma N <= 256");
 
   // Per warpgroup: S (64 x kBlockN) from Q and K both in shared memory; O (64 x kHeadDim) from P in registers and V

@@ -22,31 +22,36 @@ namespace flash {
 
 using namespace cute;
 
-// Named barriers (0 is __syncthreads): the two ping-pong turns, then one per consumer for its epilogue.
-enum class Sm90Barrier : int { kTurnConsumer0 = 1, kTurnConsumer1 = 2, kEpilogue0 = 3, kEpilogue1 = 4 };
+// Named barriers (0 is __syncthreads): one ping-pong turn per consumer, then one per consumer for its epilogue.
+constexpr int kSm90MaxConsumers = 3;
+__forceinline__ __device__ int sm90_turn_barrier(int consumer) { return 1 + consumer; }
+__forceinline__ __device__ int sm90_epilogue_barrier(int consumer) { return 1 + kSm90MaxConsumers + consumer; }
 
-// Ping-pong between two consumer warpgroups: each waits for its turn before issuing GEMMs and hands the turn to its
-// sibling once they are issued, so one's softmax runs while the other's GEMMs hold the tensor cores. The turns
-// alternate strictly over the CTA's whole life, across tiles (both consumers take the same number per tile):
-// consumer 1 gives consumer 0 the first turn in start(), and consumer 0 takes back the one turn consumer 1 hands
-// it after the last GEMMs in finish(), so no named barrier is left half-arrived at exit. Strict alternation is
-// also what keeps a barrier from collecting two arrivals of one consumer. One consumer: no-ops.
-template <bool kEnabled>
+// Ping-pong among the consumer warpgroups: each waits for its turn before issuing GEMMs and hands the turn to the
+// next one (a ring: 0 -> 1 -> ... -> 0) once they are issued, so one's softmax runs while another's GEMMs hold the
+// tensor cores. The turns go round strictly over the CTA's whole life, across tiles (every consumer takes the same
+// number per tile): the last consumer gives consumer 0 the first turn in start(), and consumer 0 takes back the one
+// turn the last consumer hands it after the last GEMMs in finish(), so no named barrier is left half-arrived at
+// exit. Strict rotation is also what keeps a barrier from collecting two arrivals of one consumer: a consumer's
+// next hand-over needs a full round of the others first. One consumer: no-ops.
+template <int kNumConsumers>
 struct Sm90PingPong {
-  int my_turn, other_turn;
+  static constexpr bool kEnabled = kNumConsumers > 1;
   int consumer;
-  __forceinline__ __device__ explicit Sm90PingPong(int consumer_) : consumer(consumer_) {
-    my_turn = int(consumer == 0 ? Sm90Barrier::kTurnConsumer0 : Sm90Barrier::kTurnConsumer1);
-    other_turn = int(consumer == 0 ? Sm90Barrier::kTurnConsumer1 : Sm90Barrier::kTurnConsumer0);
-  }
+  __forceinline__ __device__ explicit Sm90PingPong(int consumer_) : consumer(consumer_) {}
   __forceinline__ __device__ void wait_turn() const {
-    if constexpr (kEnabled) cutlass::arch::NamedBarrier::sync(2 * cutlass::NumThreadsPerWarpGroup, my_turn);
+    if constexpr (kEnabled) {
+      cutlass::arch::NamedBarrier::sync(2 * cutlass::NumThreadsPerWarpGroup, sm90_turn_barrier(consumer));
+    }
   }
   __forceinline__ __device__ void pass_turn() const {
-    if constexpr (kEnabled) cutlass::arch::NamedBarrier::arrive(2 * cutlass::NumThreadsPerWarpGroup, other_turn);
+    if constexpr (kEnabled) {
+      const int next = consumer + 1 == kNumConsumers ? 0 : consumer + 1;
+      cutlass::arch::NamedBarrier::arrive(2 * cutlass::NumThreadsPerWarpGroup, sm90_turn_barrier(next));
+    }
   }
   __forceinline__ __device__ void start() const {
-    if (consumer == 1) pass_turn();
+    if (consumer == kNumConsumers - 1) pass_turn();
   }
   __forceinline__ __device__ void finish() const {
     if (consumer == 0) wait_turn();

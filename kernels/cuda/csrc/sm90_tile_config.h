@@ -1,6 +1,6 @@
-// Tile shape per head dim for the SM90a kernel: 128 query rows (two consumer warpgroups of 64) per CTA; the key
-// tile as wide as the registers allow (a consumer holds O, 64 x head_dim, and S, 64 x kBlockN, in float32) and the
-// shared memory fits (Q + kStages x (K + V) tiles <= 227 KiB).
+// Tile shape per head dim for the SM90a kernel: 128 query rows (two consumer warpgroups of 64) per CTA, 192 (three)
+// at head dim 64; the key tile as wide as the registers allow (a consumer holds O, 64 x head_dim, and S,
+// 64 x kBlockN, in float32) and the shared memory fits (Q + O + kStages x (K + V) tiles <= 227 KiB).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -15,7 +15,16 @@ template <int kHeadDim, typename Element, bool kCausal>
 cudaError_t run_fwd_sm90_for_headdim(const FwdParams& params, cudaStream_t stream) {
   static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256, "SM90 head dims: 64, 128, 256");
   if constexpr (kHeadDim == 64) {
-    return launch_fwd_sm90<Sm90FwdTraits<64, 128, 128, 3, Element>, kCausal>(params, stream);   // 112 KiB
+    // Three consumer warpgroups (192-row tiles) keep more MMAs in flight per softmax: 1.05-1.12x the two-consumer
+    // tile from N = 2k without a mask. Causal calls with few query tiles per head lose more to the coarser
+    // diagonal and tail than they gain (N = 512-1k: 0.72-0.77x cuDNN against 0.83-0.88x), so they keep 128 rows
+    // (results/NOTES.md, SM90 v5).
+    if constexpr (kCausal) {
+      if (params.seqlen_q < 2048) {
+        return launch_fwd_sm90<Sm90FwdTraits<64, 128, 128, 3, Element>, kCausal>(params, stream);  // 128 KiB
+      }
+    }
+    return launch_fwd_sm90<Sm90FwdTraits<64, 192, 128, 3, Element>, kCausal>(params, stream);    // 144 KiB
   } else if constexpr (kHeadDim == 128) {
     return launch_fwd_sm90<Sm90FwdTraits<128, 128, 128, 2, Element>, kCausal>(params, stream);  // 160 KiB
   } else {
