@@ -1,17 +1,6 @@
-// Runtime value -> compile-time constant, so the dispatch code names each instantiation once.
+// Runtime head_dim -> the instantiation that serves it: the binding's launcher table (one slot per instantiated
+// head dim) and the loader's kernel names both follow this rounding.
 #pragma once
-
-// FLASH_BOOL_SWITCH(cond, NAME, [&] { ... NAME is a constexpr bool here ... });
-#define FLASH_BOOL_SWITCH(COND, CONST_NAME, ...)   \
-  [&] {                                            \
-    if (COND) {                                    \
-      constexpr static bool CONST_NAME = true;     \
-      return __VA_ARGS__();                        \
-    } else {                                       \
-      constexpr static bool CONST_NAME = false;    \
-      return __VA_ARGS__();                        \
-    }                                              \
-  }()
 
 // The head dims that have their own translation unit; every other multiple of 8 rounds up to the next one.
 #define FLASH_FOR_EACH_HEADDIM(X) X(32) X(64) X(96) X(128) X(160) X(192) X(256)
