@@ -182,8 +182,7 @@ def run_validated(query, key, value, shape, *, causal, return_lse):
                 f"backend 'cuda' needs a GPU with compute capability >= 8.0, got {major_minor[0]}.{major_minor[1]} "
                 f"on {query.device}; use backend='triton' or 'naive'"
             )
-        stem = kernel_stem(major_minor, query.shape[-1], query.dtype, causal)
-        _loader.load(query.device, kernels=(stem,))
+        load_kernel(query, causal)
     # The op allocates out as empty_like_query does (query's layout) and lse as empty_lse does (float32, (B, Hq, Nq)),
     # launches on torch's current stream under a guard for query's device, and writes both. Allocating inside the
     # op (not passing out/lse in) keeps it functional, which torch.compile traces without auto_functionalize.
