@@ -239,6 +239,29 @@ def test_unloadable_cached_library_is_rebuilt_once(monkeypatch, tmp_path):
     assert builds == [None] and loads == [(None, b"unloadable"), (None, b"a complete library")]
 
 
+def test_a_kernel_is_loaded_once_per_process_and_again_when_its_family_switches(monkeypatch):
+    """The per-call fast path: after the first call of a kind, the loader (and the capability check) is skipped,
+    unless FLASH_ATTENTION_CUDA_KERNEL, which picks the kernel family, changed."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(fa_cuda, "_ready_kernels", set())
+    monkeypatch.setattr(fa_cuda, "capability", lambda query: (9, 0))
+    monkeypatch.delenv("FLASH_ATTENTION_CUDA_KERNEL", raising=False)
+    loads = []
+    monkeypatch.setattr(fa_cuda, "load_kernel", lambda query, causal: loads.append((query.shape[-1], causal)))
+    query = SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.float16, shape=(1, 2, 8, 64))
+    for _ in range(3):
+        fa_cuda._ensure_kernel_loaded(query, False)
+    assert loads == [(64, False)]
+    fa_cuda._ensure_kernel_loaded(query, True)  # another kernel (the causal one)
+    monkeypatch.setenv("FLASH_ATTENTION_CUDA_KERNEL", "sm80")
+    fa_cuda._ensure_kernel_loaded(query, True)  # the same call, the other family
+    assert loads == [(64, False), (64, True), (64, True)]
+    monkeypatch.setattr(fa_cuda, "capability", lambda query: (7, 5))
+    with pytest.raises(ValueError, match="compute capability >= 8.0"):
+        fa_cuda._ensure_kernel_loaded(SimpleNamespace(**{**vars(query), "shape": (1, 2, 8, 128)}), False)
+
+
 @pytest.mark.parametrize("layout", ["bhsd", "bshd"])
 def test_fake_impl_shapes_dtypes_and_layout(layout):
     from torch._subclasses.fake_tensor import FakeTensorMode
