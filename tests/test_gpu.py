@@ -84,6 +84,19 @@ def test_nan_and_inf_inputs_propagate_like_the_reference(kernel_backend):
     assert torch.allclose(out.double()[finite], ref[finite], atol=2e-2)
 
 
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_a_nan_key_at_any_column_makes_every_row_nan(kernel_backend, head_dim):
+    """A NaN score must not vanish in the softmax, whichever column of a key tile (and so which thread, register
+    and exp2 path) it falls in: head h has one NaN key at position 40 + h, 16 heads cover every position mod 16."""
+    q, k, v = random_qkv(1, 17, 17, 96, 300, head_dim, torch.float16)
+    for head in range(16):
+        k[0, head, 40 + head, head % head_dim] = float("nan")
+    out, lse = flash_attention.attention(q, k, v, return_lse=True, backend=kernel_backend)
+    assert out[0, :16].isnan().all(), "every row of a head with a NaN key is NaN"
+    clean = slice(16, 17)
+    assert_attention_close(out[:, clean], lse[:, clean], q[:, clean], k[:, clean], v[:, clean])
+
+
 def test_cuda_graph_capture_and_replay(kernel_backend):
     q, k, v = random_qkv(2, 4, 2, 256, 256, 64, torch.float16)
     expected = flash_attention.attention(q, k, v, causal=True, backend=kernel_backend)  # compiles/tunes outside

@@ -1,8 +1,8 @@
 // The SM90a FlashAttention forward kernel: a grid (one CTA per tile, or persistent with a static or a dynamic deal)
 // walking a list of tiles (PersistentTileScheduler). A CTA is a producer warpgroup (TMA loads) and kBlockM / 64
 // consumer warpgroups (warpgroup MMAs and softmax), which meet on the mbarriers of two kStages-deep pipelines, one
-// for K and one for V, and on a full/empty pair for Q; pipeline states and barrier phases run on across a CTA's
-// tiles, so the next tile's loads start while the current one finishes.
+// for K and one for V, and on a full/empty pair per Q buffer; pipeline states and barrier phases run on across a
+// CTA's tiles, so the next tile's loads start while the current one finishes.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -50,8 +50,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
   // across it can spill.
   constexpr int kConsumerThreads = Traits::kNumConsumers * cutlass::NumThreadsPerWarpGroup;
   if (threadIdx.x == 0) {
-    storage.barrier_q.init(1);
-    storage.barrier_q_empty.init(kConsumerThreads);
+    for (int stage = 0; stage < Traits::kQStages; ++stage) {
+      storage.barrier_q[stage].init(1);
+      storage.barrier_q_empty[stage].init(kConsumerThreads);
+    }
     for (int slot = 0; slot < 2; ++slot) {
       storage.barrier_tile_full[slot].init(1);
       storage.barrier_tile_empty[slot].init(kConsumerThreads);
@@ -101,10 +103,13 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
           storage.barrier_tile_full[slot].arrive();
         }
         if (t >= num_tiles) break;
-        storage.barrier_q_empty.wait((i & 1) ^ 1);  // the consumers released the last tile's Q
+        // Tile i uses Q buffer i % kQStages, whose previous tile (the i / kQStages-th use before) must be released.
+        const int q_stage = Traits::kQStages == 2 ? (i & 1) : 0;
+        const int q_use = Traits::kQStages == 2 ? (i >> 1) : i;
+        storage.barrier_q_empty[q_stage].wait((q_use & 1) ^ 1);
         run_tile(t, [&](const TileCoord& tile, const KeyTileRange& range) {
           if (range.n_block_max > 0) {
-            sm90_load<Traits>(params, storage, pipeline_k, pipeline_v, state, tile, range.n_block_max);
+            sm90_load<Traits>(params, storage, pipeline_k, pipeline_v, state, tile, range.n_block_max, q_stage);
           }
         });
         t = next_tile(args, t);
@@ -119,7 +124,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
     const int num_tiles = params.scheduler.num_tiles;
     typename Traits::PipelineState state_k, state_v;
     Sm90PingPong<Traits::kNumConsumers> ping_pong(consumer);
-    int q_phase = 0;
+    int q_phases = 0;  // bit s: the phase that Q buffer s's next load completes (empty tiles load nothing)
     ping_pong.start();
     int t = blockIdx.x;
     for (int i = 0;; ++i) {
@@ -130,10 +135,11 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
         storage.barrier_tile_empty[slot].arrive();
       }
       if (t >= num_tiles) break;
+      const int q_stage = Traits::kQStages == 2 ? (i & 1) : 0;
       run_tile(t, [&](const TileCoord& tile, const KeyTileRange& range) {
         if (range.n_block_max <= 0) {
           sm90_store_empty_rows<Traits>(args, consumer, tile.batch, tile.head, tile.m_block);
-          storage.barrier_q_empty.arrive();  // one arrival per tile, loaded or not, keeps the producer's count
+          storage.barrier_q_empty[q_stage].arrive();  // one arrival per tile, loaded or not: the producer counts tiles
           return;
         }
         typename Traits::TiledMmaPV mma_pv;
@@ -142,13 +148,14 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
         float lse[kRows];
         // Q is free once the last S GEMM retired, before the last P V, unless O is staged in Q's buffer.
         auto release_q = [&] {
-          if constexpr (Traits::kSeparateO) storage.barrier_q_empty.arrive();
+          if constexpr (Traits::kSeparateO) storage.barrier_q_empty[q_stage].arrive();
         };
-        sm90_mma<Traits, kCausal>(args, storage, pipeline_k, pipeline_v, state_k, state_v, q_phase, ping_pong, acc_o,
-                                  lse, consumer, tile.m_block, range, release_q);
-        q_phase ^= 1;
+        sm90_mma<Traits, kCausal>(args, storage, pipeline_k, pipeline_v, state_k, state_v, q_stage,
+                                  (q_phases >> q_stage) & 1, ping_pong, acc_o, lse, consumer, tile.m_block, range,
+                                  release_q);
+        q_phases ^= 1 << q_stage;
         sm90_store_output<Traits>(params, storage, acc_o, lse, consumer, tile.batch, tile.head, tile.m_block);
-        if constexpr (!Traits::kSeparateO) storage.barrier_q_empty.arrive();  // after the store read O out of Q
+        if constexpr (!Traits::kSeparateO) storage.barrier_q_empty[q_stage].arrive();  // the store read O out of Q
       });
       if (!dynamic) t += grid_size();
     }

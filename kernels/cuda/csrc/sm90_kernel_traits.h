@@ -69,6 +69,12 @@ struct Sm90FwdTraits {
   static constexpr int kSmemLimit = 227 * 1024;  // opt-in shared memory per block on compute capability 9.0
   static constexpr bool kSeparateO =
       (2 * kBlockM * kHeadDim + 2 * kStages * kBlockN * kHeadDim) * int(sizeof(Element)) + 1024 <= kSmemLimit;
+  // Q has two buffers where they fit beside O (head dims 64 and 128): the producer loads the next tile's Q, and so
+  // its K and V, while the current tile still runs, so the K/V pipeline streams on across tiles and a short tile
+  // (a few key tiles, as at N = 512-1k or on the causal diagonal) does not wait a load's latency at its start.
+  static constexpr int kQStages =
+      kSeparateO && (3 * kBlockM * kHeadDim + 2 * kStages * kBlockN * kHeadDim) * int(sizeof(Element)) + 1024 <=
+                        kSmemLimit ? 2 : 1;
 
   using Pipeline = cutlass::PipelineTmaAsync<kStages>;
   using PipelineState = typename Pipeline::PipelineState;
@@ -81,13 +87,13 @@ struct Sm90FwdTraits {
   };
   struct NoOBuffer {};
   struct SharedStorage : std::conditional_t<kSeparateO, SeparateOBuffer, NoOBuffer> {
-    cute::array_aligned<Element, cute::cosize_v<SmemLayoutQ>, 1024> q;
+    cute::array_aligned<Element, kQStages * cute::cosize_v<SmemLayoutQ>, 1024> q;
     cute::array_aligned<Element, cute::cosize_v<SmemLayoutK>, 1024> k;
     cute::array_aligned<Element, cute::cosize_v<SmemLayoutV>, 1024> v;
     typename Pipeline::SharedStorage pipeline_k;
     typename Pipeline::SharedStorage pipeline_v;
-    cutlass::arch::ClusterTransactionBarrier barrier_q;  // Q landed (the producer's expect-tx + the TMA bytes)
-    cutlass::arch::ClusterBarrier barrier_q_empty;       // every consumer thread is done with this Q (and O in it)
+    cutlass::arch::ClusterTransactionBarrier barrier_q[kQStages];  // Q landed (the producer's expect-tx + the bytes)
+    cutlass::arch::ClusterBarrier barrier_q_empty[kQStages];       // every consumer thread is done with it (and O)
     // Dynamic scheduling: the producer hands tile indices to the consumers through two slots, each with a full
     // (one arrival: the producer's) and an empty (every consumer thread) barrier.
     int tile_slot[2];

@@ -79,14 +79,14 @@ __forceinline__ __device__ void warpgroup_gemm(TiledMma& tiled_mma, TensorA& tCr
   if constexpr (kRegisterA) warpgroup_fence_operand(tCrA);
 }
 
-// Producer, one tile: Q, then K[n] and V[n] for n = n_block_max - 1 down to 0 (the consumers' order: masked tiles
-// first). `state` carries on from the CTA's previous tile.
+// Producer, one tile: Q into buffer q_stage, then K[n] and V[n] for n = n_block_max - 1 down to 0 (the consumers'
+// order: masked tiles first). `state` carries on from the CTA's previous tile.
 template <typename Traits, typename Params>
 __forceinline__ __device__ void sm90_load(const Params& params, typename Traits::SharedStorage& storage,
                                           typename Traits::Pipeline& pipeline_k,
                                           typename Traits::Pipeline& pipeline_v,
                                           typename Traits::PipelineState& state, const TileCoord& tile,
-                                          int n_block_max) {
+                                          int n_block_max, int q_stage) {
   const int batch = tile.batch, head = tile.head, head_kv = tile.head_kv, m_block = tile.m_block;
   using Pipeline = typename Traits::Pipeline;
   constexpr int kBlockM = Traits::kBlockM;
@@ -94,7 +94,8 @@ __forceinline__ __device__ void sm90_load(const Params& params, typename Traits:
   constexpr int kHeadDim = Traits::kHeadDim;
   const FwdParams& args = params.args;
 
-  Tensor sQ = make_tensor(make_smem_ptr(storage.q.data()), typename Traits::SmemLayoutQ{});
+  Tensor sQ = make_tensor(make_smem_ptr(storage.q.data() + q_stage * cute::cosize_v<typename Traits::SmemLayoutQ>),
+                          typename Traits::SmemLayoutQ{});
   Tensor sK = make_tensor(make_smem_ptr(storage.k.data()), typename Traits::SmemLayoutK{});
   Tensor sV = make_tensor(make_smem_ptr(storage.v.data()), typename Traits::SmemLayoutV{});
 
@@ -114,8 +115,8 @@ __forceinline__ __device__ void sm90_load(const Params& params, typename Traits:
   auto [tVgV, tVsV] = tma_partition(params.tma_v, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sV),
                                     group_modes<0, 2>(gV));
 
-  storage.barrier_q.arrive_and_expect_tx(Traits::kQBytes);
-  copy(params.tma_q.with(reinterpret_cast<uint64_t&>(storage.barrier_q)), tQgQ, tQsQ);
+  storage.barrier_q[q_stage].arrive_and_expect_tx(Traits::kQBytes);
+  copy(params.tma_q.with(reinterpret_cast<uint64_t&>(storage.barrier_q[q_stage])), tQgQ, tQsQ);
 
   CUTE_NO_UNROLL
   for (int n_block = n_block_max - 1; n_block >= 0; --n_block) {
@@ -127,14 +128,15 @@ __forceinline__ __device__ void sm90_load(const Params& params, typename Traits:
   }
 }
 
-// Consumer, one tile: this warpgroup's 64 query rows against every key tile. Returns with acc_o normalised and lse
-// filled; calls release_q() once no GEMM of this tile will read Q again. The pipeline states carry on across tiles.
+// Consumer, one tile: this warpgroup's 64 query rows (in Q buffer q_stage, whose load completes phase q_phase)
+// against every key tile. Returns with acc_o normalised and lse filled; calls release_q() once no GEMM of this tile
+// will read Q again. The pipeline states carry on across tiles.
 template <typename Traits, bool kCausal, typename PingPong, typename TensorO, int kRows, typename ReleaseQ>
 __forceinline__ __device__ void sm90_mma(const FwdParams& args, typename Traits::SharedStorage& storage,
                                          typename Traits::Pipeline& pipeline_k,
                                          typename Traits::Pipeline& pipeline_v,
                                          typename Traits::PipelineState& state_k,
-                                         typename Traits::PipelineState& state_v, int q_phase,
+                                         typename Traits::PipelineState& state_v, int q_stage, int q_phase,
                                          const PingPong& ping_pong, TensorO& acc_o, float (&lse)[kRows],
                                          int consumer, int m_block, KeyTileRange range, ReleaseQ&& release_q) {
   using Element = typename Traits::Element;
@@ -144,7 +146,8 @@ __forceinline__ __device__ void sm90_mma(const FwdParams& args, typename Traits:
   constexpr int kRowsPerConsumer = Traits::kRowsPerConsumer;
   const int tid = threadIdx.x % cutlass::NumThreadsPerWarpGroup;
 
-  Tensor sQ = make_tensor(make_smem_ptr(storage.q.data()), typename Traits::SmemLayoutQ{});
+  Tensor sQ = make_tensor(make_smem_ptr(storage.q.data() + q_stage * cute::cosize_v<typename Traits::SmemLayoutQ>),
+                          typename Traits::SmemLayoutQ{});
   Tensor sQc = local_tile(sQ, Shape<Int<kRowsPerConsumer>, Int<kHeadDim>>{}, make_coord(consumer, _0{}));
   Tensor sK = make_tensor(make_smem_ptr(storage.k.data()), typename Traits::SmemLayoutK{});
   Tensor sVt = make_tensor(make_smem_ptr(storage.v.data()), typename Traits::SmemLayoutVt{});
@@ -164,7 +167,7 @@ __forceinline__ __device__ void sm90_mma(const FwdParams& args, typename Traits:
   Tensor rP = make_tensor<Element>(partition_fragment_C(mma_qk, Shape<Int<kRowsPerConsumer>, Int<kBlockN>>{}).layout());
   clear(acc_o);
 
-  storage.barrier_q.wait(q_phase);
+  storage.barrier_q[q_stage].wait(q_phase);
 
   // The first (last-in-memory) key tile: the only one that can be partial, and where the causal diagonal is.
   int n_block = range.n_block_max - 1;
