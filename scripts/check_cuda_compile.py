@@ -198,8 +198,11 @@ def smem_bytes(name: str) -> str:
     m = re.search(r"Sm90FwdTraits<(\d+), (\d+), (\d+), (\d+), cutlass::(\w+)>", name)
     if m:
         d, bm, bn, stages = int(m[1]), int(m[2]), int(m[3]), int(m[4])
-        tiles = bm * d + 2 * stages * bn * d  # Q + stages x (K + V) tiles; + O where it fits (Sm90FwdTraits)
-        tiles += bm * d if (tiles + bm * d) * 2 + 1024 <= 227 * 1024 else 0
+        # As Sm90FwdTraits sizes it: Q + stages x (K + V) tiles; + O where it fits, then + a second Q where that fits.
+        kv, limit = 2 * stages * bn * d, 227 * 1024
+        separate_o = (2 * bm * d + kv) * 2 + 1024 <= limit
+        q_stages = 2 if separate_o and (3 * bm * d + kv) * 2 + 1024 <= limit else 1
+        tiles = q_stages * bm * d + kv + (bm * d if separate_o else 0)
         return f"{tiles * 2 // 1024} KiB"
     m = re.search(r"FwdKernelTraits<(\d+), (\d+), (\d+), (\d+), cutlass::(\w+)>", name)
     if not m:

@@ -1,6 +1,6 @@
 // Tile shape per head dim for the SM90a kernel: 128 query rows (two consumer warpgroups of 64) per CTA, 192 (three)
 // at head dim 64; the key tile as wide as the registers allow (a consumer holds O, 64 x head_dim, and S,
-// 64 x kBlockN, in float32) and the shared memory fits (Q + O + kStages x (K + V) tiles <= 227 KiB).
+// 64 x kBlockN, in float32) and the shared memory fits (2 x Q + O + kStages x (K + V) tiles <= 227 KiB).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -21,14 +21,14 @@ cudaError_t run_fwd_sm90_for_headdim(const FwdParams& params, cudaStream_t strea
     // (results/NOTES.md, SM90 v5).
     if constexpr (kCausal) {
       if (params.seqlen_q < 2048) {
-        return launch_fwd_sm90<Sm90FwdTraits<64, 128, 128, 3, Element>, kCausal>(params, stream);  // 128 KiB
+        return launch_fwd_sm90<Sm90FwdTraits<64, 128, 128, 3, Element>, kCausal>(params, stream);  // 144 KiB
       }
     }
-    return launch_fwd_sm90<Sm90FwdTraits<64, 192, 128, 3, Element>, kCausal>(params, stream);    // 144 KiB
+    return launch_fwd_sm90<Sm90FwdTraits<64, 192, 128, 3, Element>, kCausal>(params, stream);    // 168 KiB
   } else if constexpr (kHeadDim == 128) {
-    return launch_fwd_sm90<Sm90FwdTraits<128, 128, 128, 2, Element>, kCausal>(params, stream);  // 160 KiB
+    return launch_fwd_sm90<Sm90FwdTraits<128, 128, 128, 2, Element>, kCausal>(params, stream);  // 224 KiB
   } else {
-    return launch_fwd_sm90<Sm90FwdTraits<256, 128, 64, 2, Element>, kCausal>(params, stream);   // 192 KiB
+    return launch_fwd_sm90<Sm90FwdTraits<256, 128, 64, 2, Element>, kCausal>(params, stream);   // 192 KiB, one Q
   }
 }
 
