@@ -9,7 +9,7 @@
 #include <cutlass/arch/barrier.h>
 
 #include "params.h"
-#include "sm90_kernel_traits.h"
+#include "sm90_mainloop.h"
 #include "utils.h"
 
 namespace flash {

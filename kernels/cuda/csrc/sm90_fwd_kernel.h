@@ -11,6 +11,7 @@
 
 #include "mask.h"
 #include "params.h"
+#include "sm90_epilogue.h"
 #include "sm90_kernel_traits.h"
 #include "sm90_mainloop.h"
 #include "tile_scheduler.h"
@@ -116,31 +117,50 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
     }
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
+    const int consumer = warp_group - 1;
     Pipeline pipeline_k(storage.pipeline_k, pipeline_params(false), Shape<_1, _1, _1>{}, cute::false_type{});
     Pipeline pipeline_v(storage.pipeline_v, pipeline_params(false), Shape<_1, _1, _1>{}, cute::false_type{});
     const bool dynamic = args.tile_counter != nullptr;
     const int num_tiles = params.scheduler.num_tiles;
-    auto fetch_tile = [&](int i) {
-      int t;
+    typename Traits::PipelineState state_k, state_v;
+    Sm90PingPong<Traits::kNumConsumers> ping_pong(consumer);
+    int q_phases = 0;  // bit s: the phase that Q buffer s's next load completes (empty tiles load nothing)
+    ping_pong.start();
+    int t = blockIdx.x;
+    for (int i = 0;; ++i) {
       if (dynamic) {
         const int slot = i & 1;
         storage.barrier_tile_full[slot].wait((i >> 1) & 1);
         t = storage.tile_slot[slot];
         storage.barrier_tile_empty[slot].arrive();
-      } else {
-        t = int(blockIdx.x) + i * grid_size();
       }
-      ConsumerTile tile;
-      tile.valid = t < num_tiles;
-      tile.q_stage = Traits::kQStages == 2 ? (i & 1) : 0;
-      tile.range = {0, 0};
-      if (tile.valid) {
-        tile.coord = persistent_tile<kCausal>(params.scheduler, args, t);
-        tile.range = key_tile_range<kCausal, kBlockM, kBlockN>(tile.coord.m_block, args.seqlen_q, args.seqlen_k);
-      }
-      return tile;
-    };
-    sm90_consume<Traits, kCausal>(params, storage, pipeline_k, pipeline_v, warp_group - 1, fetch_tile);
+      if (t >= num_tiles) break;
+      const int q_stage = Traits::kQStages == 2 ? (i & 1) : 0;
+      run_tile(t, [&](const TileCoord& tile, const KeyTileRange& range) {
+        if (range.n_block_max <= 0) {
+          sm90_store_empty_rows<Traits>(args, consumer, tile.batch, tile.head, tile.m_block);
+          storage.barrier_q_empty[q_stage].arrive();  // one arrival per tile, loaded or not: the producer counts tiles
+          return;
+        }
+        typename Traits::TiledMmaPV mma_pv;
+        Tensor acc_o = partition_fragment_C(mma_pv, Shape<Int<Traits::kRowsPerConsumer>, Int<Traits::kHeadDim>>{});
+        constexpr int kRows = decltype(size<0>(acc_rowcol_layout(acc_o.layout())))::value;
+        float lse[kRows];
+        // Q is free once the last S GEMM retired, before the last P V, unless O is staged in Q's buffer.
+        auto release_q = [&] {
+          if constexpr (Traits::kSeparateO) storage.barrier_q_empty[q_stage].arrive();
+        };
+        sm90_mma<Traits, kCausal>(args, storage, pipeline_k, pipeline_v, state_k, state_v, q_stage,
+                                  (q_phases >> q_stage) & 1, ping_pong, acc_o, lse, consumer, tile.m_block, range,
+                                  release_q);
+        q_phases ^= 1 << q_stage;
+        sm90_store_output<Traits>(params, storage, acc_o, lse, consumer, tile.batch, tile.head, tile.m_block);
+        if constexpr (!Traits::kSeparateO) storage.barrier_q_empty[q_stage].arrive();  // the store read O out of Q
+      });
+      if (!dynamic) t += grid_size();
+    }
+    ping_pong.finish();
+    sm90_wait_output_stores();
   }
 #endif
 }

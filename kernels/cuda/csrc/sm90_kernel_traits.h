@@ -17,11 +17,6 @@ namespace flash {
 
 using namespace cute;
 
-// Named barriers (0 is __syncthreads): one ping-pong turn per consumer, then one per consumer for its epilogue.
-constexpr int kSm90MaxConsumers = 3;
-__forceinline__ __device__ int sm90_turn_barrier(int consumer) { return 1 + consumer; }
-__forceinline__ __device__ int sm90_epilogue_barrier(int consumer) { return 1 + kSm90MaxConsumers + consumer; }
-
 template <int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_, typename Element_>
 struct Sm90FwdTraits {
   using Element = Element_;

@@ -14,8 +14,6 @@
 
 #include "mask.h"
 #include "params.h"
-#include "sm90_epilogue.h"
-#include "sm90_kernel_traits.h"
 #include "softmax.h"
 #include "tile_scheduler.h"
 #include "utils.h"
@@ -23,6 +21,11 @@
 namespace flash {
 
 using namespace cute;
+
+// Named barriers (0 is __syncthreads): one ping-pong turn per consumer, then one per consumer for its epilogue.
+constexpr int kSm90MaxConsumers = 3;
+__forceinline__ __device__ int sm90_turn_barrier(int consumer) { return 1 + consumer; }
+__forceinline__ __device__ int sm90_epilogue_barrier(int consumer) { return 1 + kSm90MaxConsumers + consumer; }
 
 // Ping-pong among the consumer warpgroups: each waits for its turn before issuing GEMMs and hands the turn to the
 // next one (a ring: 0 -> 1 -> ... -> 0) once they are issued, so one's softmax runs while another's GEMMs hold the
@@ -125,140 +128,56 @@ __forceinline__ __device__ void sm90_load(const Params& params, typename Traits:
   }
 }
 
-// A tile as a consumer sees it: where it is, which key tiles it runs, and which Q buffer the producer loads it into
-// (tile i of a CTA: buffer i % kQStages). A tile whose rows see no key (causal, seqlen_q > seqlen_k) loads nothing.
-struct ConsumerTile {
-  bool valid;  // false past the end of the CTA's tiles
-  TileCoord coord;
-  KeyTileRange range;
-  int q_stage;
-  __forceinline__ __device__ bool loaded() const { return valid && range.n_block_max > 0; }
-};
-
-// Consumer warpgroup, for all of a CTA's tiles: its 64 query rows of each against every key tile, then the epilogue.
-// fetch_tile(i) gives the CTA's i-th tile. The pipeline states, the Q buffers' phases and the ping-pong turns carry on
-// across tiles.
-//
-// Across tiles, where the next Q has a buffer of its own (kQStages == 2): the next tile's first S GEMM is issued in
-// the same turn as this tile's last P V, and this tile's normalisation and store run while it computes. A short tile
-// (a few key tiles: N = 512-1k, the causal diagonal) otherwise leaves the tensor cores to the other consumers for a
-// whole epilogue. Every consumer sees the same tiles and makes the same choice, so all take the same turns.
-template <typename Traits, bool kCausal, typename Params, typename FetchTile>
-__forceinline__ __device__ void sm90_consume(const Params& params, typename Traits::SharedStorage& storage,
-                                             typename Traits::Pipeline& pipeline_k,
-                                             typename Traits::Pipeline& pipeline_v, int consumer,
-                                             FetchTile&& fetch_tile) {
+// Consumer, one tile: this warpgroup's 64 query rows (in Q buffer q_stage, whose load completes phase q_phase)
+// against every key tile. Returns with acc_o normalised and lse filled; calls release_q() once no GEMM of this tile
+// will read Q again. The pipeline states carry on across tiles.
+template <typename Traits, bool kCausal, typename PingPong, typename TensorO, int kRows, typename ReleaseQ>
+__forceinline__ __device__ void sm90_mma(const FwdParams& args, typename Traits::SharedStorage& storage,
+                                         typename Traits::Pipeline& pipeline_k,
+                                         typename Traits::Pipeline& pipeline_v,
+                                         typename Traits::PipelineState& state_k,
+                                         typename Traits::PipelineState& state_v, int q_stage, int q_phase,
+                                         const PingPong& ping_pong, TensorO& acc_o, float (&lse)[kRows],
+                                         int consumer, int m_block, KeyTileRange range, ReleaseQ&& release_q) {
   using Element = typename Traits::Element;
   constexpr int kBlockM = Traits::kBlockM;
   constexpr int kBlockN = Traits::kBlockN;
   constexpr int kHeadDim = Traits::kHeadDim;
   constexpr int kRowsPerConsumer = Traits::kRowsPerConsumer;
-  constexpr bool kOverlapTiles = Traits::kQStages == 2;
-  const FwdParams& args = params.args;
   const int tid = threadIdx.x % cutlass::NumThreadsPerWarpGroup;
 
+  Tensor sQ = make_tensor(make_smem_ptr(storage.q.data() + q_stage * cute::cosize_v<typename Traits::SmemLayoutQ>),
+                          typename Traits::SmemLayoutQ{});
+  Tensor sQc = local_tile(sQ, Shape<Int<kRowsPerConsumer>, Int<kHeadDim>>{}, make_coord(consumer, _0{}));
   Tensor sK = make_tensor(make_smem_ptr(storage.k.data()), typename Traits::SmemLayoutK{});
   Tensor sVt = make_tensor(make_smem_ptr(storage.v.data()), typename Traits::SmemLayoutVt{});
+
   typename Traits::TiledMmaQK mma_qk;
   typename Traits::TiledMmaPV mma_pv;
   auto thr_qk = mma_qk.get_thread_slice(tid);
   auto thr_pv = mma_pv.get_thread_slice(tid);
+  Tensor tSrQ = thr_qk.partition_fragment_A(sQc);  // (MMA, 1, kHeadDim / 16) descriptors
   Tensor tSrK = thr_qk.partition_fragment_B(sK);   // (MMA, 1, kHeadDim / 16, stage)
   Tensor tOrV = thr_pv.partition_fragment_B(sVt);  // (MMA, 1, kBlockN / 16, stage)
   Tensor tScS = thr_qk.partition_C(make_identity_tensor(Shape<Int<kRowsPerConsumer>, Int<kBlockN>>{}));
-  auto q_descriptors = [&](int q_stage) {  // (MMA, 1, kHeadDim / 16): this consumer's rows of Q buffer q_stage
-    Tensor sQ = make_tensor(make_smem_ptr(storage.q.data() + q_stage * cute::cosize_v<typename Traits::SmemLayoutQ>),
-                            typename Traits::SmemLayoutQ{});
-    return thr_qk.partition_fragment_A(
-        local_tile(sQ, Shape<Int<kRowsPerConsumer>, Int<kHeadDim>>{}, make_coord(consumer, _0{})));
-  };
+  const int row_offset = m_block * kBlockM + consumer * kRowsPerConsumer;
 
-  typename Traits::PipelineState state_k, state_v;
-  Sm90PingPong<Traits::kNumConsumers> ping_pong(consumer);
-  int q_phases = 0;  // bit s: the phase that Q buffer s's next load completes
-
-  Tensor acc_o = partition_fragment_C(mma_pv, Shape<Int<kRowsPerConsumer>, Int<kHeadDim>>{});
-  Tensor acc_s = partition_fragment_C(mma_qk, Shape<Int<kRowsPerConsumer>, Int<kBlockN>>{});
-  Tensor rP = make_tensor<Element>(acc_s.layout());
-  constexpr int kRows = decltype(size<0>(acc_rowcol_layout(acc_o.layout())))::value;
   OnlineSoftmax<kRows> softmax;
   float correction[kRows];
-  float lse[kRows];
+  Tensor rP = make_tensor<Element>(partition_fragment_C(mma_qk, Shape<Int<kRowsPerConsumer>, Int<kBlockN>>{}).layout());
+  clear(acc_o);
 
-  // Waits for what a tile's first S GEMM reads: its Q and its first key tile (the last in memory: the only one that
-  // can be partial, and where the causal diagonal is). Outside the turn, so a late load never holds up the others.
-  auto wait_first_operands = [&](const ConsumerTile& tile) {
-    storage.barrier_q[tile.q_stage].wait((q_phases >> tile.q_stage) & 1);
-    q_phases ^= 1 << tile.q_stage;
+  storage.barrier_q[q_stage].wait(q_phase);
+
+  // The first (last-in-memory) key tile: the only one that can be partial, and where the causal diagonal is.
+  int n_block = range.n_block_max - 1;
+  {
+    Tensor acc_s = partition_fragment_C(mma_qk, Shape<Int<kRowsPerConsumer>, Int<kBlockN>>{});
     pipeline_k.consumer_wait(state_k);
-  };
-  auto issue_first_s = [&](const ConsumerTile& tile) {
-    Tensor tSrQ = q_descriptors(tile.q_stage);
-    warpgroup_gemm<true, -1>(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), acc_s);
-  };
-  // The pending tile's last P V (its P in rP, its correction in `correction`), in the turn it shares with `next`'s
-  // first S when there is one (chain), then its normalisation and store while that S computes. Every GEMM issued
-  // here has retired when it returns: no warpgroup MMA stays in flight across the tile loop's branches, which would
-  // make ptxas serialise them.
-  auto finish_tile = [&](const ConsumerTile& pending, const ConsumerTile* next) {
-    Tensor tOrP = make_tensor(rP.data(), wgmma_acc_as_operand_a_layout(rP.layout()));
-    softmax.rescale_o(acc_o, correction);
-    pipeline_v.consumer_wait(state_v);
-    if (next) wait_first_operands(*next);
     ping_pong.wait_turn();
-    warpgroup_gemm<false, -1>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), acc_o);
-    if (next) issue_first_s(*next);
+    warpgroup_gemm<true, -1>(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), acc_s);
     ping_pong.pass_turn();
-    if (next) {
-      warpgroup_wait<1>();  // the P V, not the next S
-    } else {
-      warpgroup_wait<0>();
-    }
-    warpgroup_fence_operand(acc_o);
-    pipeline_v.consumer_release(state_v);
-    ++state_v;
-    softmax.finalize(acc_o, args.softmax_scale, lse);
-    const TileCoord& coord = pending.coord;
-    sm90_store_output<Traits>(params, storage, acc_o, lse, consumer, coord.batch, coord.head, coord.m_block);
-    if constexpr (!Traits::kSeparateO) storage.barrier_q_empty[pending.q_stage].arrive();  // the store read O
-    clear(acc_o);
-    if (next) {
-      warpgroup_wait<0>();
-      warpgroup_fence_operand(acc_s);
-    }
-  };
-
-  ping_pong.start();
-  ConsumerTile pending;  // the last tile run, whose last P V and epilogue are left for finish_tile
-  bool has_pending = false;
-  for (int i = 0;; ++i) {
-    const ConsumerTile tile = fetch_tile(i);
-    if (!tile.loaded()) {
-      if (has_pending) finish_tile(pending, nullptr);
-      has_pending = false;
-      if (!tile.valid) break;
-      sm90_store_empty_rows<Traits>(args, consumer, tile.coord.batch, tile.coord.head, tile.coord.m_block);
-      storage.barrier_q_empty[tile.q_stage].arrive();  // one arrival per tile, loaded or not: the producer counts tiles
-      continue;
-    }
-    // The tile's first S: with the pending tile's last P V where its Q has a buffer of its own, else alone.
-    if (kOverlapTiles && has_pending) {
-      finish_tile(pending, &tile);
-    } else {
-      if (has_pending) finish_tile(pending, nullptr);
-      wait_first_operands(tile);
-      ping_pong.wait_turn();
-      issue_first_s(tile);
-      ping_pong.pass_turn();
-      warpgroup_wait<0>();
-      warpgroup_fence_operand(acc_s);
-    }
-    const KeyTileRange range = tile.range;
-    const int row_offset = tile.coord.m_block * kBlockM + consumer * kRowsPerConsumer;
-    Tensor tSrQ = q_descriptors(tile.q_stage);
-
-    // The first key tile's S: mask, exponentiate, P.
-    int n_block = range.n_block_max - 1;
+    warpgroup_wait<0>();
     pipeline_k.consumer_release(state_k);
     ++state_k;
     if (n_block >= range.n_block_unmasked_end) {
@@ -266,42 +185,51 @@ __forceinline__ __device__ void sm90_consume(const Params& params, typename Trai
     }
     softmax.template exponentiate<true>(acc_s, args.scale_log2, correction);
     rP = convert_fragment<Element>(acc_s);
-
-    // Steady state: S[n] and O += P[n+1] V[n+1] in flight together; softmax of S[n] while P V runs.
-    auto step = [&](int n, auto needs_mask) __attribute__((always_inline)) {
-      Tensor tOrP = make_tensor(rP.data(), wgmma_acc_as_operand_a_layout(rP.layout()));
-      pipeline_k.consumer_wait(state_k);
-      ping_pong.wait_turn();
-      warpgroup_gemm<true, -1>(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), acc_s);
-      softmax.rescale_o(acc_o, correction);  // the previous P V retired at the end of the last step
-      pipeline_v.consumer_wait(state_v);
-      warpgroup_gemm<false, -1>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), acc_o);
-      ping_pong.pass_turn();
-      warpgroup_wait<1>();  // S[n] is done; P V may still run
-      pipeline_k.consumer_release(state_k);
-      ++state_k;
-      if constexpr (decltype(needs_mask)::value) {
-        apply_mask<kCausal>(acc_s, tScS, row_offset, n * kBlockN, args.seqlen_q, args.seqlen_k);
-      }
-      softmax.template exponentiate<false>(acc_s, args.scale_log2, correction);
-      warpgroup_wait<0>();  // P V done: rP and V's stage are free
-      pipeline_v.consumer_release(state_v);
-      ++state_v;
-      rP = convert_fragment<Element>(acc_s);
-    };
-    --n_block;
-    CUTE_NO_UNROLL
-    for (; n_block >= range.n_block_unmasked_end; --n_block) step(n_block, cute::true_type{});
-    CUTE_NO_UNROLL
-    for (; n_block >= 0; --n_block) step(n_block, cute::false_type{});
-
-    // Every S GEMM of this tile has retired: its Q is free, unless O is staged in Q's buffer.
-    if constexpr (Traits::kSeparateO) storage.barrier_q_empty[tile.q_stage].arrive();
-    pending = tile;
-    has_pending = true;
   }
-  ping_pong.finish();
-  sm90_wait_output_stores();
+
+  // Steady state: S[n] and O += P[n+1] V[n+1] in flight together; softmax of S[n] while P V runs.
+  auto step = [&](int n, auto needs_mask) __attribute__((always_inline)) {
+    Tensor acc_s = partition_fragment_C(mma_qk, Shape<Int<kRowsPerConsumer>, Int<kBlockN>>{});
+    Tensor tOrP = make_tensor(rP.data(), wgmma_acc_as_operand_a_layout(rP.layout()));
+    pipeline_k.consumer_wait(state_k);
+    ping_pong.wait_turn();
+    warpgroup_gemm<true, -1>(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), acc_s);
+    softmax.rescale_o(acc_o, correction);  // the previous P V retired at the end of the last step
+    pipeline_v.consumer_wait(state_v);
+    warpgroup_gemm<false, -1>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), acc_o);
+    ping_pong.pass_turn();
+    warpgroup_wait<1>();  // S[n] is done; P V may still run
+    pipeline_k.consumer_release(state_k);
+    ++state_k;
+    if constexpr (decltype(needs_mask)::value) {
+      apply_mask<kCausal>(acc_s, tScS, row_offset, n * kBlockN, args.seqlen_q, args.seqlen_k);
+    }
+    softmax.template exponentiate<false>(acc_s, args.scale_log2, correction);
+    warpgroup_wait<0>();  // P V done: rP and V's stage are free
+    pipeline_v.consumer_release(state_v);
+    ++state_v;
+    rP = convert_fragment<Element>(acc_s);
+  };
+  --n_block;
+  CUTE_NO_UNROLL
+  for (; n_block >= range.n_block_unmasked_end; --n_block) step(n_block, cute::true_type{});
+  CUTE_NO_UNROLL
+  for (; n_block >= 0; --n_block) step(n_block, cute::false_type{});
+
+  release_q();  // every S GEMM of this tile has retired (the last step waited for all its GEMMs)
+
+  // The last P V.
+  {
+    Tensor tOrP = make_tensor(rP.data(), wgmma_acc_as_operand_a_layout(rP.layout()));
+    softmax.rescale_o(acc_o, correction);
+    pipeline_v.consumer_wait(state_v);
+    ping_pong.wait_turn();
+    warpgroup_gemm<false, 0>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), acc_o);
+    ping_pong.pass_turn();
+    pipeline_v.consumer_release(state_v);
+    ++state_v;
+  }
+  softmax.finalize(acc_o, args.softmax_scale, lse);
 }
 
 }  // namespace flash

@@ -48,7 +48,7 @@ struct OnlineSoftmax {
     static_assert(decltype(size<0>(s))::value == kRows, "");
     CUTE_UNROLL
     for (int r = 0; r < kRows; ++r) {
-      float m = kFirst ? -INFINITY : row_max[r];  // kFirst starts a new row (the object is reused across tiles)
+      float m = row_max[r];
       CUTE_UNROLL
       for (int c = 0; c < size<1>(s); ++c) m = fmaxf(m, s(r, c));
       m = quad_allreduce_max(m);
