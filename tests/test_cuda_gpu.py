@@ -129,6 +129,24 @@ def test_sequence_lengths(seqlens, causal, head_dim):
     check(rand(2, 2, nq, head_dim), rand(2, 2, nk, head_dim), rand(2, 2, nk, head_dim), causal)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("seqlens, causal", [((512, 512), True), ((200, 1000), True), ((320, 1088), True),
+                                             ((2048, 2048), True), ((256, 300), False), ((256, 320), False),
+                                             ((256, 321), False)])
+def test_left_half_first_key_tile(seqlens, causal, head_dim, dtype):
+    """The SM90 family computes S over only the left 64 keys of a warpgroup's first key tile where its rows see
+    none of the right half: the upper 64 rows of a 128-row tile on an aligned causal diagonal, shifted diagonals
+    (Nq < Nk) that end in either half, the 192-row tiles of head dim 64 from Nq = 2048 (whose warpgroups' diagonals
+    fall in either half of the first key tile, or before it), and a last key tile of 44 or exactly 64 keys; 65 keys
+    (256, 321) takes the full width. (In the SM80 family these are ordinary shapes.)"""
+    torch.manual_seed(sum(seqlens) + head_dim)
+    nq, nk = seqlens
+    q = rand(2, 2, nq, head_dim, dtype=dtype)
+    k, v = rand(2, 2, nk, head_dim, dtype=dtype), rand(2, 2, nk, head_dim, dtype=dtype)
+    check(q, k, v, causal)
+
+
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_persistent_grid_runs_many_tiles_per_cta(head_dim, causal, monkeypatch):

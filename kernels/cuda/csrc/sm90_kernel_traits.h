@@ -46,6 +46,11 @@ struct Sm90FwdTraits {
   using TiledMmaQK = decltype(make_tiled_mma(
       GMMA::ss_op_selector<Element, Element, ElementAccum,
                            Shape<Int<kRowsPerConsumer>, Int<kBlockN>, Int<kHeadDim>>>()));
+  // S of the left half of a key tile only: a consumer whose rows see none of the tile's right half (the causal
+  // diagonal, or a last key tile of at most kBlockN / 2 keys) computes 64 x kBlockN / 2.
+  using TiledMmaQKHalf = decltype(make_tiled_mma(
+      GMMA::ss_op_selector<Element, Element, ElementAccum,
+                           Shape<Int<kRowsPerConsumer>, Int<kBlockN / 2>, Int<kHeadDim>>>()));
   using TiledMmaPV = decltype(make_tiled_mma(
       GMMA::rs_op_selector<Element, Element, ElementAccum, Shape<Int<kRowsPerConsumer>, Int<kHeadDim>, Int<kBlockN>>,
                            GMMA::Major::K, GMMA::Major::MN>()));

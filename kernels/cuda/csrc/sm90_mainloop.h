@@ -169,22 +169,47 @@ __forceinline__ __device__ void sm90_mma(const FwdParams& args, typename Traits:
 
   storage.barrier_q[q_stage].wait(q_phase);
 
-  // The first (last-in-memory) key tile: the only one that can be partial, and where the causal diagonal is.
+  // The first (last-in-memory) key tile: the only one that can be partial, and where the causal diagonal is. Where
+  // this warpgroup's rows see none of its right half (their diagonal ends in the left half, as for the upper 64 rows
+  // of every diagonal tile when kBlockM == kBlockN, or the keys end there), S is a 64 x kBlockN / 2 GEMM and only its
+  // columns are exponentiated; P's right half is 0. The two widths are two whole branches, each waiting for its own
+  // GEMM: an accumulator shared between the widths, or a GEMM in flight across the branch, makes ptxas serialise
+  // every warpgroup MMA of the kernel (C7511 / C7515, which scripts/check_cuda_compile.py fails on).
   int n_block = range.n_block_max - 1;
-  {
-    Tensor acc_s = partition_fragment_C(mma_qk, Shape<Int<kRowsPerConsumer>, Int<kBlockN>>{});
+  const int last_row = min(row_offset + kRowsPerConsumer, args.seqlen_q) - 1;
+  int visible_end = args.seqlen_k;  // keys [0, visible_end) are visible to some row of this warpgroup
+  if constexpr (kCausal) visible_end = min(visible_end, last_row + args.seqlen_k - args.seqlen_q + 1);
+  auto first_key_tile = [&](auto& mma, auto key_cols) __attribute__((always_inline)) {
+    constexpr int kCols = decltype(key_cols)::value;
+    auto thr = mma.get_thread_slice(tid);
+    Tensor tSrQ_first = thr.partition_fragment_A(sQc);
+    Tensor tSrK_first = thr.partition_fragment_B(
+        local_tile(sK, Shape<Int<kCols>, Int<kHeadDim>, Int<Traits::kStages>>{}, make_coord(_0{}, _0{}, _0{})));
+    Tensor acc = partition_fragment_C(mma, Shape<Int<kRowsPerConsumer>, Int<kCols>>{});
     pipeline_k.consumer_wait(state_k);
     ping_pong.wait_turn();
-    warpgroup_gemm<true, -1>(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), acc_s);
+    warpgroup_gemm<true, -1>(mma, tSrQ_first, tSrK_first(_, _, _, state_k.index()), acc);
     ping_pong.pass_turn();
     warpgroup_wait<0>();
+    warpgroup_fence_operand(acc);
     pipeline_k.consumer_release(state_k);
     ++state_k;
-    if (n_block >= range.n_block_unmasked_end) {
+    // A 64 x kCols accumulator holds the first kCols columns of the 64 x kBlockN one, register for register.
+    Tensor acc_s = partition_fragment_C(mma_qk, Shape<Int<kRowsPerConsumer>, Int<kBlockN>>{});
+    CUTE_UNROLL
+    for (int i = 0; i < size(acc); ++i) acc_s(i) = acc(i);
+    if (n_block >= range.n_block_unmasked_end) {  // always so for a left-half tile
       apply_mask<kCausal>(acc_s, tScS, row_offset, n_block * kBlockN, args.seqlen_q, args.seqlen_k);
     }
-    softmax.template exponentiate<true>(acc_s, args.scale_log2, correction);
+    constexpr int kThreadCols = decltype(size<1>(acc_rowcol_layout(acc_s.layout())))::value;
+    softmax.template exponentiate<true, kThreadCols * kCols / kBlockN>(acc_s, args.scale_log2, correction);
     rP = convert_fragment<Element>(acc_s);
+  };
+  if (visible_end - n_block * kBlockN <= kBlockN / 2) {
+    typename Traits::TiledMmaQKHalf mma_qk_half;
+    first_key_tile(mma_qk_half, Int<kBlockN / 2>{});
+  } else {
+    first_key_tile(mma_qk, Int<kBlockN>{});
   }
 
   // Steady state: S[n] and O += P[n+1] V[n+1] in flight together; softmax of S[n] while P V runs.

@@ -42,15 +42,18 @@ struct OnlineSoftmax {
   // Turns the scores acc_s into unnormalised probabilities in place and sets correction[r], the factor by which O
   // (and already row_sum) must be scaled because row r's running max moved. Split from rescale_o() so that the
   // Hopper kernel can compute P while the previous P V, which still writes O, is in flight.
-  template <bool kFirst, typename TensorS>
+  // kCols: only this thread's first kCols columns hold scores (acc_rowcol_layout's column order follows the tile's);
+  // the rest become 0 without an exp2 (the Hopper kernel's left-half key tile, sm90_mainloop.h).
+  template <bool kFirst, int kCols = -1, typename TensorS>
   __forceinline__ __device__ void exponentiate(TensorS& acc_s, float scale_log2, float (&correction)[kRows]) {
     Tensor s = make_tensor(acc_s.data(), acc_rowcol_layout(acc_s.layout()));
     static_assert(decltype(size<0>(s))::value == kRows, "");
+    constexpr int kValidCols = kCols < 0 ? int(decltype(size<1>(s))::value) : kCols;
     CUTE_UNROLL
     for (int r = 0; r < kRows; ++r) {
       float m = row_max[r];
       CUTE_UNROLL
-      for (int c = 0; c < size<1>(s); ++c) m = fmaxf(m, s(r, c));
+      for (int c = 0; c < kValidCols; ++c) m = fmaxf(m, s(r, c));
       m = quad_allreduce_max(m);
       // A row with every key masked so far keeps max -inf; subtract 0 instead so exp2 gives 0, not NaN.
       const float max_scaled = m == -INFINITY ? 0.f : m * scale_log2;
@@ -58,10 +61,12 @@ struct OnlineSoftmax {
       row_max[r] = m;
       float sum = 0.f;
       CUTE_UNROLL
-      for (int c = 0; c < size<1>(s); ++c) {
+      for (int c = 0; c < kValidCols; ++c) {
         s(r, c) = exp2f(s(r, c) * scale_log2 - max_scaled);
         sum += s(r, c);
       }
+      CUTE_UNROLL
+      for (int c = kValidCols; c < size<1>(s); ++c) s(r, c) = 0.f;
       row_sum[r] = kFirst ? sum : row_sum[r] * correction[r] + sum;
     }
   }
