@@ -8,6 +8,7 @@ the fused kernels' O(N)), and the absolute peak.
 
 from __future__ import annotations
 
+import gc
 import sys
 
 import torch
@@ -23,6 +24,9 @@ def measure(args, method, inputs, shape, device) -> dict:
     if device.type != "cuda":  # PyTorch has no allocator statistics for CPU tensors
         return {"extra_mib": None, "peak_mib": None}
     # The checked call before this one was the warm-up: one-off workspaces (cuBLAS, autotuning) exist already.
+    # Tensors that only a reference cycle of an earlier call still holds go now: a collection that Python happens to
+    # run inside the measured call would free them there, and the call would seem to allocate less than it does.
+    gc.collect()
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
@@ -62,7 +66,7 @@ def make_report(args, grid_name, info, records, methods, method_notes) -> Report
         document.heading("What is counted", 2)
         document.lines([
             "Inputs are allocated first and each method is called once (checked against float32 math: the warm-up, "
-            "so one-off workspaces such as cuBLAS's exist before any method is measured); then "
+            "so one-off workspaces such as cuBLAS's exist before any method is measured); then gc.collect(), "
             "torch.cuda.empty_cache(), reset_peak_memory_stats(), the call, and max_memory_allocated() minus what "
             "was allocated before it.",
             "Beyond inputs = everything PyTorch's caching allocator hands out during the call: the output "
