@@ -103,10 +103,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
           storage.barrier_tile_full[slot].arrive();
         }
         if (t >= num_tiles) break;
-        // Tile i uses Q buffer i % kQStages, whose previous tile (the i / kQStages-th use before) must be released.
-        const int q_stage = Traits::kQStages == 2 ? (i & 1) : 0;
-        const int q_use = Traits::kQStages == 2 ? (i >> 1) : i;
-        storage.barrier_q_empty[q_stage].wait((q_use & 1) ^ 1);
+        // Tile i's Q buffer must have been released by its previous tile (the use before this one).
+        const int q_stage = Traits::q_stage(i);
+        storage.barrier_q_empty[q_stage].wait((Traits::q_use(i) & 1) ^ 1);
         run_tile(t, [&](const TileCoord& tile, const KeyTileRange& range) {
           if (range.n_block_max > 0) {
             sm90_load<Traits>(params, storage, pipeline_k, pipeline_v, state, tile, range.n_block_max, q_stage);
@@ -135,7 +134,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
         storage.barrier_tile_empty[slot].arrive();
       }
       if (t >= num_tiles) break;
-      const int q_stage = Traits::kQStages == 2 ? (i & 1) : 0;
+      const int q_stage = Traits::q_stage(i);
       run_tile(t, [&](const TileCoord& tile, const KeyTileRange& range) {
         if (range.n_block_max <= 0) {
           sm90_store_empty_rows<Traits>(args, consumer, tile.batch, tile.head, tile.m_block);

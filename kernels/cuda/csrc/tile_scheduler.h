@@ -61,7 +61,7 @@ __forceinline__ __device__ TileCoord current_tile(const FwdParams& params) {
 //   CTA that drew short tiles draws more. The default for causal calls, whose tiles are unequal: a static
 //   round-robin would hand some CTAs only long ones (with 4 query tiles per head and 132 SMs, CTA b always gets
 //   query tile 3 - b % 4). The list runs longest first within each head, so the short tiles fill the tail.
-//   The producer draws (an atomic on a 64-bit counter, issued a whole tile ahead so its latency hides) and
+//   The producer draws (an atomic on a 32-bit counter, issued a whole tile ahead so its latency hides) and
 //   hands each tile index to the consumers through shared memory (sm90_fwd_kernel.h).
 // Tile indices are 32-bit (the producer runs on 24 registers): 2^31 tiles of 128 query rows would be a query of
 // 4 TB, so make_persistent_scheduler's check cannot fail on a real call; it only keeps the limit explicit.
