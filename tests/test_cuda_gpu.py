@@ -137,9 +137,9 @@ def test_sequence_lengths(seqlens, causal, head_dim):
 def test_left_half_first_key_tile(seqlens, causal, head_dim, dtype):
     """The SM90 family computes S over only the left 64 keys of a warpgroup's first key tile where its rows see
     none of the right half: the upper 64 rows of a 128-row tile on an aligned causal diagonal, shifted diagonals
-    (Nq < Nk) that end in either half, the 192-row tiles of head dim 64 from Nq = 2048 (whose warpgroups' diagonals
-    fall in either half of the first key tile, or before it), and a last key tile of 44 or exactly 64 keys; 65 keys
-    (256, 321) takes the full width. (In the SM80 family these are ordinary shapes.)"""
+    (Nq < Nk) that end in either half, the 192-row tiles of head dim 64 (whose warpgroups' diagonals fall in either
+    half of the first key tile, or before it), and a last key tile of 44 or exactly 64 keys; 65 keys (256, 321)
+    takes the full width. (In the SM80 family these are ordinary shapes.)"""
     torch.manual_seed(sum(seqlens) + head_dim)
     nq, nk = seqlens
     q = rand(2, 2, nq, head_dim, dtype=dtype)
@@ -168,11 +168,28 @@ def test_persistent_grid_runs_many_tiles_per_cta(head_dim, causal, monkeypatch):
 
 @pytest.mark.parametrize("seqlens", [(2100, 2300), (2300, 2100)])
 def test_causal_long_queries_at_head_dim_64(seqlens):
-    """From Nq = 2048 causal calls at head dim 64 take the SM90 family's 192-row tile (shorter ones 128 rows):
-    partial last tiles, diagonals that cross three key tiles, and (Nq > Nk) rows that see no key."""
+    """Causal calls at head dim 64 take the SM90 family's 192-row tile: partial tiles, diagonals that cross three
+    key tiles, and (Nq > Nk) rows that see no key."""
     torch.manual_seed(sum(seqlens))
     nq, nk = seqlens
     check(rand(1, 4, nq, 64), rand(1, 2, nk, 64), rand(1, 2, nk, 64), True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("seqlens", [(1000, 1000), (832, 832), (960, 960), (200, 200), (70, 70), (130, 2000),
+                                     (1088, 900)])
+def test_causal_tiles_end_at_the_last_query(seqlens, head_dim, dtype):
+    """The SM90 family's causal tiles end at the last query, shifted up by whole 64-row blocks, so a partial tile
+    is the first (the shortest rows). Its warpgroups whose rows lie before it (they are the next tile's) compute
+    and store nothing; warpgroups whose rows see fewer key tiles than the tile's (the upper ones of a 192-row tile,
+    or of a 128-row tile at head dim 256, whose key tiles are 64 wide) take those turns without a GEMM. Shifts of
+    0, 64 and 128 rows; Nq < Nk; Nq > Nk (a first tile, then part of the next, whose rows see no key); GQA."""
+    torch.manual_seed(sum(seqlens) + head_dim)
+    nq, nk = seqlens
+    q = rand(2, 4, nq, head_dim, dtype=dtype)
+    k, v = rand(2, 2, nk, head_dim, dtype=dtype), rand(2, 2, nk, head_dim, dtype=dtype)
+    check(q, k, v, True)
 
 
 def test_unknown_scheduler_is_a_value_error(monkeypatch, kernel_family):

@@ -32,16 +32,17 @@ struct KeyTileRange {
   int n_block_unmasked_end;
 };
 
-template <bool kCausal, int kBlockM, int kBlockN>
-__forceinline__ __device__ KeyTileRange key_tile_range(int m_block, int seqlen_q, int seqlen_k) {
+// The key tiles of the query rows [first_row, end_row).
+template <bool kCausal, int kBlockN>
+__forceinline__ __device__ KeyTileRange key_tile_range_of_rows(int first_row, int end_row, int seqlen_q,
+                                                               int seqlen_k) {
   const int n_blocks = (seqlen_k + kBlockN - 1) / kBlockN;
   const int full_blocks = seqlen_k / kBlockN;  // tiles with no key past seqlen_k
   if constexpr (!kCausal) {
     return {n_blocks, full_blocks};
   } else {
     const int diagonal_shift = seqlen_k - seqlen_q;
-    const int first_row = m_block * kBlockM;
-    const int last_row = min(first_row + kBlockM, seqlen_q) - 1;
+    const int last_row = min(end_row, seqlen_q) - 1;
     // Last key visible to the tile's last real row; < 0 means every row of the tile sees no key.
     const int last_col = last_row + diagonal_shift;
     const int n_block_max = last_col < 0 ? 0 : min(n_blocks, last_col / kBlockN + 1);
@@ -50,6 +51,11 @@ __forceinline__ __device__ KeyTileRange key_tile_range(int m_block, int seqlen_q
     const int unmasked = first_visible <= 0 ? 0 : min(full_blocks, first_visible / kBlockN);
     return {n_block_max, min(unmasked, n_block_max)};
   }
+}
+
+template <bool kCausal, int kBlockM, int kBlockN>
+__forceinline__ __device__ KeyTileRange key_tile_range(int m_block, int seqlen_q, int seqlen_k) {
+  return key_tile_range_of_rows<kCausal, kBlockN>(m_block * kBlockM, (m_block + 1) * kBlockM, seqlen_q, seqlen_k);
 }
 
 }  // namespace flash

@@ -19,14 +19,13 @@ using namespace cute;
 template <typename Traits, typename Params, typename TensorO, int kRows>
 __forceinline__ __device__ void sm90_store_output(const Params& params, typename Traits::SharedStorage& storage,
                                                   TensorO const& acc_o, const float (&lse)[kRows], int consumer,
-                                                  int batch, int head, int m_block) {
+                                                  int batch, int head, int first_row) {
   using Element = typename Traits::Element;
   constexpr int kHeadDim = Traits::kHeadDim;
   constexpr int kRowsPerConsumer = Traits::kRowsPerConsumer;
   const FwdParams& args = params.args;
   const int tid = threadIdx.x % cutlass::NumThreadsPerWarpGroup;
-  const int row_tile = m_block * Traits::kNumConsumers + consumer;  // in units of kRowsPerConsumer rows
-  const int rows_left = args.seqlen_q - row_tile * kRowsPerConsumer;
+  const int rows_left = args.seqlen_q - first_row;
 
   // LSE: the lane holding column 0 of each of its rows writes it.
   typename Traits::TiledMmaPV mma_pv;
@@ -34,8 +33,7 @@ __forceinline__ __device__ void sm90_store_output(const Params& params, typename
   Tensor tOcO = thr_pv.partition_C(make_identity_tensor(Shape<Int<kRowsPerConsumer>, Int<kHeadDim>>{}));
   Tensor tOcO_rowcol = make_tensor(tOcO.data(), acc_rowcol_layout(tOcO.layout()));
   if (get<1>(tOcO_rowcol(0, 0)) == 0) {
-    float* lse_tile = args.lse_ptr + (index_t(batch) * args.heads_q + head) * args.seqlen_q +
-                      index_t(row_tile) * kRowsPerConsumer;
+    float* lse_tile = args.lse_ptr + (index_t(batch) * args.heads_q + head) * args.seqlen_q + first_row;
     CUTE_UNROLL
     for (int r = 0; r < kRows; ++r) {
       const int row = get<0>(tOcO_rowcol(r, 0));
@@ -70,8 +68,8 @@ __forceinline__ __device__ void sm90_store_output(const Params& params, typename
 
   if (tid == 0) {
     Tensor mO = params.tma_o.get_tma_tensor(make_shape(args.seqlen_q, args.head_dim, args.heads_q, args.batch));
-    Tensor gO = local_tile(mO(_, _, head, batch), Shape<Int<kRowsPerConsumer>, Int<kHeadDim>>{},
-                           make_coord(row_tile, _0{}));
+    Tensor gO = local_tile(domain_offset(make_coord(first_row, _0{}), mO(_, _, head, batch)),
+                           Shape<Int<kRowsPerConsumer>, Int<kHeadDim>>{}, make_coord(_0{}, _0{}));
     auto [tOgO, tOsO] = tma_partition(params.tma_o, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sO),
                                       group_modes<0, 2>(gO));
     copy(params.tma_o, tOsO, tOgO);
@@ -88,13 +86,11 @@ __forceinline__ __device__ void sm90_wait_output_stores() {
 // A query tile whose rows all see no key (causal with seqlen_q > seqlen_k): O = 0 and LSE = -inf, no loads. Each
 // consumer warpgroup clears its own rows with 16-byte stores.
 template <typename Traits>
-__forceinline__ __device__ void sm90_store_empty_rows(const FwdParams& args, int consumer, int batch, int head,
-                                                      int m_block) {
+__forceinline__ __device__ void sm90_store_empty_rows(const FwdParams& args, int batch, int head, int first_row) {
   using Element = typename Traits::Element;
   constexpr int kRowsPerConsumer = Traits::kRowsPerConsumer;
   constexpr int kVec = 16 / sizeof(Element);
   const int tid = threadIdx.x % cutlass::NumThreadsPerWarpGroup;
-  const int first_row = (m_block * Traits::kNumConsumers + consumer) * kRowsPerConsumer;
   const int rows = min(kRowsPerConsumer, args.seqlen_q - first_row);
   const int vecs_per_row = args.head_dim / kVec;  // head_dim is a multiple of 8
   Element* out = reinterpret_cast<Element*>(args.o_ptr) + index_t(batch) * args.o_batch_stride +

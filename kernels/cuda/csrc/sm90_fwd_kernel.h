@@ -78,7 +78,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
   // index past the end is passed on too: it stops the consumers.
   auto run_tile = [&](int t, auto&& body) {
     const TileCoord tile = persistent_tile<kCausal>(params.scheduler, args, t);
-    body(tile, key_tile_range<kCausal, kBlockM, kBlockN>(tile.m_block, args.seqlen_q, args.seqlen_k));
+    const TileRows rows = tile_rows(params.scheduler, tile.m_block, kBlockM);
+    body(tile, rows, key_tile_range_of_rows<kCausal, kBlockN>(rows.first, rows.end, args.seqlen_q, args.seqlen_k));
   };
 
   if (warp_group == 0) {
@@ -106,9 +107,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
         // Tile i's Q buffer must have been released by its previous tile (the use before this one).
         const int q_stage = Traits::q_stage(i);
         storage.barrier_q_empty[q_stage].wait((Traits::q_use(i) & 1) ^ 1);
-        run_tile(t, [&](const TileCoord& tile, const KeyTileRange& range) {
+        run_tile(t, [&](const TileCoord& tile, const TileRows& rows, const KeyTileRange& range) {
           if (range.n_block_max > 0) {
-            sm90_load<Traits>(params, storage, pipeline_k, pipeline_v, state, tile, range.n_block_max, q_stage);
+            sm90_load<Traits>(params, storage, pipeline_k, pipeline_v, state, tile, rows.first, range.n_block_max,
+                              q_stage);
           }
         });
         t = next_tile(args, t);
@@ -135,9 +137,13 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
       }
       if (t >= num_tiles) break;
       const int q_stage = Traits::q_stage(i);
-      run_tile(t, [&](const TileCoord& tile, const KeyTileRange& range) {
+      run_tile(t, [&](const TileCoord& tile, const TileRows& rows, const KeyTileRange& range) {
+        // This warpgroup's 64 rows; with end-aligned causal tiles, those of the first tile may all lie before its
+        // first row (they are the next tile's), and then nothing is stored.
+        const int first_row = rows.first + consumer * Traits::kRowsPerConsumer;
+        const bool has_rows = first_row < min(rows.end, args.seqlen_q);
         if (range.n_block_max <= 0) {
-          sm90_store_empty_rows<Traits>(args, consumer, tile.batch, tile.head, tile.m_block);
+          if (has_rows) sm90_store_empty_rows<Traits>(args, tile.batch, tile.head, first_row);
           storage.barrier_q_empty[q_stage].arrive();  // one arrival per tile, loaded or not: the producer counts tiles
           return;
         }
@@ -150,10 +156,12 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
           if constexpr (Traits::kSeparateO) storage.barrier_q_empty[q_stage].arrive();
         };
         sm90_mma<Traits, kCausal>(args, storage, pipeline_k, pipeline_v, state_k, state_v, q_stage,
-                                  (q_phases >> q_stage) & 1, ping_pong, acc_o, lse, consumer, tile.m_block, range,
-                                  release_q);
+                                  (q_phases >> q_stage) & 1, ping_pong, acc_o, lse, consumer, first_row, rows.end,
+                                  range, release_q);
         q_phases ^= 1 << q_stage;
-        sm90_store_output<Traits>(params, storage, acc_o, lse, consumer, tile.batch, tile.head, tile.m_block);
+        if (has_rows) {
+          sm90_store_output<Traits>(params, storage, acc_o, lse, consumer, tile.batch, tile.head, first_row);
+        }
         if constexpr (!Traits::kSeparateO) storage.barrier_q_empty[q_stage].arrive();  // the store read O out of Q
       });
       if (!dynamic) t += grid_size();

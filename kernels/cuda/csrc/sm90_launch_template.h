@@ -48,7 +48,9 @@ cudaError_t launch_fwd_sm90(const FwdParams& args, cudaStream_t stream) {
   auto tma_o = make_tma_copy(SM90_TMA_STORE{}, o, typename Traits::SmemLayoutO{}, TileO{}, _1{});
   using Params = Sm90FwdParams<decltype(tma_q), decltype(tma_k), decltype(tma_v), decltype(tma_o)>;
   PersistentTileScheduler scheduler;
-  if (!make_persistent_scheduler(args, Traits::kBlockM, scheduler)) return cudaErrorInvalidConfiguration;
+  if (!make_persistent_scheduler(args, Traits::kBlockM, Traits::kRowsPerConsumer, scheduler)) {
+    return cudaErrorInvalidConfiguration;
+  }
   const Params params{args, scheduler, tma_q, tma_k, tma_v, tma_o};
 
   constexpr auto kernel = &flash_fwd_sm90_kernel<Traits, kCausal, Params>;

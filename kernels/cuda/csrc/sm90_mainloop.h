@@ -79,15 +79,16 @@ __forceinline__ __device__ void warpgroup_gemm(TiledMma& tiled_mma, TensorA& tCr
   if constexpr (kRegisterA) warpgroup_fence_operand(tCrA);
 }
 
-// Producer, one tile: Q into buffer q_stage, then K[n] and V[n] for n = n_block_max - 1 down to 0 (the consumers'
-// order: masked tiles first). `state` carries on from the CTA's previous tile.
+// Producer, one tile: Q rows [first_row, first_row + kBlockM) into buffer q_stage, then K[n] and V[n] for
+// n = n_block_max - 1 down to 0 (the consumers' order: masked tiles first). `state` carries on from the CTA's
+// previous tile.
 template <typename Traits, typename Params>
 __forceinline__ __device__ void sm90_load(const Params& params, typename Traits::SharedStorage& storage,
                                           typename Traits::Pipeline& pipeline_k,
                                           typename Traits::Pipeline& pipeline_v,
                                           typename Traits::PipelineState& state, const TileCoord& tile,
-                                          int n_block_max, int q_stage) {
-  const int batch = tile.batch, head = tile.head, head_kv = tile.head_kv, m_block = tile.m_block;
+                                          int first_row, int n_block_max, int q_stage) {
+  const int batch = tile.batch, head = tile.head, head_kv = tile.head_kv;
   using Pipeline = typename Traits::Pipeline;
   constexpr int kBlockM = Traits::kBlockM;
   constexpr int kBlockN = Traits::kBlockN;
@@ -104,7 +105,8 @@ __forceinline__ __device__ void sm90_load(const Params& params, typename Traits:
   Tensor mQ = params.tma_q.get_tma_tensor(make_shape(args.seqlen_q, args.head_dim, args.heads_q, args.batch));
   Tensor mK = params.tma_k.get_tma_tensor(make_shape(args.seqlen_k, args.head_dim, args.heads_kv, args.batch));
   Tensor mV = params.tma_v.get_tma_tensor(make_shape(args.seqlen_k, args.head_dim, args.heads_kv, args.batch));
-  Tensor gQ = local_tile(mQ(_, _, head, batch), Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(m_block, _0{}));
+  Tensor gQ = local_tile(domain_offset(make_coord(first_row, _0{}), mQ(_, _, head, batch)),
+                         Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(_0{}, _0{}));
   Tensor gK = local_tile(mK(_, _, head_kv, batch), Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(_, _0{}));
   Tensor gV = local_tile(mV(_, _, head_kv, batch), Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(_, _0{}));
 
@@ -128,9 +130,9 @@ __forceinline__ __device__ void sm90_load(const Params& params, typename Traits:
   }
 }
 
-// Consumer, one tile: this warpgroup's 64 query rows (in Q buffer q_stage, whose load completes phase q_phase)
-// against every key tile. Returns with acc_o normalised and lse filled; calls release_q() once no GEMM of this tile
-// will read Q again. The pipeline states carry on across tiles.
+// Consumer, one tile: this warpgroup's 64 query rows from row_offset (in Q buffer q_stage, whose load completes
+// phase q_phase; the tile's rows end at end_row) against every key tile. Returns with acc_o normalised and lse
+// filled; calls release_q() once no GEMM of this tile will read Q again. The pipeline states carry on across tiles.
 template <typename Traits, bool kCausal, typename PingPong, typename TensorO, int kRows, typename ReleaseQ>
 __forceinline__ __device__ void sm90_mma(const FwdParams& args, typename Traits::SharedStorage& storage,
                                          typename Traits::Pipeline& pipeline_k,
@@ -138,9 +140,9 @@ __forceinline__ __device__ void sm90_mma(const FwdParams& args, typename Traits:
                                          typename Traits::PipelineState& state_k,
                                          typename Traits::PipelineState& state_v, int q_stage, int q_phase,
                                          const PingPong& ping_pong, TensorO& acc_o, float (&lse)[kRows],
-                                         int consumer, int m_block, KeyTileRange range, ReleaseQ&& release_q) {
+                                         int consumer, int row_offset, int end_row, KeyTileRange range,
+                                         ReleaseQ&& release_q) {
   using Element = typename Traits::Element;
-  constexpr int kBlockM = Traits::kBlockM;
   constexpr int kBlockN = Traits::kBlockN;
   constexpr int kHeadDim = Traits::kHeadDim;
   constexpr int kRowsPerConsumer = Traits::kRowsPerConsumer;
@@ -160,7 +162,6 @@ __forceinline__ __device__ void sm90_mma(const FwdParams& args, typename Traits:
   Tensor tSrK = thr_qk.partition_fragment_B(sK);   // (MMA, 1, kHeadDim / 16, stage)
   Tensor tOrV = thr_pv.partition_fragment_B(sVt);  // (MMA, 1, kBlockN / 16, stage)
   Tensor tScS = thr_qk.partition_C(make_identity_tensor(Shape<Int<kRowsPerConsumer>, Int<kBlockN>>{}));
-  const int row_offset = m_block * kBlockM + consumer * kRowsPerConsumer;
 
   OnlineSoftmax<kRows> softmax;
   float correction[kRows];
@@ -169,16 +170,40 @@ __forceinline__ __device__ void sm90_mma(const FwdParams& args, typename Traits:
 
   storage.barrier_q[q_stage].wait(q_phase);
 
+  // This warpgroup's key tiles: its rows may see fewer than the tile's rows do (the upper rows of a tile taller than
+  // a key tile, rows past the end of the queries, causal rows that see no key). For each key tile it does not need,
+  // it takes its turn without a GEMM and releases K and V once they have landed: a release before the load would
+  // count towards the stage's previous use. A warpgroup that needs none ends with O = 0 and LSE = -inf.
+  const int last_row = min(row_offset + kRowsPerConsumer, min(end_row, args.seqlen_q)) - 1;
+  int visible_end = args.seqlen_k;  // keys [0, visible_end) are visible to some row of this warpgroup
+  if constexpr (kCausal) visible_end = min(visible_end, last_row + args.seqlen_k - args.seqlen_q + 1);
+  const int n_block_max =
+      last_row < row_offset || visible_end <= 0 ? 0 : min(range.n_block_max, ceil_div(visible_end, kBlockN));
+  for (int n = range.n_block_max - 1; n >= n_block_max; --n) {
+    ping_pong.wait_turn();
+    ping_pong.pass_turn();
+    pipeline_k.consumer_wait(state_k);
+    pipeline_k.consumer_release(state_k);
+    ++state_k;
+    pipeline_v.consumer_wait(state_v);
+    pipeline_v.consumer_release(state_v);
+    ++state_v;
+  }
+  if (n_block_max == 0) {
+    ping_pong.wait_turn();  // the turn of the last P V
+    ping_pong.pass_turn();
+    release_q();
+    softmax.finalize(acc_o, args.softmax_scale, lse);
+    return;
+  }
+
   // The first (last-in-memory) key tile: the only one that can be partial, and where the causal diagonal is. Where
   // this warpgroup's rows see none of its right half (their diagonal ends in the left half, as for the upper 64 rows
   // of every diagonal tile when kBlockM == kBlockN, or the keys end there), S is a 64 x kBlockN / 2 GEMM and only its
   // columns are exponentiated; P's right half is 0. The two widths are two whole branches, each waiting for its own
   // GEMM: an accumulator shared between the widths, or a GEMM in flight across the branch, makes ptxas serialise
   // every warpgroup MMA of the kernel (C7511 / C7515, which scripts/check_cuda_compile.py fails on).
-  int n_block = range.n_block_max - 1;
-  const int last_row = min(row_offset + kRowsPerConsumer, args.seqlen_q) - 1;
-  int visible_end = args.seqlen_k;  // keys [0, visible_end) are visible to some row of this warpgroup
-  if constexpr (kCausal) visible_end = min(visible_end, last_row + args.seqlen_k - args.seqlen_q + 1);
+  int n_block = n_block_max - 1;
   auto first_key_tile = [&](auto& mma, auto key_cols) __attribute__((always_inline)) {
     constexpr int kCols = decltype(key_cols)::value;
     auto thr = mma.get_thread_slice(tid);

@@ -16,14 +16,8 @@ cudaError_t run_fwd_sm90_for_headdim(const FwdParams& params, cudaStream_t strea
   static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256, "SM90 head dims: 64, 128, 256");
   if constexpr (kHeadDim == 64) {
     // Three consumer warpgroups (192-row tiles) keep more MMAs in flight per softmax: 1.05-1.12x the two-consumer
-    // tile from N = 2k without a mask. Causal calls with few query tiles per head lose more to the coarser
-    // diagonal and tail than they gain (N = 512-1k: 0.72-0.77x cuDNN against 0.83-0.88x), so they keep 128 rows
-    // (results/NOTES.md, SM90 v5).
-    if constexpr (kCausal) {
-      if (params.seqlen_q < 2048) {
-        return launch_fwd_sm90<Sm90FwdTraits<64, 128, 128, 3, Element>, kCausal>(params, stream);  // 144 KiB
-      }
-    }
+    // tile from N = 2k without a mask, and causal ones at every length since each warpgroup runs only the key
+    // tiles its own rows see and the partial tile is the shortest (results/NOTES.md, SM90 v9).
     return launch_fwd_sm90<Sm90FwdTraits<64, 192, 128, 3, Element>, kCausal>(params, stream);    // 168 KiB
   } else if constexpr (kHeadDim == 128) {
     return launch_fwd_sm90<Sm90FwdTraits<128, 128, 128, 2, Element>, kCausal>(params, stream);  // 224 KiB

@@ -65,16 +65,35 @@ __forceinline__ __device__ TileCoord current_tile(const FwdParams& params) {
 //   hands each tile index to the consumers through shared memory (sm90_fwd_kernel.h).
 // Tile indices are 32-bit (the producer runs on 24 registers): 2^31 tiles of 128 query rows would be a query of
 // 4 TB, so make_persistent_scheduler's check cannot fail on a real call; it only keeps the limit explicit.
+//
+// Causal SM90 tiles are aligned to the end of the queries: tile m holds rows [m * block_m - row_shift, + block_m),
+// clipped at 0, so a partial tile is the first (the shortest rows, a key tile or two) and not the last (the longest,
+// where with 192-row tiles one warpgroup would run every key tile of the row alone while the other two idle).
+// row_shift is a multiple of 64 rows, so every consumer warpgroup still owns whole 64-row blocks.
 struct PersistentTileScheduler {
   int num_tiles;
   int num_m_blocks;
+  int row_shift;
 };
 
-inline bool make_persistent_scheduler(const FwdParams& params, int block_m, PersistentTileScheduler& s) {
+inline bool make_persistent_scheduler(const FwdParams& params, int block_m, int rows_per_consumer,
+                                      PersistentTileScheduler& s) {
   s.num_m_blocks = (params.seqlen_q + block_m - 1) / block_m;
   const index_t num_tiles = index_t(params.batch) * params.heads_q * s.num_m_blocks;
   s.num_tiles = static_cast<int>(num_tiles);
+  const int spare_rows = (block_m - params.seqlen_q % block_m) % block_m;  // the last tile's rows past seqlen_q
+  s.row_shift = params.causal ? spare_rows / rows_per_consumer * rows_per_consumer : 0;
   return num_tiles <= 0x7fffffff;
+}
+
+// The query rows [first, end) of SM90 tile m_block (end may pass seqlen_q).
+struct TileRows {
+  int first;
+  int end;
+};
+__forceinline__ __device__ TileRows tile_rows(const PersistentTileScheduler& s, int m_block, int block_m) {
+  const int first = m_block * block_m - s.row_shift;
+  return {max(first, 0), first + block_m};
 }
 
 inline dim3 persistent_grid(const PersistentTileScheduler& s, const FwdParams& params) {
