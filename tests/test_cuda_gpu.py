@@ -181,7 +181,7 @@ def test_causal_long_queries_at_head_dim_64(seqlens):
                                      (1088, 900)])
 def test_causal_tiles_end_at_the_last_query(seqlens, head_dim, dtype):
     """The SM90 family's causal tiles end at the last query, shifted up by whole 64-row blocks, so a partial tile
-    is the first (the shortest rows). Its warpgroups whose rows lie before it (they are the next tile's) compute
+    is the first (the shortest rows). Its warpgroups past its last row (those rows are the next tile's) compute
     and store nothing; warpgroups whose rows see fewer key tiles than the tile's (the upper ones of a 192-row tile,
     or of a 128-row tile at head dim 256, whose key tiles are 64 wide) take those turns without a GEMM. Shifts of
     0, 64 and 128 rows; Nq < Nk; Nq > Nk (a first tile, then part of the next, whose rows see no key); GQA."""

@@ -138,8 +138,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
       if (t >= num_tiles) break;
       const int q_stage = Traits::q_stage(i);
       run_tile(t, [&](const TileCoord& tile, const TileRows& rows, const KeyTileRange& range) {
-        // This warpgroup's 64 rows; with end-aligned causal tiles, those of the first tile may all lie before its
-        // first row (they are the next tile's), and then nothing is stored.
+        // This warpgroup's 64 rows. An end-aligned causal first tile holds fewer rows than its warpgroups cover: the
+        // rows of the later ones are the next tile's, and those warpgroups store nothing.
         const int first_row = rows.first + consumer * Traits::kRowsPerConsumer;
         const bool has_rows = first_row < min(rows.end, args.seqlen_q);
         if (range.n_block_max <= 0) {
