@@ -43,8 +43,10 @@ WORKER_CASES = [
     # no rows and the others skip key tiles their rows do not see.
     (1, 4, 2, 1000, 1000, 64, "float16", True, "bhsd"),
     # More tiles than an H100 has SMs, so CTAs of the SM90 family's persistent grid run several: causal (tiles drawn
-    # from the counter; rows that see no key) and not (dealt).
+    # from the counter, which the last CTA resets for the next call; rows that see no key), no mask with a partial
+    # 192-row tile per head (drawn too), and no mask with equal tiles (dealt).
     (1, 16, 4, 2100, 257, 64, "float16", True, "bhsd"),
+    (2, 16, 8, 1100, 200, 64, "bfloat16", False, "bhsd"),
     (2, 8, 8, 1100, 200, 128, "bfloat16", False, "bhsd"),
 ]
 

@@ -152,18 +152,49 @@ def test_left_half_first_key_tile(seqlens, causal, head_dim, dtype):
 def test_persistent_grid_runs_many_tiles_per_cta(head_dim, causal, monkeypatch):
     """More query tiles than SMs, so each CTA of the SM90 family's persistent grid runs several one after another,
     dealt statically or drawn from the counter (causal with Nq > Nk adds tiles whose rows see no key, which the
-    producer skips); the same call with one CTA per tile computes every tile the same way, so all three must give
-    the same bits."""
+    producer skips); the same call with one CTA per tile computes every tile the same way, so every deal (auto picks
+    one of the two) must give the same bits."""
     torch.manual_seed(head_dim + causal)
     q, k, v = rand(3, 8, 1500, head_dim), rand(3, 4, 1100, head_dim), rand(3, 4, 1100, head_dim)
     monkeypatch.setenv("FLASH_ATTENTION_SM90_SCHEDULER", "per-tile")
     out_per_tile, lse_per_tile = fa_cuda.attention(q, k, v, causal=causal, return_lse=True)
-    for scheduler in ("static", "dynamic"):
+    for scheduler in ("static", "dynamic", "auto"):
         monkeypatch.setenv("FLASH_ATTENTION_SM90_SCHEDULER", scheduler)
         check(q, k, v, causal)
         for _ in range(3):  # the dynamic deal differs from run to run; the bits must not
             out, lse = fa_cuda.attention(q, k, v, causal=causal, return_lse=True)
             assert torch.equal(out, out_per_tile) and torch.equal(lse, lse_per_tile), scheduler
+
+
+def test_tile_counter_is_left_zero_for_the_next_call(kernel_family, monkeypatch):
+    """The SM90 family's dynamic deal draws from one counter per stream, which each kernel's last CTA resets (no
+    zeroing launch per call). Calls of different tile counts back to back, interleaved on two streams with no
+    synchronisation between them, must each give the per-tile grid's bits: a counter left non-zero, or shared by
+    two kernels running at once, skips tiles, whose poisoned blocks then show. The shapes take the dynamic deal by
+    default: causal, or no mask with a partial 192-row tile per head (head dim 64, 1000 rows)."""
+    if kernel_family != "sm90":
+        pytest.skip("the tile counter belongs to the SM90 family")
+    torch.manual_seed(0)
+    calls = []
+    for batch, heads, seqlen, head_dim, causal in [(4, 8, 1500, 128, True), (2, 16, 1000, 64, False),
+                                                    (3, 8, 700, 64, True), (4, 8, 2048, 128, True)]:
+        qkv = [rand(batch, heads, seqlen, head_dim) for _ in range(3)]
+        calls.append((qkv, causal))
+    monkeypatch.setenv("FLASH_ATTENTION_SM90_SCHEDULER", "per-tile")
+    expected = [fa_cuda.attention(*qkv, causal=causal, return_lse=True) for qkv, causal in calls]
+    monkeypatch.delenv("FLASH_ATTENTION_SM90_SCHEDULER")
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+    for stream in streams:
+        stream.wait_stream(torch.cuda.current_stream())
+    results = []  # kept alive, so no output block is reused by a later call
+    for _ in range(3):
+        for index, (qkv, causal) in enumerate(calls):
+            with torch.cuda.stream(streams[index % 2]):
+                poison_allocator(qkv[0], qkv[0][..., 0].float())
+                results.append((index, fa_cuda.attention(*qkv, causal=causal, return_lse=True)))
+    torch.cuda.synchronize()
+    for index, (out, lse) in results:
+        assert torch.equal(out, expected[index][0]) and torch.equal(lse, expected[index][1]), index
 
 
 @pytest.mark.parametrize("seqlens", [(2100, 2300), (2300, 2100)])

@@ -14,9 +14,11 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <utility>
 
 #include "fwd_launch_api.h"
 #include "params.h"
@@ -93,6 +95,44 @@ bool use_sm90_kernel(int major, int minor, int padded_head_dim) {
   return family == nullptr || std::strcmp(family, "sm80") != 0;
 }
 
+// The SM90 grid, from FLASH_ATTENTION_SM90_SCHEDULER (unset: auto, which the launcher resolves by its tile height).
+flash::Sm90Schedule sm90_schedule_from_environment() {
+  const char* value = std::getenv("FLASH_ATTENTION_SM90_SCHEDULER");
+  const std::string choice = value != nullptr ? value : "auto";
+  if (choice == "auto") return flash::Sm90Schedule::kAuto;
+  if (choice == "static") return flash::Sm90Schedule::kStatic;
+  if (choice == "dynamic") return flash::Sm90Schedule::kDynamic;
+  TORCH_CHECK_VALUE(choice == "per-tile",
+                    "FLASH_ATTENTION_SM90_SCHEDULER must be auto, static, dynamic or per-tile, got ", choice);
+  return flash::Sm90Schedule::kPerTile;
+}
+
+// The dynamic deal's counter for a call on `stream` (current device). Every kernel leaves it zero (finish_draws in
+// tile_scheduler.h), so one per (device, stream), zeroed once and kept for the process, serves every call in stream
+// order without a zeroing launch per call (a launch, an allocation and host time that a 50 us call notices). Other
+// streams have their own, so concurrent calls never share one. A call under CUDA graph capture gets a fresh zeroed
+// one, held by `owner`, from the graph's pool: a replay may run on any stream, next to eager calls on this one.
+flash::TileCounter* tile_counter_for(cudaStream_t stream, const at::TensorOptions& options, at::Tensor& owner) {
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  const auto words = static_cast<int64_t>(sizeof(flash::TileCounter) / sizeof(int32_t));
+  if (capture != cudaStreamCaptureStatusNone) {
+    owner = at::zeros({words}, options.dtype(at::kInt));
+    return reinterpret_cast<flash::TileCounter*>(owner.data_ptr());
+  }
+  static std::mutex mutex;
+  static auto* counters = new std::map<std::pair<int, cudaStream_t>, flash::TileCounter*>();  // never freed
+  std::lock_guard<std::mutex> lock(mutex);
+  flash::TileCounter*& counter = (*counters)[{options.device().index(), stream}];
+  if (counter == nullptr) {
+    // Zeroed on this stream, ahead of the kernel; the tensor is leaked on purpose (no free at process exit, after
+    // the allocator may be gone).
+    auto* storage = new at::Tensor(at::zeros({words}, options.dtype(at::kInt)));
+    counter = reinterpret_cast<flash::TileCounter*>(storage->data_ptr());
+  }
+  return counter;
+}
+
 std::tuple<at::Tensor, at::Tensor> cuda_fwd(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                                             bool causal, double softmax_scale) {
   TORCH_CHECK_VALUE(q_in.is_cuda() && k_in.is_cuda() && v_in.is_cuda(), "flash_attention cuda: inputs must be CUDA");
@@ -155,24 +195,20 @@ std::tuple<at::Tensor, at::Tensor> cuda_fwd(const at::Tensor& q_in, const at::Te
       use_sm90_kernel(major, minor, padded) ? flash::KernelFamily::kSm90 : flash::KernelFamily::kSm80;
   const flash::DType kernel_dtype = dtype == at::kHalf ? flash::DType::kFloat16 : flash::DType::kBFloat16;
   const flash::FwdLaunchFn launch = launcher_slot(family, kernel_dtype, padded, causal).load();
-  // SM90 grid (tile_scheduler.h): persistent, dealing equal tiles (no mask) statically and unequal ones (causal)
-  // from a counter. FLASH_ATTENTION_SM90_SCHEDULER=static|dynamic|per-tile overrides, to test or time each.
-  at::Tensor tile_counter;
+  // SM90 grid (tile_scheduler.h): persistent, dealing equal tiles statically and unequal ones (causal, or a
+  // partial tile per head) from the counter. FLASH_ATTENTION_SM90_SCHEDULER=static|dynamic|per-tile overrides.
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  at::Tensor graph_tile_counter;
   if (family == flash::KernelFamily::kSm90) {
-    const char* scheduler = std::getenv("FLASH_ATTENTION_SM90_SCHEDULER");
-    const std::string choice = scheduler != nullptr ? scheduler : (causal ? "dynamic" : "static");
-    TORCH_CHECK_VALUE(choice == "static" || choice == "dynamic" || choice == "per-tile",
-                      "FLASH_ATTENTION_SM90_SCHEDULER must be static, dynamic or per-tile, got ", choice);
-    p.persistent = choice != "per-tile";
-    if (choice == "dynamic") {
-      tile_counter = at::zeros({1}, q_in.options().dtype(at::kInt));  // on the current stream, before the kernel
-      p.tile_counter = reinterpret_cast<unsigned int*>(tile_counter.data_ptr<int32_t>());
-    }
+    p.sm90_schedule = sm90_schedule_from_environment();
+    const bool may_draw = p.sm90_schedule == flash::Sm90Schedule::kAuto ||
+                          p.sm90_schedule == flash::Sm90Schedule::kDynamic;
+    if (may_draw) p.tile_counter = tile_counter_for(stream, q_in.options(), graph_tile_counter);
   }
   TORCH_CHECK(launch != nullptr, "flash_attention cuda: kernel ", kernel_stem(family, kernel_dtype, padded, causal),
               " is not loaded: flash_attention.attention builds and loads it on first use; before calling the op "
               "directly, call flash_attention.cuda.load_kernel(query, causal)");
-  const cudaError_t err = launch(p, c10::cuda::getCurrentCUDAStream().stream());
+  const cudaError_t err = launch(p, stream);
   C10_CUDA_CHECK(err);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (!out_aligned.is_same(out)) out.copy_(out_aligned);

@@ -10,6 +10,15 @@ using index_t = int64_t;  // every offset and stride is 64-bit: tensors past 2^3
 
 enum class DType : int { kFloat16 = 0, kBFloat16 = 1 };
 
+enum class Sm90Schedule : int { kAuto = 0, kStatic = 1, kDynamic = 2, kPerTile = 3 };
+
+// The dynamic deal's global state: draws so far, and CTAs done drawing. The last CTA to finish drawing resets both,
+// so one counter serves every call on a stream without a zeroing launch before each (tile_scheduler.h).
+struct TileCounter {
+  unsigned int next;
+  unsigned int finished;
+};
+
 struct FwdParams {
   // Element pointers (fp16 or bf16) and strides in elements for batch / head / row; the last dim has unit stride.
   const void* __restrict__ q_ptr;
@@ -37,10 +46,12 @@ struct FwdParams {
 
   int max_smem_per_block;    // the device's opt-in shared memory limit, used to pick a tile that fits
   int num_sms;               // multiprocessors: the size of a persistent grid
-  // SM90 grid (tile_scheduler.h): one CTA per tile, or persistent (one CTA per SM walking the tile list), with the
-  // tiles dealt round-robin (static) or drawn from tile_counter (dynamic: a zeroed global counter, else null).
-  bool persistent;
-  unsigned int* tile_counter;
+  // SM90 grid (tile_scheduler.h): one CTA per tile, or persistent (one CTA per SM walking the tile list) with the
+  // tiles dealt round-robin (static) or drawn from tile_counter (dynamic). kAuto deals equal tiles statically and
+  // draws unequal ones (causal, or a partial last tile per head); the kernel's tile height decides, so the launcher
+  // resolves it.
+  Sm90Schedule sm90_schedule;
+  TileCounter* tile_counter;  // zero on entry and left zero by every kernel that draws from it (null: no dynamic deal)
 };
 
 }  // namespace flash

@@ -90,7 +90,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
       cute::prefetch_tma_descriptor(params.tma_v.get_tma_descriptor());
       Pipeline pipeline_k(storage.pipeline_k, pipeline_params(true), Shape<_1, _1, _1>{}, cute::false_type{});
       Pipeline pipeline_v(storage.pipeline_v, pipeline_params(true), Shape<_1, _1, _1>{}, cute::false_type{});
-      const bool dynamic = args.tile_counter != nullptr;
+      const bool dynamic = params.scheduler.counter != nullptr;
       const int num_tiles = params.scheduler.num_tiles;
       typename Traits::PipelineState state = cutlass::make_producer_start_state<Pipeline>();
       int t = blockIdx.x;
@@ -113,15 +113,16 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
                               q_stage);
           }
         });
-        t = next_tile(args, t);
+        t = next_tile(params.scheduler, t);
       }
+      if (dynamic) finish_draws(params.scheduler.counter);
     }
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
     const int consumer = warp_group - 1;
     Pipeline pipeline_k(storage.pipeline_k, pipeline_params(false), Shape<_1, _1, _1>{}, cute::false_type{});
     Pipeline pipeline_v(storage.pipeline_v, pipeline_params(false), Shape<_1, _1, _1>{}, cute::false_type{});
-    const bool dynamic = args.tile_counter != nullptr;
+    const bool dynamic = params.scheduler.counter != nullptr;
     const int num_tiles = params.scheduler.num_tiles;
     typename Traits::PipelineState state_k, state_v;
     Sm90PingPong<Traits::kNumConsumers> ping_pong(consumer);

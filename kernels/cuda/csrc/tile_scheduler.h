@@ -51,18 +51,22 @@ __forceinline__ __device__ TileCoord current_tile(const FwdParams& params) {
   return make_tile<kCausal>(params, index_t(blockIdx.z) * gridDim.y + blockIdx.y, blockIdx.x, gridDim.x);
 }
 
-// SM90: the same order as one flat list, walked by a grid of one of three kinds (FwdParams::persistent and
-// ::tile_counter, set by the binding; FLASH_ATTENTION_SM90_SCHEDULER overrides its choice):
+// SM90: the same order as one flat list, walked by a grid of one of three kinds (FwdParams::sm90_schedule, kAuto
+// unless FLASH_ATTENTION_SM90_SCHEDULER overrides it; make_persistent_scheduler resolves it):
 // - one CTA per tile (CTA b runs tile b), the hardware's block scheduler balancing them;
 // - persistent, static: one CTA per SM, CTA b takes tiles b, b + gridDim.x, b + 2 gridDim.x, ... Its next Q and K/V
 //   loads overlap its current tile's last GEMM and epilogue, and no tile pays for a launch, a prologue or barrier
-//   set-up. The default without a mask, where tiles are equal and CTAs take as many to within one;
+//   set-up. The default where tiles are equal (no mask, the tile height divides seqlen_q): CTAs take as many to
+//   within one;
 // - persistent, dynamic: CTA b takes tile b first, then draws the next unstarted tile from a global counter, so a
-//   CTA that drew short tiles draws more. The default for causal calls, whose tiles are unequal: a static
-//   round-robin would hand some CTAs only long ones (with 4 query tiles per head and 132 SMs, CTA b always gets
-//   query tile 3 - b % 4). The list runs longest first within each head, so the short tiles fill the tail.
-//   The producer draws (an atomic on a 32-bit counter, issued a whole tile ahead so its latency hides) and
-//   hands each tile index to the consumers through shared memory (sm90_fwd_kernel.h).
+//   CTA that drew short tiles draws more. The default where tiles are unequal, since a static round-robin would
+//   hand some CTAs only long ones: causal (with 4 query tiles per head and 132 SMs, CTA b always gets query tile
+//   3 - b % 4), and a partial tile per head (with 6 tiles of 192 rows per head at N = 1024 and 132 SMs, 22 CTAs
+//   get every one-third tile and the other 110 only full ones). The list runs longest first within each head, so
+//   the short tiles fill the tail. The producer draws (an atomic on a 32-bit counter, issued a whole tile ahead so
+//   its latency hides) and hands each tile index to the consumers through shared memory (sm90_fwd_kernel.h).
+//   The counter needs no zeroing launch per call: each CTA draws once per tile and once past the end, then counts
+//   itself finished, and the last to finish resets the counter (finish_draws), which the binding keeps per stream.
 // Tile indices are 32-bit (the producer runs on 24 registers): 2^31 tiles of 128 query rows would be a query of
 // 4 TB, so make_persistent_scheduler's check cannot fail on a real call; it only keeps the limit explicit.
 //
@@ -74,6 +78,8 @@ struct PersistentTileScheduler {
   int num_tiles;
   int num_m_blocks;
   int row_shift;
+  bool persistent;
+  TileCounter* counter;  // the dynamic deal's (FwdParams::tile_counter); null for the static deal and per-tile grid
 };
 
 inline bool make_persistent_scheduler(const FwdParams& params, int block_m, int rows_per_consumer,
@@ -83,7 +89,13 @@ inline bool make_persistent_scheduler(const FwdParams& params, int block_m, int 
   s.num_tiles = static_cast<int>(num_tiles);
   const int spare_rows = (block_m - params.seqlen_q % block_m) % block_m;  // the last tile's rows past seqlen_q
   s.row_shift = params.causal ? spare_rows / rows_per_consumer * rows_per_consumer : 0;
-  return num_tiles <= 0x7fffffff;
+  const bool unequal_tiles = params.causal || spare_rows != 0;
+  const Sm90Schedule schedule = params.sm90_schedule;
+  s.persistent = schedule != Sm90Schedule::kPerTile;
+  const bool dynamic =
+      schedule == Sm90Schedule::kDynamic || (schedule == Sm90Schedule::kAuto && unequal_tiles);
+  s.counter = dynamic ? params.tile_counter : nullptr;
+  return num_tiles <= 0x7fffffff && (!dynamic || s.counter != nullptr);
 }
 
 // The query rows [first, end) of SM90 tile m_block (end may pass seqlen_q).
@@ -97,7 +109,7 @@ __forceinline__ __device__ TileRows tile_rows(const PersistentTileScheduler& s, 
 }
 
 inline dim3 persistent_grid(const PersistentTileScheduler& s, const FwdParams& params) {
-  const int cap = params.persistent ? std::max(params.num_sms, 1) : 0x7fffffff;
+  const int cap = s.persistent ? std::max(params.num_sms, 1) : 0x7fffffff;
   return dim3(static_cast<unsigned>(std::min(s.num_tiles, cap)));
 }
 
@@ -118,9 +130,20 @@ __forceinline__ __device__ int grid_size() {
 // The tile after `t` for this CTA: the next draw from the counter (dynamic) or t + gridDim.x (static, and one CTA
 // per tile, where it is past the end). Only the producer calls it in the dynamic case. Past the end, draws keep
 // counting up: at most one per CTA, far from overflow.
-__forceinline__ __device__ int next_tile(const FwdParams& params, int t) {
-  if (params.tile_counter != nullptr) return int(atomicAdd(params.tile_counter, 1u)) + grid_size();
+__forceinline__ __device__ int next_tile(const PersistentTileScheduler& s, int t) {
+  if (s.counter != nullptr) return int(atomicAdd(&s.counter->next, 1u)) + grid_size();
   return t + grid_size();
+}
+
+// The dynamic deal's producer, after its draw past the end. The CTA that finishes last resets the counter for the
+// next kernel on the stream (which starts after this one ends): every CTA's draws came before its count (the fence
+// orders them), so no draw of this grid is left to see the reset.
+__forceinline__ __device__ void finish_draws(TileCounter* counter) {
+  __threadfence();
+  if (atomicAdd(&counter->finished, 1u) == unsigned(grid_size()) - 1u) {
+    atomicExch(&counter->next, 0u);
+    atomicExch(&counter->finished, 0u);
+  }
 }
 
 }  // namespace flash
