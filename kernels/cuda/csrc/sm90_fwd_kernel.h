@@ -94,6 +94,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
       const int num_tiles = params.scheduler.num_tiles;
       typename Traits::PipelineState state = cutlass::make_producer_start_state<Pipeline>();
       int t = blockIdx.x;
+      int loads = 0;  // tiles loaded so far (tiles whose rows see no key load nothing)
       // Waits on an "empty" barrier use the parity of the use before (a fresh barrier counts its phase -1 as done),
       // so the first uses pass at once without a branch: the producer has 24 registers.
       for (int i = 0;; ++i) {
@@ -104,13 +105,16 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
           storage.barrier_tile_full[slot].arrive();
         }
         if (t >= num_tiles) break;
-        // Tile i's Q buffer must have been released by its previous tile (the use before this one).
-        const int q_stage = Traits::q_stage(i);
-        storage.barrier_q_empty[q_stage].wait((Traits::q_use(i) & 1) ^ 1);
         run_tile(t, [&](const TileCoord& tile, const TileRows& rows, const KeyTileRange& range) {
           if (range.n_block_max > 0) {
+            // The load's Q buffer must have been released by its previous load. Tiles that load nothing leave the
+            // Q barriers alone: the consumers pass them without waiting, so they could complete an empty barrier's
+            // phase twice before the producer polls it, and a parity wait would then miss the phase it wants.
+            const int q_stage = Traits::q_stage(loads);
+            storage.barrier_q_empty[q_stage].wait((Traits::q_use(loads) & 1) ^ 1);
             sm90_load<Traits>(params, storage, pipeline_k, pipeline_v, state, tile, rows.first, range.n_block_max,
                               q_stage);
+            ++loads;
           }
         });
         t = next_tile(params.scheduler, t);
@@ -126,7 +130,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
     const int num_tiles = params.scheduler.num_tiles;
     typename Traits::PipelineState state_k, state_v;
     Sm90PingPong<Traits::kNumConsumers> ping_pong(consumer);
-    int q_phases = 0;  // bit s: the phase that Q buffer s's next load completes (empty tiles load nothing)
+    int q_phases = 0;  // bit s: the phase that Q buffer s's next load completes
+    int loads = 0;     // tiles loaded so far, as the producer counts them (empty tiles load nothing)
     ping_pong.start();
     int t = blockIdx.x;
     for (int i = 0;; ++i) {
@@ -137,17 +142,16 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
         storage.barrier_tile_empty[slot].arrive();
       }
       if (t >= num_tiles) break;
-      const int q_stage = Traits::q_stage(i);
       run_tile(t, [&](const TileCoord& tile, const TileRows& rows, const KeyTileRange& range) {
         // This warpgroup's 64 rows. An end-aligned causal first tile holds fewer rows than its warpgroups cover: the
         // rows of the later ones are the next tile's, and those warpgroups store nothing.
         const int first_row = rows.first + consumer * Traits::kRowsPerConsumer;
         const bool has_rows = first_row < min(rows.end, args.seqlen_q);
-        if (range.n_block_max <= 0) {
+        if (range.n_block_max <= 0) {  // no Q load to wait for or release (straight to global memory)
           if (has_rows) sm90_store_empty_rows<Traits>(args, tile.batch, tile.head, first_row);
-          storage.barrier_q_empty[q_stage].arrive();  // one arrival per tile, loaded or not: the producer counts tiles
           return;
         }
+        const int q_stage = Traits::q_stage(loads++);
         typename Traits::TiledMmaPV mma_pv;
         Tensor acc_o = partition_fragment_C(mma_pv, Shape<Int<Traits::kRowsPerConsumer>, Int<Traits::kHeadDim>>{});
         constexpr int kRows = decltype(size<0>(acc_rowcol_layout(acc_o.layout())))::value;

@@ -81,8 +81,8 @@ struct Sm90FwdTraits {
       kSeparateO && (3 * kBlockM * kHeadDim + 2 * kStages * kBlockN * kHeadDim) * int(sizeof(Element)) + 1024 <=
                         kSmemLimit ? 2 : 1;
 
-  // A CTA's i-th tile uses Q buffer q_stage(i); it is that buffer's q_use(i)-th load (producer and consumers agree
-  // through these two, so the barrier phases they wait on match).
+  // A CTA's i-th Q load (tiles whose rows see no key load none) uses buffer q_stage(i); it is that buffer's
+  // q_use(i)-th load (producer and consumers agree through these two, so the barrier phases they wait on match).
   static __forceinline__ __device__ int q_stage(int i) { return kQStages == 2 ? (i & 1) : 0; }
   static __forceinline__ __device__ int q_use(int i) { return kQStages == 2 ? (i >> 1) : i; }
 
