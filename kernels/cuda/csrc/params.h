@@ -51,7 +51,7 @@ struct FwdParams {
   // draws unequal ones (causal, or a partial last tile per head); the kernel's tile height decides, so the launcher
   // resolves it.
   Sm90Schedule sm90_schedule;
-  TileCounter* tile_counter;  // zero on entry and left zero by every kernel that draws from it (null: no dynamic deal)
+  TileCounter* tile_counter;  // zero on entry, left zero by every kernel that draws from it (null: no dynamic deal)
 };
 
 }  // namespace flash

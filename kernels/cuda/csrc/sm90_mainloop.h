@@ -171,9 +171,9 @@ __forceinline__ __device__ void sm90_mma(const FwdParams& args, typename Traits:
   storage.barrier_q[q_stage].wait(q_phase);
 
   // This warpgroup's key tiles: its rows may see fewer than the tile's rows do (the upper rows of a tile taller than
-  // a key tile, rows past the end of the tile or of the queries, causal rows that see no key). For each key tile it does not need,
-  // it takes its turn without a GEMM and releases K and V once they have landed: a release before the load would
-  // count towards the stage's previous use. A warpgroup that needs none ends with O = 0 and LSE = -inf.
+  // a key tile, rows past the end of the tile or of the queries, causal rows that see no key). For each key tile it
+  // does not need, it takes its turn without a GEMM and releases K and V once they have landed: a release before the
+  // load would count towards the stage's previous use. A warpgroup that needs none ends with O = 0 and LSE = -inf.
   const int last_row = min(row_offset + kRowsPerConsumer, min(end_row, args.seqlen_q)) - 1;
   int visible_end = args.seqlen_k;  // keys [0, visible_end) are visible to some row of this warpgroup
   if constexpr (kCausal) visible_end = min(visible_end, last_row + args.seqlen_k - args.seqlen_q + 1);
