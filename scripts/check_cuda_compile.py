@@ -108,11 +108,12 @@ def demangle(names: list[str]) -> dict[str, str]:
 def short_name(demangled: str) -> str:
     # flash::flash_fwd_sm80_kernel<flash::FwdKernelTraits<64, 128, 128, 4, cutlass::half_t>, false>(...)
     # flash::flash_fwd_sm90_kernel<flash::Sm90FwdTraits<128, 128, 128, 2, cutlass::half_t>, true, ...>(...)
-    m = re.search(r"Sm90FwdTraits<(\d+), (\d+), (\d+), (\d+), cutlass::(\w+)>, (true|false)", demangled)
+    m = re.search(r"Sm90FwdTraits<(\d+), (\d+), (\d+), (\d+), cutlass::(\w+)(?:, (\d+))?>, (true|false)", demangled)
     if m:
-        d, bm, bn, stages, t, causal = m.groups()
+        d, bm, bn, stages, t, cluster, causal = m.groups()
         t = {"half_t": "fp16", "bfloat16_t": "bf16"}.get(t, t)
-        return f"sm90 d{d} {t} {bm}x{bn} {stages}st" + (" causal" if causal == "true" else "")
+        pair = f" cluster{cluster}" if cluster not in (None, "1") else ""
+        return f"sm90 d{d} {t} {bm}x{bn} {stages}st{pair}" + (" causal" if causal == "true" else "")
     m = re.search(r"FwdKernelTraits<(\d+), (\d+), (\d+), (\d+), cutlass::(\w+)>, (true|false)", demangled)
     if not m:
         return demangled[:80]

@@ -300,6 +300,12 @@ def test_check_cuda_compile_script_is_importable():
     assert module.short_name(
         "void flash::flash_fwd_sm80_kernel<flash::FwdKernelTraits<64, 128, 128, 4, cutlass::half_t>, true>(x)"
     ) == "d64 fp16 128x128 4w causal"
+    assert module.short_name(
+        "void flash::flash_fwd_sm90_kernel<flash::Sm90FwdTraits<128, 128, 128, 2, cutlass::half_t, 2>, false, P>(x)"
+    ) == "sm90 d128 fp16 128x128 2st cluster2"
+    assert module.short_name(
+        "void flash::flash_fwd_sm90_kernel<flash::Sm90FwdTraits<64, 192, 128, 3, cutlass::bfloat16_t, 1>, true, P>(x)"
+    ) == "sm90 d64 bf16 192x128 3st causal"
 
 
 _CONCURRENT_LOADER = """

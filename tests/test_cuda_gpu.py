@@ -197,6 +197,45 @@ def test_tile_counter_is_left_zero_for_the_next_call(kernel_family, monkeypatch)
         assert torch.equal(out, expected[index][0]) and torch.equal(lse, expected[index][1]), index
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 4, 4, 256, 4096), (1, 2, 1, 512, 4100), (3, 8, 2, 2048, 4160)])
+def test_cta_pairs_share_kv_tiles(shape, dtype, kernel_family, monkeypatch):
+    """Without a mask at head dim 128, where every head has an even number of full 128-row query tiles and rows
+    of at least 4096 keys, the SM90 family runs pairs of CTAs (a cluster of two) on adjacent query tiles of one
+    head: each loads half of every K/V tile and multicasts it into both, and a stage is reloaded once the consumers
+    of both have released it. The pair kernel must be the one that runs (static deal and one CTA per tile), and
+    give the bits of single CTAs (FLASH_ATTENTION_SM90_CLUSTER=off). Shapes: one pair per head, partial last key
+    tiles, MQA and GQA, several tiles per pair."""
+    if kernel_family != "sm90":
+        pytest.skip("CTA pairs belong to the SM90 family")
+    batch, heads_q, heads_kv, nq, nk = shape
+    torch.manual_seed(nq + nk)
+    q = rand(batch, heads_q, nq, 128, dtype=dtype)
+    k, v = rand(batch, heads_kv, nk, 128, dtype=dtype), rand(batch, heads_kv, nk, 128, dtype=dtype)
+    monkeypatch.setenv("FLASH_ATTENTION_SM90_CLUSTER", "off")
+    names = launched_kernels(lambda: fa_cuda.attention(q, k, v))
+    assert len(names) == 1 and "half_t, 2>" not in names[0] and "bfloat16_t, 2>" not in names[0], names
+    expected = fa_cuda.attention(q, k, v, return_lse=True)
+    monkeypatch.delenv("FLASH_ATTENTION_SM90_CLUSTER")
+    check(q, k, v)
+    for scheduler in ("auto", "static", "per-tile"):
+        monkeypatch.setenv("FLASH_ATTENTION_SM90_SCHEDULER", scheduler)
+        names = launched_kernels(lambda: fa_cuda.attention(q, k, v))
+        assert len(names) == 1 and ("half_t, 2>" in names[0] or "bfloat16_t, 2>" in names[0]), (scheduler, names)
+        poison_allocator(q, q[..., 0].float())
+        out, lse = fa_cuda.attention(q, k, v, return_lse=True)
+        assert torch.equal(out, expected[0]) and torch.equal(lse, expected[1]), scheduler
+
+
+def test_unknown_cluster_choice_is_a_value_error(monkeypatch, kernel_family):
+    if kernel_family != "sm90":
+        pytest.skip("the cluster choice belongs to the SM90 family")
+    monkeypatch.setenv("FLASH_ATTENTION_SM90_CLUSTER", "on")
+    q = rand(1, 2, 256, 128)
+    with pytest.raises(ValueError, match="FLASH_ATTENTION_SM90_CLUSTER"):
+        fa_cuda.attention(q, q, q)
+
+
 @pytest.mark.parametrize("seqlens", [(2100, 2300), (2300, 2100)])
 def test_causal_long_queries_at_head_dim_64(seqlens):
     """Causal calls at head dim 64 take the SM90 family's 192-row tile: partial tiles, diagonals that cross three

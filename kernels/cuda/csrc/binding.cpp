@@ -107,6 +107,16 @@ flash::Sm90Schedule sm90_schedule_from_environment() {
   return flash::Sm90Schedule::kPerTile;
 }
 
+// FLASH_ATTENTION_SM90_CLUSTER: auto (unset; pairs of CTAs share K/V where tile_scheduler.h's sm90_pairs_apply
+// allows) or off (single CTAs only, to test or time both).
+bool sm90_pairs_from_environment() {
+  const char* value = std::getenv("FLASH_ATTENTION_SM90_CLUSTER");
+  const std::string choice = value != nullptr ? value : "auto";
+  TORCH_CHECK_VALUE(choice == "auto" || choice == "off",
+                    "FLASH_ATTENTION_SM90_CLUSTER must be auto or off, got ", choice);
+  return choice == "auto";
+}
+
 // The dynamic deal's counter for a call on `stream` (current device). Every kernel leaves it zero (finish_draws in
 // tile_scheduler.h), so one per (device, stream), zeroed once and kept for the process, serves every call in stream
 // order without a zeroing launch per call (a launch, an allocation and host time that a 50 us call notices). Other
@@ -201,6 +211,7 @@ std::tuple<at::Tensor, at::Tensor> cuda_fwd(const at::Tensor& q_in, const at::Te
   at::Tensor graph_tile_counter;
   if (family == flash::KernelFamily::kSm90) {
     p.sm90_schedule = sm90_schedule_from_environment();
+    p.sm90_allow_pairs = sm90_pairs_from_environment();
     const bool may_draw = p.sm90_schedule == flash::Sm90Schedule::kAuto ||
                           p.sm90_schedule == flash::Sm90Schedule::kDynamic;
     if (may_draw) p.tile_counter = tile_counter_for(stream, q_in.options(), graph_tile_counter);

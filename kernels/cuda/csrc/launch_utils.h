@@ -25,4 +25,21 @@ cudaError_t opt_in_shared_memory(int bytes) {
   return err;
 }
 
+// How many clusters of `config` (its cluster size and shared memory; the grid is not looked at) can be resident at
+// once: queried once per kernel and device, as above.
+template <auto kKernel>
+cudaError_t max_active_clusters(const cudaLaunchConfig_t& config, int& clusters) {
+  static int cached[kMaxDevices] = {};
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  if (device < kMaxDevices && cached[device] > 0) {
+    clusters = cached[device];
+    return cudaSuccess;
+  }
+  err = cudaOccupancyMaxActiveClusters(&clusters, kKernel, &config);
+  if (err == cudaSuccess && device < kMaxDevices) cached[device] = clusters;
+  return err;
+}
+
 }  // namespace flash

@@ -52,6 +52,9 @@ struct FwdParams {
   // resolves it.
   Sm90Schedule sm90_schedule;
   TileCounter* tile_counter;  // zero on entry, left zero by every kernel that draws from it (null: no dynamic deal)
+  // SM90, head dim 128: pairs of CTAs that share each K/V tile (sm90_pairs_apply says where); false holds every call
+  // to single CTAs (FLASH_ATTENTION_SM90_CLUSTER=off).
+  bool sm90_allow_pairs;
 };
 
 }  // namespace flash

@@ -67,9 +67,18 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
     pp.transaction_bytes = Traits::kKVTileBytes;
     return pp;
   };
-  Pipeline::init_barriers(storage.pipeline_k, pipeline_params(true), Shape<_1, _1, _1>{});
-  Pipeline::init_barriers(storage.pipeline_v, pipeline_params(true), Shape<_1, _1, _1>{});
-  __syncthreads();  // every barrier is initialised before anyone waits on it
+  // A pair's empty barriers count the consumers of both CTAs (each consumer warpgroup arrives on both).
+  using ClusterShape = typename Traits::ClusterShape;
+  Pipeline::init_barriers(storage.pipeline_k, pipeline_params(true), ClusterShape{});
+  Pipeline::init_barriers(storage.pipeline_v, pipeline_params(true), ClusterShape{});
+  // Every barrier is initialised before anyone waits on it, or (a pair) before the other CTA arrives on it or
+  // multicasts into it.
+  if constexpr (Traits::kClusterM > 1) {
+    cute::cluster_arrive_relaxed();
+    cute::cluster_wait();
+  } else {
+    __syncthreads();
+  }
 
   // Every role walks the same tiles in the same order and skips the same empty ones (causal rows that see no key),
   // so the K/V/Q barrier phases agree. With a static deal each role computes the order itself; with a dynamic one
@@ -84,13 +93,15 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
 
   if (warp_group == 0) {
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
+    // Built by the whole warpgroup: the constructor runs warp-collective instructions (elect.sync, shfl.sync), which
+    // lanes waiting elsewhere (the pair's final cluster barrier) would never join.
+    Pipeline pipeline_k(storage.pipeline_k, pipeline_params(true), ClusterShape{}, cute::false_type{});
+    Pipeline pipeline_v(storage.pipeline_v, pipeline_params(true), ClusterShape{}, cute::false_type{});
     if (threadIdx.x == 0) {
       cute::prefetch_tma_descriptor(params.tma_q.get_tma_descriptor());
       cute::prefetch_tma_descriptor(params.tma_k.get_tma_descriptor());
       cute::prefetch_tma_descriptor(params.tma_v.get_tma_descriptor());
-      Pipeline pipeline_k(storage.pipeline_k, pipeline_params(true), Shape<_1, _1, _1>{}, cute::false_type{});
-      Pipeline pipeline_v(storage.pipeline_v, pipeline_params(true), Shape<_1, _1, _1>{}, cute::false_type{});
-      const bool dynamic = params.scheduler.counter != nullptr;
+      const bool dynamic = Traits::kClusterM == 1 && params.scheduler.counter != nullptr;
       const int num_tiles = params.scheduler.num_tiles;
       typename Traits::PipelineState state = cutlass::make_producer_start_state<Pipeline>();
       int t = blockIdx.x;
@@ -124,9 +135,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
     const int consumer = warp_group - 1;
-    Pipeline pipeline_k(storage.pipeline_k, pipeline_params(false), Shape<_1, _1, _1>{}, cute::false_type{});
-    Pipeline pipeline_v(storage.pipeline_v, pipeline_params(false), Shape<_1, _1, _1>{}, cute::false_type{});
-    const bool dynamic = params.scheduler.counter != nullptr;
+    Pipeline pipeline_k(storage.pipeline_k, pipeline_params(false), ClusterShape{}, cute::false_type{});
+    Pipeline pipeline_v(storage.pipeline_v, pipeline_params(false), ClusterShape{}, cute::false_type{});
+    const bool dynamic = Traits::kClusterM == 1 && params.scheduler.counter != nullptr;
     const int num_tiles = params.scheduler.num_tiles;
     typename Traits::PipelineState state_k, state_v;
     Sm90PingPong<Traits::kNumConsumers> ping_pong(consumer);
@@ -173,6 +184,13 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
     }
     ping_pong.finish();
     sm90_wait_output_stores();
+  }
+  if constexpr (Traits::kClusterM > 1) {
+    // The other CTA's consumers may still arrive on this CTA's empty barriers: neither CTA exits before both are
+    // done.
+    __syncwarp();
+    cute::cluster_arrive();
+    cute::cluster_wait();
   }
 #endif
 }

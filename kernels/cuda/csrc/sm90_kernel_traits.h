@@ -17,7 +17,7 @@ namespace flash {
 
 using namespace cute;
 
-template <int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_, typename Element_>
+template <int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_, typename Element_, int kClusterM_ = 1>
 struct Sm90FwdTraits {
   using Element = Element_;
   using ElementAccum = float;
@@ -27,6 +27,11 @@ struct Sm90FwdTraits {
   static constexpr int kBlockM = kBlockM_;
   static constexpr int kBlockN = kBlockN_;
   static constexpr int kStages = kStages_;  // K and V each: how many key tiles are in flight
+  // CTAs per cluster, along the query tiles of one head. Two: the pair's CTAs run adjacent query tiles of the same
+  // head in step, and each K/V tile leaves L2 once, multicast by TMA into both CTAs' shared memory (each CTA loads
+  // half and waits for the whole); a stage is free again when the consumers of both CTAs have released it.
+  static constexpr int kClusterM = kClusterM_;
+  using ClusterShape = Shape<Int<kClusterM>, _1, _1>;
 
   static constexpr int kRowsPerConsumer = 64;  // the M of one warpgroup MMA
   static constexpr int kNumConsumers = kBlockM / kRowsPerConsumer;
@@ -40,6 +45,7 @@ struct Sm90FwdTraits {
   static_assert(kHeadDim % 64 == 0 && kHeadDim <= 256, "rows of 128 bytes: the 128-byte swizzle");
   static_assert(kBlockM % kRowsPerConsumer == 0 && (kNumConsumers == 2 || kNumConsumers == 3), "");
   static_assert(kBlockN % 16 == 0 && kBlockN <= 256, "P V consumes whole k16 slices; wgmma N <= 256");
+  static_assert(kClusterM == 1 || kClusterM == 2, "one CTA, or a pair sharing K/V");
 
   // Per warpgroup: S (64 x kBlockN) from Q and K both in shared memory; O (64 x kHeadDim) from P in registers and V
   // in shared memory, V read "MN-major" (its rows are the K dimension of that GEMM).

@@ -5,6 +5,9 @@
 
 #include <cute/tensor.hpp>
 
+#include <algorithm>
+#include <type_traits>
+
 #include "fwd_launch_api.h"
 #include "launch_utils.h"
 #include "params.h"
@@ -43,22 +46,49 @@ cudaError_t launch_fwd_sm90(const FwdParams& args, cudaStream_t stream) {
   auto o = tma_gmem_view<Element>(args.o_ptr, args, args.seqlen_q, args.heads_q, args.o_row_stride,
                                   args.o_head_stride, args.o_batch_stride);
   auto tma_q = make_tma_copy(SM90_TMA_LOAD{}, q, typename Traits::SmemLayoutQ{}, TileQ{}, _1{});
-  auto tma_k = make_tma_copy(SM90_TMA_LOAD{}, k, take<0, 2>(typename Traits::SmemLayoutK{}), TileKV{}, _1{});
-  auto tma_v = make_tma_copy(SM90_TMA_LOAD{}, v, take<0, 2>(typename Traits::SmemLayoutV{}), TileKV{}, _1{});
+  constexpr int kClusterM = Traits::kClusterM;
+  using TmaLoadKV = std::conditional_t<kClusterM == 1, SM90_TMA_LOAD, SM90_TMA_LOAD_MULTICAST>;
+  auto tma_k = make_tma_copy(TmaLoadKV{}, k, take<0, 2>(typename Traits::SmemLayoutK{}), TileKV{}, Int<kClusterM>{});
+  auto tma_v = make_tma_copy(TmaLoadKV{}, v, take<0, 2>(typename Traits::SmemLayoutV{}), TileKV{}, Int<kClusterM>{});
   auto tma_o = make_tma_copy(SM90_TMA_STORE{}, o, typename Traits::SmemLayoutO{}, TileO{}, _1{});
   using Params = Sm90FwdParams<decltype(tma_q), decltype(tma_k), decltype(tma_v), decltype(tma_o)>;
   PersistentTileScheduler scheduler;
   if (!make_persistent_scheduler(args, Traits::kBlockM, Traits::kRowsPerConsumer, scheduler)) {
     return cudaErrorInvalidConfiguration;
   }
+  // A pair walks its tiles in step, so it must be dealt statically (or one tile per CTA): no counter.
+  if (kClusterM > 1 && scheduler.counter != nullptr) return cudaErrorInvalidConfiguration;
   const Params params{args, scheduler, tma_q, tma_k, tma_v, tma_o};
 
   constexpr auto kernel = &flash_fwd_sm90_kernel<Traits, kCausal, Params>;
   cudaError_t err = opt_in_shared_memory<kernel>(Traits::kSmemSize);
   if (err != cudaSuccess) return err;
-  const dim3 grid = persistent_grid(scheduler, args);
-  kernel<<<grid, Traits::kNThreads, Traits::kSmemSize, stream>>>(params);
-  return cudaGetLastError();
+  if constexpr (kClusterM == 1) {
+    const dim3 grid = persistent_grid(scheduler, args);
+    kernel<<<grid, Traits::kNThreads, Traits::kSmemSize, stream>>>(params);
+    return cudaGetLastError();
+  } else {
+    cudaLaunchConfig_t config = {};
+    cudaLaunchAttribute cluster;
+    cluster.id = cudaLaunchAttributeClusterDimension;
+    cluster.val.clusterDim.x = kClusterM;
+    cluster.val.clusterDim.y = 1;
+    cluster.val.clusterDim.z = 1;
+    config.blockDim = dim3(Traits::kNThreads);
+    config.dynamicSmemBytes = Traits::kSmemSize;
+    config.stream = stream;
+    config.attrs = &cluster;
+    config.numAttrs = 1;
+    // A persistent grid of pairs: as many as can be resident at once (a pair needs two free SMs of one GPC).
+    int clusters = 0;
+    config.gridDim = dim3(kClusterM);
+    err = max_active_clusters<kernel>(config, clusters);
+    if (err != cudaSuccess) return err;
+    if (clusters <= 0) return cudaErrorInvalidConfiguration;
+    const int cap = scheduler.persistent ? clusters * kClusterM : 0x7fffffff;
+    config.gridDim = dim3(static_cast<unsigned>(std::min(scheduler.num_tiles, cap)));
+    return cudaLaunchKernelEx(&config, kernel, params);
+  }
 }
 
 }  // namespace flash

@@ -112,10 +112,20 @@ __forceinline__ __device__ void sm90_load(const Params& params, typename Traits:
 
   auto [tQgQ, tQsQ] = tma_partition(params.tma_q, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sQ),
                                     group_modes<0, 2>(gQ));
-  auto [tKgK, tKsK] = tma_partition(params.tma_k, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sK),
+  // A pair (kClusterM == 2) splits each K/V tile: this CTA loads its slice and multicasts it into both CTAs.
+  constexpr int kClusterM = Traits::kClusterM;
+  const int cluster_rank = kClusterM == 1 ? 0 : int(cute::block_rank_in_cluster());
+  auto [tKgK, tKsK] = tma_partition(params.tma_k, cluster_rank, Layout<Int<kClusterM>>{}, group_modes<0, 2>(sK),
                                     group_modes<0, 2>(gK));  // (TMA, n), (TMA, stage)
-  auto [tVgV, tVsV] = tma_partition(params.tma_v, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sV),
+  auto [tVgV, tVsV] = tma_partition(params.tma_v, cluster_rank, Layout<Int<kClusterM>>{}, group_modes<0, 2>(sV),
                                     group_modes<0, 2>(gV));
+  auto with_barrier = [](auto const& tma, auto& barrier) {
+    if constexpr (kClusterM == 1) {
+      return tma.with(barrier);
+    } else {
+      return tma.with(barrier, uint16_t((1 << kClusterM) - 1));
+    }
+  };
 
   storage.barrier_q[q_stage].arrive_and_expect_tx(Traits::kQBytes);
   copy(params.tma_q.with(reinterpret_cast<uint64_t&>(storage.barrier_q[q_stage])), tQgQ, tQsQ);
@@ -123,9 +133,11 @@ __forceinline__ __device__ void sm90_load(const Params& params, typename Traits:
   CUTE_NO_UNROLL
   for (int n_block = n_block_max - 1; n_block >= 0; --n_block) {
     pipeline_k.producer_acquire(state);
-    copy(params.tma_k.with(*pipeline_k.producer_get_barrier(state)), tKgK(_, n_block), tKsK(_, state.index()));
+    copy(with_barrier(params.tma_k, *pipeline_k.producer_get_barrier(state)), tKgK(_, n_block),
+         tKsK(_, state.index()));
     pipeline_v.producer_acquire(state);
-    copy(params.tma_v.with(*pipeline_v.producer_get_barrier(state)), tVgV(_, n_block), tVsV(_, state.index()));
+    copy(with_barrier(params.tma_v, *pipeline_v.producer_get_barrier(state)), tVgV(_, n_block),
+         tVsV(_, state.index()));
     ++state;
   }
 }

@@ -20,7 +20,15 @@ cudaError_t run_fwd_sm90_for_headdim(const FwdParams& params, cudaStream_t strea
     // tiles its own rows see and the partial tile is the shortest (results/NOTES.md, SM90 v9).
     return launch_fwd_sm90<Sm90FwdTraits<64, 192, 128, 3, Element>, kCausal>(params, stream);    // 168 KiB
   } else if constexpr (kHeadDim == 128) {
-    return launch_fwd_sm90<Sm90FwdTraits<128, 128, 128, 2, Element>, kCausal>(params, stream);  // 224 KiB
+    using Traits = Sm90FwdTraits<128, 128, 128, 2, Element>;  // 224 KiB
+    if constexpr (!kCausal) {
+      // K and V multicast to a pair of CTAs: each K/V byte leaves L2 once per two query tiles (results/NOTES.md,
+      // SM90 v11: +2-5% from N = 4k).
+      if (sm90_pairs_apply(params, Traits::kBlockM)) {
+        return launch_fwd_sm90<Sm90FwdTraits<128, 128, 128, 2, Element, 2>, false>(params, stream);
+      }
+    }
+    return launch_fwd_sm90<Traits, kCausal>(params, stream);
   } else {
     return launch_fwd_sm90<Sm90FwdTraits<256, 128, 64, 2, Element>, kCausal>(params, stream);   // 192 KiB, one Q
   }

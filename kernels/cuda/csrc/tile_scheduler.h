@@ -98,6 +98,18 @@ inline bool make_persistent_scheduler(const FwdParams& params, int block_m, int 
   return num_tiles <= 0x7fffffff && (!dynamic || s.counter != nullptr);
 }
 
+// Where pairs of CTAs (a cluster of two, Sm90FwdTraits::kClusterM) share K/V: the two tiles of a pair are query
+// tiles 2i and 2i + 1 of one head (the static deal and the per-tile grid give CTAs 2c and 2c + 1 tiles t and t + 1
+// with t even, as the grid is even), so every head's tiles must be full and even in number, and no mask, so the two
+// walk the same key tiles in step; the dynamic deal draws tiles one CTA at a time. And long rows only: a pair waits
+// for its slower CTA at every K/V stage, which cost 1-4% where a tile walks 4-16 key tiles (N = 512-2k) and gained
+// 2-5% from 32 (results/NOTES.md, SM90 v11).
+constexpr int kSm90PairsMinKeys = 4096;
+inline bool sm90_pairs_apply(const FwdParams& params, int block_m) {
+  return params.sm90_allow_pairs && !params.causal && params.seqlen_q % (2 * block_m) == 0 &&
+         params.seqlen_k >= kSm90PairsMinKeys && params.sm90_schedule != Sm90Schedule::kDynamic;
+}
+
 // The query rows [first, end) of SM90 tile m_block (end may pass seqlen_q).
 struct TileRows {
   int first;
