@@ -380,16 +380,21 @@ def _first_line(error: BaseException) -> str:
 
 
 def run_sweep(shapes: list[Shape], methods: list[Method], device: torch.device, measure: Callable) -> list[Record]:
-    """For each shape: fresh inputs, then per method: availability, one checked call (also the warm-up, so one-off
-    compiles, autotuning and workspaces happen before any measurement), then measure(method, q, k, v, shape)."""
+    """For each shape: fresh inputs, then per method availability and one checked call (also the warm-up, so
+    one-off compiles, autotuning and workspaces happen before any measurement), then measure(methods, inputs, shape,
+    device) over the methods whose call ran, all at once (runtime.py interleaves their timed calls), returning each
+    method's values by name."""
     records = []
     progress = Progress(len(shapes) * len(methods))
     for shape in shapes:
         inputs = make_inputs(shape, device)
         reference = Reference.for_inputs(*inputs, shape.causal)
+        cell = []
         for method in methods:
             progress.step(f"{shape.label} {method.name}")
-            records.append(_run_cell(shape, method, inputs, reference, device, measure))
+            cell.append((method, _checked_call(shape, method, inputs, reference, device)))
+        _measure_together([(m, r) for m, r in cell if r.measured], inputs, shape, device, measure)
+        records += [record for _, record in cell]
         del inputs
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -397,7 +402,7 @@ def run_sweep(shapes: list[Shape], methods: list[Method], device: torch.device, 
     return records
 
 
-def _run_cell(shape, method, inputs, reference, device, measure) -> Record:
+def _checked_call(shape, method, inputs, reference, device) -> Record:
     record = Record(shape, method.name)
     reason = method.unavailable_reason(inputs[0])
     if reason is not None:
@@ -411,15 +416,38 @@ def _run_cell(shape, method, inputs, reference, device, measure) -> Record:
         if not record.max_error <= record.tolerance:
             record.status = "wrong"
         del output
-        record.values = measure(method, inputs, shape, device)
-    except torch.OutOfMemoryError:
-        record.status, record.cell_label, record.note = "oom", "OOM", "out of GPU memory"
     except Exception as error:
-        record.status, record.cell_label = "error", "error"
-        record.note = "; ".join([_first_line(error)] + [str(w.message).splitlines()[0] for w in caught][:2])
-    if device.type == "cuda" and record.status in ("oom", "error"):
-        torch.cuda.empty_cache()
+        _failed(record, error, [str(w.message).splitlines()[0] for w in caught][:2], device)
     return record
+
+
+def _measure_together(cell: list, inputs, shape, device, measure) -> None:
+    """Measure the methods of one shape together; should that fail, each alone, so that one method's failure
+    (out of memory, say) is its own."""
+    if not cell:
+        return
+    try:
+        values = measure([method for method, _ in cell], inputs, shape, device)
+        for method, record in cell:
+            record.values = values[method.name]
+    except Exception as error:
+        if len(cell) == 1:
+            _failed(cell[0][1], error, [], device)
+            return
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        for one in cell:
+            _measure_together([one], inputs, shape, device, measure)
+
+
+def _failed(record: Record, error: Exception, warning_lines: list[str], device) -> None:
+    if isinstance(error, torch.OutOfMemoryError):
+        record.status, record.cell_label, record.note = "oom", "OOM", "out of GPU memory"
+    else:
+        record.status, record.cell_label = "error", "error"
+        record.note = "; ".join([_first_line(error)] + warning_lines)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 class Progress:
@@ -460,49 +488,66 @@ class Progress:
 L2_FLUSH_BYTES = 256 * 2**20  # larger than any current GPU's L2 (H100: 50 MiB)
 
 
-def time_call(fn: Callable, device: torch.device, warmup_ms: float, rep_ms: float, min_reps: int = 10,
-              cpu_reps: int = 3) -> dict:
-    """Median and quartiles of fn's runtime in ms, and the number of timed calls.
+def time_calls(calls: dict[str, Callable], device: torch.device, warmup_ms: float, rep_ms: float,
+               min_reps: int = 10, cpu_reps: int = 3) -> dict[str, dict]:
+    """Per call (by name): median and quartiles of its runtime in ms, and the number of timed calls.
 
-    GPU: CUDA events around each call, after warm-up, with L2 flushed before every repetition so that no method is
-    timed on cache-resident inputs; repeated for rep_ms but at least min_reps times (do_bench's scheme, plus the
-    minimum, so slow methods get a spread too). CPU (--smoke only): a wall-clock median of a few calls; the numbers
-    mean nothing, but the whole path runs.
+    GPU: CUDA events around each call, with L2 flushed before every one, so that no method is timed on cache-resident
+    inputs; after warm-up, the calls are timed interleaved, one of each per round (each round in an order rotated by
+    one), for about rep_ms per call but at least min_reps rounds (do_bench's scheme, interleaved, plus the minimum,
+    so slow methods get a spread too). Interleaving puts every method under the same clocks: timed one after the
+    other, a cell moved 4-7% with its position among the methods (results/NOTES.md, SM90 v10), as the GPU's clock
+    and temperature drift under load. CPU (--smoke only): a wall-clock median of a few calls each; the numbers mean
+    nothing, but the whole path runs.
     """
     if device.type == "cuda":
-        times = _cuda_event_times(fn, warmup_ms, rep_ms, min_reps)
+        times = _cuda_event_times(calls, warmup_ms, rep_ms, min_reps)
     else:  # the checked call before this one was the warm-up
-        times = []
-        for _ in range(cpu_reps):
-            start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1e3)
-    q25, median, q75 = statistics.quantiles(times, n=4, method="inclusive")
-    return {"median_ms": median, "q25_ms": q25, "q75_ms": q75, "reps": len(times)}
+        times = {name: [] for name in calls}
+        for name, fn in calls.items():
+            for _ in range(cpu_reps):
+                start = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - start) * 1e3)
+    timings = {}
+    for name, samples in times.items():
+        q25, median, q75 = statistics.quantiles(samples, n=4, method="inclusive")
+        timings[name] = {"median_ms": median, "q25_ms": q25, "q75_ms": q75, "reps": len(samples)}
+    return timings
 
 
-def _cuda_event_times(fn: Callable, warmup_ms: float, rep_ms: float, min_reps: int) -> list[float]:
+def interleaved_order(names: list[str], rounds: int) -> list[list[str]]:
+    """Round r calls every name once, starting from name r % len(names): each name is timed as often in each
+    position, and so as often right after each of the others."""
+    return [names[r % len(names):] + names[:r % len(names)] for r in range(rounds)]
+
+
+def _cuda_event_times(calls: dict[str, Callable], warmup_ms: float, rep_ms: float, min_reps: int) -> dict:
     flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.int8, device="cuda")
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(3):
-        flush.zero_()
-        fn()
-    end.record()
+    estimates_ms = {}
+    for name, fn in calls.items():
+        start.record()
+        for _ in range(3):
+            flush.zero_()
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        estimates_ms[name] = max(start.elapsed_time(end) / 3, 1e-3)  # flush included: errs towards fewer calls
+        for _ in range(max(1, round(warmup_ms / estimates_ms[name]))):
+            fn()
+    rounds = max(min_reps, round(rep_ms / statistics.fmean(estimates_ms.values())))
+    events = {name: [] for name in calls}
+    for order in interleaved_order(list(calls), rounds):
+        for name in order:
+            begin, finish = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            flush.zero_()
+            begin.record()
+            calls[name]()
+            finish.record()
+            events[name].append((begin, finish))
     torch.cuda.synchronize()
-    estimate_ms = max(start.elapsed_time(end) / 3, 1e-3)  # flush included: errs towards fewer calls
-    for _ in range(max(1, round(warmup_ms / estimate_ms))):
-        fn()
-    reps = max(min_reps, round(rep_ms / estimate_ms))
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    for rep in range(reps):
-        flush.zero_()
-        starts[rep].record()
-        fn()
-        ends[rep].record()
-    torch.cuda.synchronize()
-    return [begin.elapsed_time(finish) for begin, finish in zip(starts, ends)]
+    return {name: [begin.elapsed_time(finish) for begin, finish in pairs] for name, pairs in events.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------------

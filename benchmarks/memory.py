@@ -20,7 +20,11 @@ MIB = 2.0**20
 NOT_ON_CPU = "n/a on CPU"
 
 
-def measure(args, method, inputs, shape, device) -> dict:
+def measure(args, methods, inputs, shape, device) -> dict[str, dict]:
+    return {method.name: _measure_one(method, inputs, shape, device) for method in methods}
+
+
+def _measure_one(method, inputs, shape, device) -> dict:
     if device.type != "cuda":  # PyTorch has no allocator statistics for CPU tensors
         return {"extra_mib": None, "peak_mib": None}
     # The checked call before this one was the warm-up: one-off workspaces (cuBLAS, autotuning) exist already.

@@ -13,10 +13,12 @@ import harness
 from harness import WRONG, Document, Footnotes, Report, format_number, shape_cells
 
 
-def measure(args, method, inputs, shape, device) -> dict:
-    timing = harness.time_call(lambda: method.run(*inputs, shape.causal), device, args.warmup_ms, args.rep_ms)
-    timing["tflops"] = shape.flops / (timing["median_ms"] * 1e-3) / 1e12
-    return timing
+def measure(args, methods, inputs, shape, device) -> dict[str, dict]:
+    calls = {method.name: (lambda run=method.run: run(*inputs, shape.causal)) for method in methods}
+    timings = harness.time_calls(calls, device, args.warmup_ms, args.rep_ms)
+    for timing in timings.values():
+        timing["tflops"] = shape.flops / (timing["median_ms"] * 1e-3) / 1e12
+    return timings
 
 
 def _value_cell(record, key: str, footnotes: Footnotes, fmt=format_number) -> str:
@@ -68,9 +70,10 @@ def make_report(args, grid_name, info, records, methods, method_notes) -> Report
         document.lines([
             "Timing: " + ("wall-clock median of 3 calls on CPU (smoke run: the numbers mean nothing)"
                           if args.device.type == "cpu" else
-                          f"CUDA events around each call after {args.warmup_ms:g} ms of warm-up, repeated for "
-                          f"{args.rep_ms:g} ms and at least 10 times, with the L2 cache flushed before each call; "
-                          f"median and quartiles"),
+                          f"CUDA events around each call after {args.warmup_ms:g} ms of warm-up, with the L2 cache "
+                          f"flushed before each call; the methods of a shape timed interleaved (one call of each "
+                          f"per round, the order rotated each round), for about {args.rep_ms:g} ms per method and "
+                          f"at least 10 rounds; median and quartiles"),
             "TFLOPS = 4*B*H*N*N*D / median time, halved for causal. Every method gets the same fresh inputs "
             "(torch.randn, (B, H, N, D)); SDPA gets is_causal= (for N_q == N_k its top-left mask equals ours).",
             f"Before timing, each method's output (batch 0, heads 0-{harness.CHECK_HEADS - 1}) is checked against "

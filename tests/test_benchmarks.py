@@ -174,7 +174,8 @@ def test_a_wrong_result_is_marked_in_the_table_and_listed_below_it():
     off_by_one_tenth = harness.Method("triton", lambda q, k, v, causal: methods[0].run(q, k, v, causal) + 0.1,
                                       lambda query: None)
     fixed_timing = {"median_ms": 1.0, "q25_ms": 0.9, "q75_ms": 1.1, "tflops": 2.0}
-    records = harness.run_sweep(shapes, methods + [off_by_one_tenth], args.device, lambda *cell: fixed_timing)
+    records = harness.run_sweep(shapes, methods + [off_by_one_tenth], args.device,
+                                lambda methods, *cell: {method.name: fixed_timing for method in methods})
     assert [record.status for record in records] == ["ok", "wrong"]
     text = runtime.make_report(args, "smoke", {"commit": "test"}, records, ["baseline", "triton"], []).document(True)
     header, rows = markdown_tables(text)[0]
@@ -189,3 +190,27 @@ def test_commit_named_by_environment_wins_over_git(monkeypatch):
     assert "FLASH_ATTENTION_COMMIT" not in harness.git_commit()
     monkeypatch.setenv("FLASH_ATTENTION_COMMIT", "abc1234")
     assert harness.git_commit().startswith("abc1234 ")
+
+
+def test_interleaved_timing_rotates_the_order_each_round():
+    order = harness.interleaved_order(["a", "b", "c"], 6)
+    assert all(sorted(one_round) == ["a", "b", "c"] for one_round in order)
+    for position in range(3):  # each method as often in each position
+        assert sorted(one_round[position] for one_round in order) == ["a", "a", "b", "b", "c", "c"]
+
+
+def test_a_method_that_fails_to_measure_spoils_no_other():
+    shapes = harness.sweep_shapes(harness.GRIDS["smoke"], [False], "fp16")[:1]
+    baseline = harness.build_methods(("baseline",))[0][0]
+    methods = [baseline, harness.Method("triton", baseline.run, lambda query: None)]
+
+    def measure(methods, inputs, shape, device):
+        if any(method.name == "triton" for method in methods):
+            if len(methods) == 1:
+                raise torch.OutOfMemoryError("pretend")
+            raise RuntimeError("together")
+        return {method.name: {"median_ms": 1.0} for method in methods}
+
+    records = harness.run_sweep(shapes, methods, torch.device("cpu"), measure)
+    assert [(r.method, r.status) for r in records] == [("baseline", "ok"), ("triton", "oom")]
+    assert records[0].values == {"median_ms": 1.0}
