@@ -227,15 +227,6 @@ def test_cta_pairs_share_kv_tiles(shape, dtype, kernel_family, monkeypatch):
         assert torch.equal(out, expected[0]) and torch.equal(lse, expected[1]), scheduler
 
 
-def test_unknown_cluster_choice_is_a_value_error(monkeypatch, kernel_family):
-    if kernel_family != "sm90":
-        pytest.skip("the cluster choice belongs to the SM90 family")
-    monkeypatch.setenv("FLASH_ATTENTION_SM90_CLUSTER", "on")
-    q = rand(1, 2, 256, 128)
-    with pytest.raises(ValueError, match="FLASH_ATTENTION_SM90_CLUSTER"):
-        fa_cuda.attention(q, q, q)
-
-
 @pytest.mark.parametrize("seqlens", [(2100, 2300), (2300, 2100)])
 def test_causal_long_queries_at_head_dim_64(seqlens):
     """Causal calls at head dim 64 take the SM90 family's 192-row tile: partial tiles, diagonals that cross three
@@ -262,12 +253,14 @@ def test_causal_tiles_end_at_the_last_query(seqlens, head_dim, dtype):
     check(q, k, v, True)
 
 
-def test_unknown_scheduler_is_a_value_error(monkeypatch, kernel_family):
+@pytest.mark.parametrize("knob, value", [("FLASH_ATTENTION_SM90_SCHEDULER", "round-robin"),
+                                         ("FLASH_ATTENTION_SM90_CLUSTER", "on")])
+def test_unknown_sm90_knob_value_is_a_value_error(knob, value, monkeypatch, kernel_family):
     if kernel_family != "sm90":
-        pytest.skip("the scheduler choice belongs to the SM90 family")
-    monkeypatch.setenv("FLASH_ATTENTION_SM90_SCHEDULER", "round-robin")
+        pytest.skip("the knob belongs to the SM90 family")
+    monkeypatch.setenv(knob, value)
     q = rand(1, 2, 64, 64)
-    with pytest.raises(ValueError, match="FLASH_ATTENTION_SM90_SCHEDULER"):
+    with pytest.raises(ValueError, match=knob):
         fa_cuda.attention(q, q, q)
 
 
