@@ -537,15 +537,16 @@ def _cuda_event_times(calls: dict[str, Callable], warmup_ms: float, rep_ms: floa
         for _ in range(max(1, round(warmup_ms / estimates_ms[name]))):
             fn()
     rounds = max(min_reps, round(rep_ms / statistics.fmean(estimates_ms.values())))
-    events = {name: [] for name in calls}
-    for order in interleaved_order(list(calls), rounds):
+    # Every event made before the timed loop, which then only enqueues work.
+    events = {name: [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                     for _ in range(rounds)] for name in calls}
+    for index, order in enumerate(interleaved_order(list(calls), rounds)):
         for name in order:
-            begin, finish = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin, finish = events[name][index]
             flush.zero_()
             begin.record()
             calls[name]()
             finish.record()
-            events[name].append((begin, finish))
     torch.cuda.synchronize()
     return {name: [begin.elapsed_time(finish) for begin, finish in pairs] for name, pairs in events.items()}
 
