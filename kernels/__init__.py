@@ -12,15 +12,20 @@ from __future__ import annotations
 import importlib
 
 from ._device import capability
-from ._validation import check_attention_args
+from ._merge import merge_attention_states
+from ._validation import check_attention_args, check_kvcache_args
 
 __version__ = "0.1.0"
-__all__ = ["attention", "BACKENDS", "available_backends", "backend_unavailable_reason", "__version__"]
+__all__ = [
+    "attention", "attention_with_kvcache", "merge_attention_states", "BACKENDS", "available_backends",
+    "backend_unavailable_reason", "__version__",
+]
 
 # Every backend module exposes `attention(query, key, value, *, causal, softmax_scale, return_lse)`, the same after
 # validation as `run_validated(query, key, value, shape, *, causal, return_lse)`, and `unavailable_reason(query)`
 # -> str | None; it may expose `auto_eligible(query, causal) -> bool` (which implies unavailable_reason(query) is None)
-# to stay out of `auto`.
+# to stay out of `auto`. A backend with a KV-cache kernel exposes `run_kvcache_validated(query, key_cache,
+# value_cache, shape, *, cache_seqlens, block_table, key, value, causal, return_lse)` after check_kvcache_args.
 # Importing them builds and compiles nothing: kernels compile on first use.
 BACKENDS = ("cuda", "triton", "naive")
 # `auto` takes the first backend in this order that can run the input (and wants it: `auto_eligible`). Measured on
@@ -86,6 +91,13 @@ def _auto_backend(query, causal) -> str:
     return "naive"
 
 
+def _check_backend_name(backend) -> None:
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str, got {type(backend).__name__}")
+    if backend != "auto" and backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
+
+
 def attention(query, key, value, *, causal=False, softmax_scale=None, return_lse=False, backend="auto"):
     """Scaled dot-product attention, forward only.
 
@@ -100,13 +112,68 @@ def attention(query, key, value, *, causal=False, softmax_scale=None, return_lse
     Returns:
         out with query's shape, dtype, device and layout; or (out, lse) if return_lse.
     """
-    if not isinstance(backend, str):
-        raise TypeError(f"backend must be a str, got {type(backend).__name__}")
-    if backend != "auto" and backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
+    _check_backend_name(backend)
     # Validate before picking a backend, so that bad input gets the same error whatever is installed.
     shape = check_attention_args(
         query, key, value, causal=causal, softmax_scale=softmax_scale, return_lse=return_lse
     )
     name = _auto_backend(query, causal) if backend == "auto" else backend
     return _backend_module(name).run_validated(query, key, value, shape, causal=causal, return_lse=return_lse)
+
+
+def _kvcache_backend_module(name: str, query):
+    """The module that runs a KV-cache call: `name`, or for auto the first backend in the auto order that has a
+    KV-cache kernel and can run the input (naive on CPU tensors)."""
+    if name != "auto":
+        module = _backend_module(name)
+        if not hasattr(module, "run_kvcache_validated"):
+            raise ValueError(f"backend {name!r} has no KV-cache kernel yet; use backend='triton' or 'naive'")
+        reason = module.unavailable_reason(query)
+        if reason is not None:
+            raise ValueError(f"backend {name!r} cannot run this input: {reason}")
+        return module
+    if query.device.type == "cuda":
+        for candidate in _AUTO_ORDER_HOPPER:
+            module = _MODULES.get(candidate)
+            if module is not None and hasattr(module, "run_kvcache_validated") and \
+                    module.unavailable_reason(query) is None:
+                return module
+    return _MODULES["naive"]
+
+
+def attention_with_kvcache(query, key_cache, value_cache, *, cache_seqlens=None, block_table=None, key=None,
+                           value=None, causal=False, softmax_scale=None, return_lse=False, num_splits=None,
+                           backend="auto"):
+    """Attention of a few new query rows against a KV cache (decoding), contiguous or paged, with an in-place append.
+
+    Args:
+        query: (batch, heads_q, seqlen_q, head_dim), float16 or bfloat16, unit stride in head_dim.
+        key_cache, value_cache: contiguous (batch, heads_kv, max_seqlen, head_dim), or with `block_table` pages
+            (num_blocks, heads_kv, page_size, head_dim); any strides with a unit last one, so FlashAttention's and
+            vLLM's (..., seqlen/page, heads, head_dim) storage passes as `.transpose(1, 2)` without a copy.
+        cache_seqlens: int32 (batch,) on query's device: the keys already in each sequence's cache; None: all of it.
+        block_table: int32 (batch, max_blocks): the pages of each sequence, in order.
+        key, value: (batch, heads_kv, new_tokens, head_dim) or None: written into the cache in place at
+            cache_seqlens[b] .. + new_tokens, then attended to in the same call (needs cache_seqlens).
+        causal: row i of sequence b sits at position L_b - seqlen_q + i (L_b = cache_seqlens[b] + new_tokens) and
+            sees keys j <= that position; without it, every row sees keys 0 .. L_b - 1.
+        softmax_scale: default 1 / sqrt(head_dim). return_lse: also return the log-sum-exp, float32 (B, Hq, Nq).
+        num_splits: how many key ranges run in parallel (split-KV); None: chosen from the GPU and the shape.
+        backend: "auto", "triton" or "naive".
+
+    The caller guarantees, for CUDA tensors (checked on CPU ones, where it needs no synchronisation), that
+    0 <= cache_seqlens[b] and cache_seqlens[b] + new_tokens <= the capacity (max_seqlen, or max_blocks x page_size),
+    and that block_table entries index key_cache's blocks. The kernels never access memory outside the cache: keys
+    past the capacity or on an out-of-range page are not read (nor written by the append).
+
+    Returns:
+        out with query's shape, dtype and layout; or (out, lse). A row that sees no key gives 0 and LSE -inf.
+    """
+    _check_backend_name(backend)
+    shape = check_kvcache_args(query, key_cache, value_cache, cache_seqlens=cache_seqlens, block_table=block_table,
+                               key=key, value=value, causal=causal, softmax_scale=softmax_scale,
+                               return_lse=return_lse, num_splits=num_splits)
+    module = _kvcache_backend_module(backend, query)
+    return module.run_kvcache_validated(query, key_cache, value_cache, shape, cache_seqlens=cache_seqlens,
+                                        block_table=block_table, key=key, value=value, causal=causal,
+                                        return_lse=return_lse)

@@ -128,3 +128,144 @@ def empty_lse(query: torch.Tensor) -> torch.Tensor:
     """The log-sum-exp: float32, (batch, heads_q, seqlen_q), contiguous."""
     batch, heads_q, seqlen_q, _ = query.shape
     return _maybe_poison(query.new_empty((batch, heads_q, seqlen_q), dtype=torch.float32))
+
+
+# ------------------------------------------------------------------------------------------------ the KV-cache call
+MAX_NUM_SPLITS = 128  # split-KV partials are (num_splits, B, Hq, Nq, D) float32: this bounds them
+
+
+@dataclass(frozen=True)
+class KVCacheShape:
+    """The sizes of one validated ``attention_with_kvcache`` call; ``softmax_scale`` is resolved.
+
+    ``capacity`` is how many keys a sequence's cache holds: N_max for a contiguous cache, max_blocks x page_size for a
+    paged one. ``page_size`` is 0 for a contiguous cache. ``seqlen_new`` is the number of appended tokens (0 without
+    key/value)."""
+
+    batch: int
+    heads_q: int
+    heads_kv: int
+    seqlen_q: int
+    head_dim: int
+    capacity: int
+    page_size: int
+    num_pages: int
+    seqlen_new: int
+    softmax_scale: float
+    num_splits: int | None
+
+    @property
+    def group(self) -> int:
+        return self.heads_q // self.heads_kv
+
+
+def _check_index_tensor(name: str, value, query, rank: int, what: str) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or None, got {_describe(value)}")
+    if value.dtype != torch.int32:
+        raise TypeError(f"{name} must have dtype torch.int32, got {value.dtype}")
+    if value.dim() != rank:
+        raise ValueError(f"{name} must be {rank}-D {what}, got {value.dim()}-D with shape {tuple(value.shape)}")
+    if value.device != query.device:
+        raise ValueError(f"{name} is on {value.device} but query is on {query.device}; it must be on query's device")
+
+
+def _check_same_kind(name: str, tensor, query) -> None:
+    if tensor.dtype != query.dtype:
+        raise TypeError(f"{name} has dtype {tensor.dtype} but query has {query.dtype}; they must match")
+    if tensor.device != query.device:
+        raise ValueError(f"{name} is on {tensor.device} but query is on {query.device}; they must match")
+
+
+def _check_num_splits(num_splits) -> None:
+    if num_splits is None:
+        return
+    if isinstance(num_splits, bool) or not isinstance(num_splits, int):
+        raise TypeError(f"num_splits must be an int or None, got {_describe(num_splits)}")
+    if not 1 <= num_splits <= MAX_NUM_SPLITS:
+        raise ValueError(f"num_splits must be between 1 and {MAX_NUM_SPLITS} (or None for the heuristic), "
+                         f"got {num_splits}")
+
+
+def check_kvcache_args(query, key_cache, value_cache, *, cache_seqlens, block_table, key, value, causal,
+                       softmax_scale, return_lse, num_splits=None) -> KVCacheShape:
+    """Validate one call of ``attention_with_kvcache`` and return its sizes; raises TypeError/ValueError.
+
+    Values inside CUDA tensors (cache_seqlens, block_table) are not read here: that would synchronise with the GPU.
+    The kernels clamp them so that no access leaves the cache; on CPU tensors they are checked, since it is free."""
+    for name, tensor in (("query", query), ("key_cache", key_cache), ("value_cache", value_cache)):
+        _check_tensor(name, tensor)
+    check_flag("causal", causal)
+    check_flag("return_lse", return_lse)
+    _check_num_splits(num_splits)
+    for name, tensor in (("key_cache", key_cache), ("value_cache", value_cache)):
+        _check_same_kind(name, tensor, query)
+    if key_cache.shape != value_cache.shape:
+        raise ValueError(f"key_cache and value_cache must have the same shape, got {tuple(key_cache.shape)} and "
+                         f"{tuple(value_cache.shape)}")
+    batch, heads_q, seqlen_q, head_dim = query.shape
+    for name, size in (("batch size", batch), ("query heads", heads_q), ("query seqlen", seqlen_q)):
+        if size < 1:
+            raise ValueError(f"{name} must be >= 1, got {size} (query {tuple(query.shape)})")
+    rows, heads_kv, cache_len, head_dim_k = key_cache.shape
+    if head_dim_k != head_dim:
+        raise ValueError(f"key_cache has head_dim {head_dim_k} but query has {head_dim}")
+    if head_dim % HEAD_DIM_MULTIPLE != 0 or head_dim > MAX_HEAD_DIM or head_dim < 1:
+        raise ValueError(f"head_dim must be a multiple of {HEAD_DIM_MULTIPLE} and at most {MAX_HEAD_DIM}, "
+                         f"got {head_dim}")
+    if heads_kv < 1 or heads_q % heads_kv != 0:
+        raise ValueError(f"query heads ({heads_q}) must be a multiple of key/value cache heads ({heads_kv}) for "
+                         f"grouped-query attention")
+    if cache_len < 1:
+        raise ValueError(f"key_cache must hold at least one key per {'page' if block_table is not None else 'row'}, "
+                         f"got shape {tuple(key_cache.shape)}")
+
+    if block_table is None:
+        if rows != batch:
+            raise ValueError(f"key_cache has batch size {rows} but query has {batch} (a contiguous cache is "
+                             f"(batch, heads_kv, max_seqlen, head_dim); pass block_table for a paged one)")
+        capacity, page_size, num_pages = cache_len, 0, 0
+    else:
+        _check_index_tensor("block_table", block_table, query, 2, "(batch, max_blocks_per_sequence)")
+        if block_table.shape[0] != batch or block_table.shape[1] < 1:
+            raise ValueError(f"block_table must be (batch={batch}, max_blocks >= 1), got {tuple(block_table.shape)}")
+        if rows < 1:
+            raise ValueError("a paged key_cache (num_blocks, heads_kv, page_size, head_dim) needs num_blocks >= 1")
+        page_size, num_pages = cache_len, rows
+        capacity = block_table.shape[1] * page_size
+        if not block_table.is_cuda and block_table.numel():
+            low, high = int(block_table.min()), int(block_table.max())
+            if low < 0 or high >= num_pages:
+                raise ValueError(f"block_table entries must index key_cache's {num_pages} blocks, got values from "
+                                 f"{low} to {high}")
+
+    seqlen_new = 0
+    if (key is None) != (value is None):
+        raise ValueError("key and value must be given together (the new tokens to append) or both be None")
+    if key is not None:
+        for name, tensor in (("key", key), ("value", value)):
+            _check_tensor(name, tensor)
+            _check_same_kind(name, tensor, query)
+        if key.shape != value.shape:
+            raise ValueError(f"key and value must have the same shape, got {tuple(key.shape)} and "
+                             f"{tuple(value.shape)}")
+        if key.shape[0] != batch or key.shape[1] != heads_kv or key.shape[3] != head_dim or key.shape[2] < 1:
+            raise ValueError(f"key must be (batch={batch}, heads_kv={heads_kv}, new_tokens >= 1, "
+                             f"head_dim={head_dim}), got {tuple(key.shape)}")
+        if cache_seqlens is None:
+            raise ValueError("key/value (new tokens) need cache_seqlens: it says where in the cache they are written")
+        seqlen_new = key.shape[2]
+
+    if cache_seqlens is not None:
+        _check_index_tensor("cache_seqlens", cache_seqlens, query, 1, "(batch,)")
+        if cache_seqlens.shape[0] != batch:
+            raise ValueError(f"cache_seqlens must have one entry per sequence ({batch}), got "
+                             f"{cache_seqlens.shape[0]}")
+        if not cache_seqlens.is_cuda:
+            low, high = int(cache_seqlens.min()), int(cache_seqlens.max())
+            if low < 0 or high + seqlen_new > capacity:
+                raise ValueError(f"cache_seqlens + new tokens must lie in [0, {capacity}] (the cache's capacity), "
+                                 f"got cache_seqlens from {low} to {high} with {seqlen_new} new tokens")
+    scale = resolve_softmax_scale(softmax_scale, head_dim)
+    return KVCacheShape(batch, heads_q, heads_kv, seqlen_q, head_dim, capacity, page_size, num_pages, seqlen_new,
+                        scale, num_splits)

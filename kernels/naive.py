@@ -53,3 +53,72 @@ def run_validated(query, key, value, shape, *, causal, return_lse):
         return out
     lse = torch.logsumexp(scores.float(), dim=-1).flatten(1, 2)
     return out, lse
+
+
+# ------------------------------------------------------------------------------------------------ the KV-cache call
+def _cache_slots(shape, cache_seqlens, block_table, device):
+    """For the appended tokens: (first index, second index) of each (sequence, token) slot in the cache, clamped into
+    it, and whether the slot is really inside (the caller's guarantee; invalid slots are rewritten unchanged)."""
+    positions = cache_seqlens.long()[:, None] + torch.arange(shape.seqlen_new, device=device)[None, :]
+    inside = (positions >= 0) & (positions < shape.capacity)
+    positions = positions.clamp(0, shape.capacity - 1)
+    if block_table is None:
+        rows = torch.arange(shape.batch, device=device)[:, None].expand_as(positions)
+        return rows, positions, inside
+    pages = block_table.long().gather(1, positions // shape.page_size)
+    inside = inside & (pages >= 0) & (pages < shape.num_pages)
+    return pages.clamp(0, shape.num_pages - 1), positions % shape.page_size, inside
+
+
+def append_to_cache(cache, new, slots) -> None:
+    """Write new tokens (B, Hkv, Nnew, D) into the cache at `slots` (from _cache_slots), in place, no host sync."""
+    first, second, inside = slots
+    current = cache[first, :, second]  # (B, Nnew, Hkv, D)
+    cache[first, :, second] = torch.where(inside[..., None, None], new.transpose(1, 2), current)
+
+
+def logical_cache(cache, shape, block_table):
+    """The cache as (B, Hkv, capacity, D): itself if contiguous, its pages gathered in sequence order if paged."""
+    if block_table is None:
+        return cache
+    pages = cache[block_table.long().clamp(0, shape.num_pages - 1)]  # (B, max_blocks, Hkv, page, D)
+    return pages.transpose(1, 2).flatten(2, 3)
+
+
+def kvcache_visibility(shape, cache_seqlens, block_table, causal, device):
+    """(B, 1, Nq, capacity) bool: query row i of sequence b sees key j iff j < L_b (and, causal,
+    j <= L_b - Nq + i), L_b = cache_seqlens[b] + new tokens, and j's page is a real page."""
+    keys = torch.arange(shape.capacity, device=device)
+    if cache_seqlens is None:
+        lengths = torch.full((shape.batch,), shape.capacity, device=device)
+    else:
+        lengths = (cache_seqlens.long() + shape.seqlen_new).clamp(0, shape.capacity)
+    limit = lengths[:, None].expand(shape.batch, shape.seqlen_q)
+    if causal:
+        limit = limit - shape.seqlen_q + 1 + torch.arange(shape.seqlen_q, device=device)[None, :]
+    visible = keys[None, None, :] < limit[:, :, None]
+    if block_table is not None:
+        pages = block_table.long()[:, keys // shape.page_size]
+        visible = visible & ((pages >= 0) & (pages < shape.num_pages))[:, None, :]
+    return visible[:, None]
+
+
+def run_kvcache_validated(query, key_cache, value_cache, shape, *, cache_seqlens, block_table, key, value, causal,
+                          return_lse):
+    """`attention_with_kvcache` after check_kvcache_args: the reference path (gathers the whole cache)."""
+    if key is not None:
+        slots = _cache_slots(shape, cache_seqlens, block_table, query.device)
+        append_to_cache(key_cache, key, slots)
+        append_to_cache(value_cache, value, slots)
+    k = logical_cache(key_cache, shape, block_table).unsqueeze(2)
+    v = logical_cache(value_cache, shape, block_table).unsqueeze(2)
+    q = query.unflatten(1, (shape.heads_kv, shape.group))  # (B, Hkv, group, Nq, D)
+    visible = kvcache_visibility(shape, cache_seqlens, block_table, causal, query.device)[:, :, None]
+    scores = torch.matmul(q, k.transpose(-1, -2)) * shape.softmax_scale
+    scores = scores.masked_fill(~visible, float("-inf"))
+    probs = torch.softmax(scores, dim=-1).masked_fill(~visible.any(dim=-1, keepdim=True), 0.0)
+    out = empty_like_query(query)
+    out.copy_(torch.matmul(probs, v).flatten(1, 2))
+    if not return_lse:
+        return out
+    return out, torch.logsumexp(scores.float(), dim=-1).flatten(1, 2)

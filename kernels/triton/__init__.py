@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from typing import Optional
 
 import numpy
 import torch
@@ -17,7 +18,8 @@ import triton
 
 from .._custom_op import use_registered_op
 from .._device import capability, device_index
-from .._validation import check_attention_args, empty_like_query, empty_lse
+from .._validation import check_attention_args, check_kvcache_args, empty_like_query, empty_lse
+from . import _decode
 from ._configs import (
     AUTOTUNE_KEY,
     INTERPRETER_CONFIG,
@@ -28,7 +30,10 @@ from ._configs import (
 )
 from ._kernel import LOG2E, attention_fwd_kernel
 
-__all__ = ["attention", "run_validated", "unavailable_reason", "interpreter_problem"]
+__all__ = [
+    "attention", "run_validated", "attention_with_kvcache", "run_kvcache_validated", "unavailable_reason",
+    "interpreter_problem",
+]
 
 _FLOAT32_TINY = torch.finfo(torch.float32).tiny
 _INTERPRETED = not hasattr(attention_fwd_kernel, "device_caches")  # InterpretedFunction under TRITON_INTERPRET=1
@@ -80,6 +85,19 @@ def _tma_capable(*tensors) -> bool:
     return True
 
 
+def _dot_in_fp32(query) -> bool:
+    """The interpreter keeps bf16 as raw uint16 and its tl.dot multiplies those bit patterns (it converts only fp8
+    operands), so under it the dot operands are upcast to float32 after rounding to the input dtype."""
+    return _INTERPRETED and query.dtype == torch.bfloat16
+
+
+def _on_device_of(query):
+    """Launch on the inputs' GPU, not whichever is current."""
+    if not query.is_cuda or query.device.index == torch.cuda.current_device():
+        return contextlib.nullcontext()
+    return torch.cuda.device(query.device)
+
+
 def _length_bucket(n: int) -> int:
     return max(16, min(triton.next_power_of_2(n), 1 << 16))
 
@@ -87,6 +105,12 @@ def _length_bucket(n: int) -> int:
 def _launch(query, key, value, causal: bool, softmax_scale: float):
     batch, heads_q, seqlen_q, head_dim = query.shape
     heads_kv, seqlen_k = key.shape[1], key.shape[2]
+    if _decode.decode_shaped(seqlen_q, heads_q // heads_kv):
+        # Few packed rows: K/V is a contiguous cache that every sequence fills (the decode kernel, split-KV).
+        with _on_device_of(query):
+            return _decode.run_kvcache(query, key, value, None, None, None, None, causal=causal,
+                                       softmax_scale=softmax_scale, num_splits=None, interpreted=_INTERPRETED,
+                                       dot_in_fp32=_dot_in_fp32(query))
     out = empty_like_query(query)
     lse = empty_lse(query)
     head_dim_pad = max(16, triton.next_power_of_2(head_dim))
@@ -119,17 +143,13 @@ def _launch(query, key, value, causal: bool, softmax_scale: float):
     flags = dict(
         IS_CAUSAL=causal, POSITIVE_SCALE=qk_scale > 0, IS_BF16=query.dtype == torch.bfloat16,
         HEAD_DIM_PAD=head_dim_pad, USE_TMA=use_tma,
-        # The interpreter keeps bf16 as raw uint16 and its tl.dot multiplies those bit patterns (it converts only
-        # fp8 operands), so under it the dot operands are upcast to float32 after rounding to the input dtype.
-        DOT_IN_FP32=_INTERPRETED and query.dtype == torch.bfloat16,
+        DOT_IN_FP32=_dot_in_fp32(query),
     )
 
     def grid(meta):
         return (batch * heads_q * triton.cdiv(seqlen_q, meta["BLOCK_M"]),)
 
-    # Launch on the inputs' GPU, not whichever is current.
-    on_current_device = not query.is_cuda or query.device.index == torch.cuda.current_device()
-    with contextlib.nullcontext() if on_current_device else torch.cuda.device(query.device):
+    with _on_device_of(query):
         if _INTERPRETED or not _autotune_enabled():
             config = INTERPRETER_CONFIG if _INTERPRETED else default_config(head_dim_pad, seqlen_q)
         else:
@@ -187,4 +207,58 @@ def run_validated(query, key, value, shape, *, causal, return_lse):
         out, lse = _triton_fwd(query, key, value, causal, shape.softmax_scale)
     else:
         out, lse = _launch(query, key, value, causal, shape.softmax_scale)
+    return (out, lse) if return_lse else out
+
+
+# ------------------------------------------------------------------------------------------------ the KV-cache call
+@torch.library.custom_op("flash_attention::triton_kvcache", mutates_args=("key_cache", "value_cache"))
+def _triton_kvcache(
+    query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, cache_seqlens: Optional[torch.Tensor],
+    block_table: Optional[torch.Tensor], key: Optional[torch.Tensor], value: Optional[torch.Tensor], causal: bool,
+    softmax_scale: float, num_splits: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _run_kvcache(query, key_cache, value_cache, cache_seqlens, block_table, key, value, causal, softmax_scale,
+                        num_splits or None)
+
+
+@_triton_kvcache.register_fake
+def _triton_kvcache_fake(query, key_cache, value_cache, cache_seqlens, block_table, key, value, causal,
+                         softmax_scale, num_splits):
+    return torch.empty_like(query, memory_format=torch.preserve_format), empty_lse(query)
+
+
+# No autograd formula: torch refuses one for an op that mutates its inputs, and its fallback raises on backward.
+
+
+def _run_kvcache(query, key_cache, value_cache, cache_seqlens, block_table, key, value, causal, softmax_scale,
+                 num_splits):
+    with _on_device_of(query):
+        return _decode.run_kvcache(query, key_cache, value_cache, cache_seqlens, block_table, key, value,
+                                   causal=causal, softmax_scale=softmax_scale, num_splits=num_splits,
+                                   interpreted=_INTERPRETED, dot_in_fp32=_dot_in_fp32(query))
+
+
+def attention_with_kvcache(query, key_cache, value_cache, *, cache_seqlens=None, block_table=None, key=None,
+                           value=None, causal=False, softmax_scale=None, return_lse=False, num_splits=None):
+    """Triton attention against a KV cache; the contract is flash_attention.attention_with_kvcache's."""
+    shape = check_kvcache_args(query, key_cache, value_cache, cache_seqlens=cache_seqlens, block_table=block_table,
+                               key=key, value=value, causal=causal, softmax_scale=softmax_scale,
+                               return_lse=return_lse, num_splits=num_splits)
+    return run_kvcache_validated(query, key_cache, value_cache, shape, cache_seqlens=cache_seqlens,
+                                 block_table=block_table, key=key, value=value, causal=causal, return_lse=return_lse)
+
+
+def run_kvcache_validated(query, key_cache, value_cache, shape, *, cache_seqlens, block_table, key, value, causal,
+                          return_lse):
+    """`attention_with_kvcache` after check_kvcache_args (which returned `shape`)."""
+    reason = unavailable_reason(query)
+    if reason is not None:
+        raise ValueError(f"backend 'triton' cannot run this input: {reason}")
+    inputs = [t for t in (query, key_cache, value_cache, key, value) if t is not None]
+    if use_registered_op(*inputs):
+        out, lse = _triton_kvcache(query, key_cache, value_cache, cache_seqlens, block_table, key, value, causal,
+                                   shape.softmax_scale, shape.num_splits or 0)
+    else:
+        out, lse = _run_kvcache(query, key_cache, value_cache, cache_seqlens, block_table, key, value, causal,
+                                shape.softmax_scale, shape.num_splits)
     return (out, lse) if return_lse else out

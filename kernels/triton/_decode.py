@@ -1,0 +1,147 @@
+"""Launching the decode kernels (`_decode_kernel`): tile choice, the split-KV heuristic, partials and the combine."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+
+from .._validation import MAX_NUM_SPLITS, empty_like_query, empty_lse
+from ._decode_kernel import append_kernel, combine_kernel, decode_kernel
+from ._kernel import LOG2E
+
+# A call whose packed rows (query heads per K/V head x query rows) fit this many rows takes the decode kernel, also
+# through plain `attention`: one program then reads each K/V tile once for the whole group.
+DECODE_MAX_PACKED_ROWS = 64
+# Split-KV: a split gets at least this many key tiles, so that its fixed costs (loading Q, writing a float32 partial)
+# stay small next to its streaming.
+MIN_TILES_PER_SPLIT = 4
+# The grid is filled to about this many programs per multiprocessor: two keep loads in flight while one program
+# reduces its last tile.
+PROGRAMS_PER_SM = 2
+
+
+def decode_shaped(seqlen_q: int, group: int) -> bool:
+    return seqlen_q * group <= DECODE_MAX_PACKED_ROWS
+
+
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def tile_shape(packed_rows: int, head_dim_pad: int, interpreted: bool) -> tuple[int, int]:
+    """(BLOCK_M, BLOCK_N): the packed rows rounded up to a power of two (16 is the smallest MMA tile), at most 64;
+    64 keys a tile up to head_dim 128 and 32 beyond (the K and V tiles of a stage then stay at 16 KiB each)."""
+    block_m = max(16, min(triton.next_power_of_2(packed_rows), DECODE_MAX_PACKED_ROWS))
+    if interpreted:
+        return block_m, 16  # several key tiles per split even on the small inputs of CPU tests
+    return block_m, 64 if head_dim_pad <= 128 else 32
+
+
+def choose_num_splits(programs: int, key_tiles: int, multiprocessors: int) -> int:
+    """Split the keys only when (batch x K/V heads x row blocks) programs leave the GPU under-filled; then into as
+    many splits as fill it about PROGRAMS_PER_SM deep, each at least MIN_TILES_PER_SPLIT tiles long."""
+    target = PROGRAMS_PER_SM * multiprocessors
+    if programs * 5 >= 4 * multiprocessors:  # 80% of one wave or more: the split's partials would cost more
+        return 1
+    by_work = max(1, key_tiles // MIN_TILES_PER_SPLIT)
+    return max(1, min(triton.cdiv(target, programs), by_work, MAX_NUM_SPLITS))
+
+
+def _scale_flags(softmax_scale: float) -> tuple[float, bool]:
+    qk_scale = softmax_scale * LOG2E
+    if abs(qk_scale) < torch.finfo(torch.float32).tiny:
+        qk_scale = 0.0  # subnormal: the GPU flushes it, the interpreter mishandles it; the softmax is uniform anyway
+    return qk_scale, qk_scale > 0
+
+
+def _cache_strides(cache: torch.Tensor):
+    return cache.stride(0), cache.stride(1), cache.stride(2)
+
+
+def append(key_cache, value_cache, key, value, cache_seqlens, block_table, *, capacity, page_size, num_pages,
+           interpreted):
+    """Write key/value (B, Hkv, Nnew, D) into the caches at cache_seqlens[b] + t, in place."""
+    batch, heads_kv, seqlen_new, head_dim = key.shape
+    block_t = min(16, triton.next_power_of_2(seqlen_new))
+    table = block_table if block_table is not None else cache_seqlens  # an unused pointer when contiguous
+    grid = (batch * heads_kv, triton.cdiv(seqlen_new, block_t))
+    append_kernel[grid](
+        key, value, key_cache, value_cache, cache_seqlens, table,
+        key.stride(0), key.stride(1), key.stride(2), value.stride(0), value.stride(1), value.stride(2),
+        *_cache_strides(key_cache), *_cache_strides(value_cache),
+        block_table.stride(0) if block_table is not None else 0,
+        heads_kv, seqlen_new, capacity, head_dim, num_pages,
+        PAGE_SIZE=page_size, HEAD_DIM_PAD=max(16, triton.next_power_of_2(head_dim)), BLOCK_T=block_t,
+        num_warps=4 if head_dim > 64 else 2,
+    )
+
+
+def attend(query, key_cache, value_cache, cache_seqlens, block_table, *, heads_kv, capacity, seqlen_new, page_size,
+           num_pages, causal, softmax_scale, num_splits, interpreted, dot_in_fp32):
+    """(out, lse) of query against the cache; num_splits None picks it by `choose_num_splits`."""
+    batch, heads_q, seqlen_q, head_dim = query.shape
+    group = heads_q // heads_kv
+    head_dim_pad = max(16, triton.next_power_of_2(head_dim))
+    block_m, block_n = tile_shape(group * seqlen_q, head_dim_pad, interpreted)
+    row_blocks = triton.cdiv(group * seqlen_q, block_m)
+    programs = batch * heads_kv * row_blocks
+    if num_splits is None:
+        multiprocessors = 1 if interpreted else _multiprocessors(query.device.index)
+        num_splits = choose_num_splits(programs, triton.cdiv(capacity, block_n), multiprocessors)
+    qk_scale, positive_scale = _scale_flags(softmax_scale)
+    out = empty_like_query(query)
+    lse = empty_lse(query)
+    if num_splits == 1:
+        target, target_lse = out, lse
+        out_strides = (0, out.stride(0), out.stride(1), out.stride(2))
+        lse_split_stride = 0
+    else:
+        rows_total = batch * heads_q * seqlen_q
+        # Partials: (splits, B, Hq, Nq, D) float32 and their LSEs; at most MAX_NUM_SPLITS x the output's rows.
+        target = query.new_empty((num_splits, batch, heads_q, seqlen_q, head_dim), dtype=torch.float32)
+        target_lse = query.new_empty((num_splits, batch, heads_q, seqlen_q), dtype=torch.float32)
+        out_strides = target.stride()[:4]
+        lse_split_stride = rows_total
+    seqlens_arg = cache_seqlens if cache_seqlens is not None else lse  # an unused pointer without lengths
+    table_arg = block_table if block_table is not None else lse
+    decode_kernel[(programs, num_splits)](
+        query, key_cache, value_cache, target, target_lse, seqlens_arg, table_arg,
+        query.stride(0), query.stride(1), query.stride(2),
+        *_cache_strides(key_cache), *_cache_strides(value_cache),
+        *out_strides, lse_split_stride,
+        block_table.stride(0) if block_table is not None else 0,
+        heads_kv, group, seqlen_q, capacity, seqlen_new, head_dim, num_pages, qk_scale, num_splits,
+        IS_CAUSAL=causal, POSITIVE_SCALE=positive_scale, HAS_SEQLENS=cache_seqlens is not None,
+        PAGE_SIZE=page_size, HEAD_DIM_PAD=head_dim_pad, BLOCK_M=block_m, BLOCK_N=block_n,
+        DOT_IN_FP32=dot_in_fp32, num_warps=4, num_stages=1 if interpreted else 3,
+    )
+    if num_splits > 1:
+        combine_kernel[(batch * heads_q * seqlen_q,)](
+            target, target_lse, out, lse,
+            batch * heads_q * seqlen_q, heads_q, seqlen_q, head_dim, num_splits,
+            out.stride(0), out.stride(1), out.stride(2),
+            SPLITS_PAD=triton.next_power_of_2(num_splits), HEAD_DIM_PAD=head_dim_pad, num_warps=4,
+        )
+    return out, lse
+
+
+def run_kvcache(query, key_cache, value_cache, cache_seqlens, block_table, key, value, *, causal, softmax_scale,
+                num_splits, interpreted, dot_in_fp32):
+    """Append key/value (if given) to the cache, then attend to it: attention_with_kvcache on validated input."""
+    if block_table is None:
+        capacity, page_size, num_pages = key_cache.shape[2], 0, 0
+    else:
+        page_size, num_pages = key_cache.shape[2], key_cache.shape[0]
+        capacity = block_table.shape[1] * page_size
+    seqlen_new = 0
+    if key is not None:
+        seqlen_new = key.shape[2]
+        append(key_cache, value_cache, key, value, cache_seqlens, block_table, capacity=capacity,
+               page_size=page_size, num_pages=num_pages, interpreted=interpreted)
+    return attend(query, key_cache, value_cache, cache_seqlens, block_table, heads_kv=key_cache.shape[1],
+                  capacity=capacity, seqlen_new=seqlen_new, page_size=page_size, num_pages=num_pages, causal=causal,
+                  softmax_scale=softmax_scale, num_splits=num_splits, interpreted=interpreted,
+                  dot_in_fp32=dot_in_fp32)

@@ -1,0 +1,366 @@
+"""The contract of `attention_with_kvcache` and `merge_attention_states`, for every backend that can run here.
+
+Each sequence is checked against float64 attention over the keys its cache holds after the append (tests/reference.py),
+with the tolerance method of DESIGN.md. Runs on CUDA tensors with a GPU, and on CPU tensors otherwise (the Triton
+kernel under TRITON_INTERPRET=1).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import flash_attention
+from conftest import DEVICE, HAS_GPU, requires_gpu
+from reference import assert_attention_close
+
+DTYPES = [torch.float16, torch.bfloat16]
+DTYPE_IDS = ["fp16", "bf16"]
+
+
+def kvcache_backends():
+    names = [name for name in ("triton", "cuda")
+             if flash_attention.backend_unavailable_reason(name, torch.empty(1, device=DEVICE)) is None
+             and hasattr(flash_attention._MODULES.get(name), "run_kvcache_validated")]
+    return names + ["naive"]
+
+
+@pytest.fixture(params=kvcache_backends())
+def backend(request):
+    return request.param
+
+
+class Cache:
+    """A KV cache of `capacity` keys per sequence, contiguous or in scattered pages, in BHSD or BSHD storage."""
+
+    def __init__(self, batch, heads_kv, capacity, head_dim, dtype, *, page_size=None, layout="bhsd"):
+        self.batch, self.capacity, self.page_size = batch, capacity, page_size
+
+        def storage(rows, length):
+            if layout == "bshd":
+                return torch.randn(rows, length, heads_kv, head_dim, device=DEVICE).to(dtype).transpose(1, 2)
+            return torch.randn(rows, heads_kv, length, head_dim, device=DEVICE).to(dtype)
+
+        if page_size is None:
+            self.key, self.value = storage(batch, capacity), storage(batch, capacity)
+            self.block_table = None
+        else:
+            blocks = -(-capacity // page_size)
+            num_pages = batch * blocks + 3  # spare pages that no sequence uses
+            self.key, self.value = storage(num_pages, page_size), storage(num_pages, page_size)
+            order = torch.randperm(num_pages)[: batch * blocks]
+            self.block_table = order.view(batch, blocks).to(torch.int32).to(DEVICE)
+
+    def logical(self, cache):
+        """(B, Hkv, capacity, D) in sequence order."""
+        if self.block_table is None:
+            return cache
+        pages = cache[self.block_table.long()]  # (B, blocks, Hkv, page, D)
+        return pages.transpose(1, 2).flatten(2, 3)
+
+    def clone(self):
+        twin = object.__new__(Cache)
+        twin.__dict__.update(self.__dict__)
+        twin.key, twin.value = self.key.clone(), self.value.clone()
+        return twin
+
+
+def check_against_reference(out, lse, query, cache, lengths, *, causal, softmax_scale=None):
+    """Each sequence b against float64 attention over its first lengths[b] logical keys."""
+    keys, values = cache.logical(cache.key), cache.logical(cache.value)
+    for b, length in enumerate(lengths):
+        rows = slice(b, b + 1)
+        if length == 0:
+            assert torch.equal(out[rows], torch.zeros_like(out[rows])) and lse[rows].isneginf().all()
+            continue
+        assert_attention_close(out[rows], lse[rows], query[rows], keys[rows, :, :length], values[rows, :, :length],
+                               causal=causal, softmax_scale=softmax_scale)
+
+
+def make_query(batch, heads_q, seqlen_q, head_dim, dtype, layout="bhsd"):
+    if layout == "bshd":
+        return torch.randn(batch, seqlen_q, heads_q, head_dim, device=DEVICE).to(dtype).transpose(1, 2)
+    return torch.randn(batch, heads_q, seqlen_q, head_dim, device=DEVICE).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("page_size", [None, 16, 64], ids=["contiguous", "page16", "page64"])
+@pytest.mark.parametrize("heads_q,heads_kv,seqlen_q", [(4, 1, 1), (8, 2, 3), (2, 2, 5)], ids=["mqa1", "gqa3", "mha5"])
+def test_matches_reference(backend, dtype, causal, page_size, heads_q, heads_kv, seqlen_q):
+    """Per-sequence lengths 0, 1, short and full, with 2 appended tokens; the cache is checked after the append."""
+    capacity, head_dim, new = 150, 64, 2
+    cache = Cache(4, heads_kv, capacity, head_dim, dtype, page_size=page_size)
+    lengths_before = [0, 1, 61, capacity - new]
+    seqlens = torch.tensor(lengths_before, dtype=torch.int32, device=DEVICE)
+    query = make_query(4, heads_q, seqlen_q, head_dim, dtype)
+    key_new, value_new = (torch.randn(4, heads_kv, new, head_dim, device=DEVICE).to(dtype) for _ in range(2))
+    expected = cache.clone()
+    for b, length in enumerate(lengths_before):
+        for t in range(new):
+            position = length + t
+            if page_size is None:
+                expected.key[b, :, position], expected.value[b, :, position] = key_new[b, :, t], value_new[b, :, t]
+            else:
+                page = expected.block_table[b, position // page_size].long()
+                expected.key[page, :, position % page_size] = key_new[b, :, t]
+                expected.value[page, :, position % page_size] = value_new[b, :, t]
+
+    out, lse = flash_attention.attention_with_kvcache(
+        query, cache.key, cache.value, cache_seqlens=seqlens, block_table=cache.block_table, key=key_new,
+        value=value_new, causal=causal, return_lse=True, backend=backend)
+    assert torch.equal(cache.key, expected.key) and torch.equal(cache.value, expected.value), \
+        "the append must write exactly the new tokens at cache_seqlens[b] + t"
+    check_against_reference(out, lse, query, cache, [n + new for n in lengths_before], causal=causal)
+
+
+@pytest.mark.parametrize("num_splits", [1, 3, 7])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_split_kv_matches_reference(backend, num_splits, causal):
+    """Forced splits, more than some sequences have key tiles (empty splits must merge as nothing)."""
+    cache = Cache(3, 2, 200, 64, torch.bfloat16, page_size=16)
+    lengths = [200, 33, 5]
+    seqlens = torch.tensor(lengths, dtype=torch.int32, device=DEVICE)
+    query = make_query(3, 8, 2, 64, torch.bfloat16)
+    out, lse = flash_attention.attention_with_kvcache(
+        query, cache.key, cache.value, cache_seqlens=seqlens, block_table=cache.block_table, causal=causal,
+        return_lse=True, num_splits=num_splits, backend=backend)
+    check_against_reference(out, lse, query, cache, lengths, causal=causal)
+
+
+def test_causal_rows_before_the_cache_see_nothing(backend):
+    """Nq > L_b under causal: the first Nq - L_b rows see no key (output 0, LSE -inf); the rest see a prefix."""
+    cache = Cache(2, 1, 40, 32, torch.float16)
+    lengths = [3, 40]
+    seqlens = torch.tensor(lengths, dtype=torch.int32, device=DEVICE)
+    query = make_query(2, 2, 6, 32, torch.float16)
+    out, lse = flash_attention.attention_with_kvcache(query, cache.key, cache.value, cache_seqlens=seqlens,
+                                                      causal=True, return_lse=True, backend=backend)
+    assert torch.equal(out[0, :, :3], torch.zeros_like(out[0, :, :3])) and lse[0, :, :3].isneginf().all()
+    check_against_reference(out, lse, query, cache, lengths, causal=True)
+
+
+@pytest.mark.parametrize("page_size", [None, 16], ids=["contiguous", "page16"])
+def test_bshd_views_of_query_and_cache(backend, page_size):
+    """FlashAttention's and vLLM's (..., seqlen, heads, D) caches and a (B, N, H, D) query pass as views."""
+    cache = Cache(2, 2, 64, 64, torch.float16, page_size=page_size, layout="bshd")
+    assert not cache.key.is_contiguous()
+    lengths = [64, 20]
+    seqlens = torch.tensor(lengths, dtype=torch.int32, device=DEVICE)
+    query = make_query(2, 4, 3, 64, torch.float16, layout="bshd")
+    out, lse = flash_attention.attention_with_kvcache(query, cache.key, cache.value, cache_seqlens=seqlens,
+                                                      block_table=cache.block_table, return_lse=True,
+                                                      backend=backend)
+    assert out.stride() == query.stride(), "the output keeps query's layout"
+    check_against_reference(out, lse, query, cache, lengths, causal=False)
+
+
+def test_whole_cache_without_seqlens_equals_attention(backend):
+    """cache_seqlens=None attends to the whole cache: the same as `attention` with the cache as key/value."""
+    cache = Cache(2, 2, 90, 64, torch.float16)
+    query = make_query(2, 4, 1, 64, torch.float16)
+    out, lse = flash_attention.attention_with_kvcache(query, cache.key, cache.value, return_lse=True,
+                                                      softmax_scale=0.3, backend=backend)
+    assert_attention_close(out, lse, query, cache.key, cache.value, softmax_scale=0.3)
+
+
+@pytest.mark.parametrize("head_dim", [32, 128, 256])
+def test_head_dims(backend, head_dim):
+    cache = Cache(1, 2, 70, head_dim, torch.bfloat16, page_size=16)
+    seqlens = torch.tensor([70], dtype=torch.int32, device=DEVICE)
+    query = make_query(1, 4, 1, head_dim, torch.bfloat16)
+    out, lse = flash_attention.attention_with_kvcache(query, cache.key, cache.value, cache_seqlens=seqlens,
+                                                      block_table=cache.block_table, return_lse=True,
+                                                      backend=backend)
+    check_against_reference(out, lse, query, cache, [70], causal=False)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("seqlen_q,heads_q,heads_kv", [(1, 8, 2), (4, 8, 1), (16, 4, 4)])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_plain_attention_takes_the_decode_path(backend, dtype, seqlen_q, heads_q, heads_kv, causal):
+    """`attention` with few packed rows and many keys runs the split-KV decode kernel in the kernel backends."""
+    query = make_query(2, heads_q, seqlen_q, 64, dtype)
+    key, value = (torch.randn(2, heads_kv, 300, 64, device=DEVICE).to(dtype) for _ in range(2))
+    out, lse = flash_attention.attention(query, key, value, causal=causal, return_lse=True, backend=backend)
+    assert_attention_close(out, lse, query, key, value, causal=causal)
+
+
+# ------------------------------------------------------------------------------------------------ merging
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_merge_attention_states_equals_attention_over_the_union(dtype):
+    query = make_query(2, 4, 5, 32, torch.float16)
+    key, value = (torch.randn(2, 2, 90, 32, device=DEVICE).half() for _ in range(2))
+    cuts = [0, 17, 18, 90]
+    outs, lses = [], []
+    for lo, hi in zip(cuts, cuts[1:]):
+        part, part_lse = flash_attention.attention(query, key[:, :, lo:hi], value[:, :, lo:hi], return_lse=True,
+                                                   backend="naive")
+        outs.append(part.to(dtype))
+        lses.append(part_lse)
+    merged, merged_lse = flash_attention.merge_attention_states(outs, lses)
+    assert merged.dtype == dtype and merged_lse.dtype == torch.float32
+    assert_attention_close(merged.half(), merged_lse, query, key, value, multiple=4.0)
+    stacked, stacked_lse = flash_attention.merge_attention_states(torch.stack(outs), torch.stack(lses))
+    assert torch.equal(stacked, merged) and torch.equal(stacked_lse, merged_lse)
+
+
+def test_merge_rows_without_keys():
+    outs = torch.randn(3, 1, 2, 4, 8, device=DEVICE)
+    lses = torch.randn(3, 1, 2, 4, device=DEVICE)
+    lses[:, :, :, 0] = float("-inf")  # row 0: no part saw a key
+    lses[1, :, :, 1] = float("-inf")  # row 1: part 1 saw none; its (garbage) output must not count
+    out, lse = flash_attention.merge_attention_states(outs, lses)
+    assert torch.equal(out[..., 0, :], torch.zeros_like(out[..., 0, :])) and lse[..., 0].isneginf().all()
+    two, two_lse = flash_attention.merge_attention_states([outs[0], outs[2]], [lses[0], lses[2]])
+    torch.testing.assert_close(out[..., 1, :], two[..., 1, :])
+    torch.testing.assert_close(lse[..., 1], two_lse[..., 1])
+
+
+def test_merge_refuses_mismatched_parts():
+    with pytest.raises(ValueError, match=r"lse must have its output's shape"):
+        flash_attention.merge_attention_states([torch.randn(2, 3, 4)], [torch.randn(2, 4)])
+    with pytest.raises(TypeError, match=r"outs must be a non-empty list"):
+        flash_attention.merge_attention_states([], [])
+    with pytest.raises(ValueError, match=r"outs\[1\] has shape"):
+        flash_attention.merge_attention_states([torch.randn(2, 4), torch.randn(3, 4)], [torch.randn(2)] * 2)
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def good_call():
+    query = torch.randn(2, 4, 1, 64, device=DEVICE).half()
+    cache = torch.randn(2, 2, 32, 64, device=DEVICE).half()
+    return dict(query=query, key_cache=cache, value_cache=cache.clone(),
+                cache_seqlens=torch.tensor([3, 7], dtype=torch.int32, device=DEVICE))
+
+
+ERROR_CASES = [
+    ("int64 seqlens", dict(cache_seqlens=lambda a: a.long()), TypeError, r"cache_seqlens must have dtype torch\.int32"),
+    ("seqlens per batch", dict(cache_seqlens=lambda a: a[:1]), ValueError, r"cache_seqlens must have one entry"),
+    ("2-D seqlens", dict(cache_seqlens=lambda a: a[None]), ValueError, r"cache_seqlens must be 1-D"),
+    ("cache batch", dict(key_cache=lambda c: c[:1], value_cache=lambda c: c[:1]), ValueError,
+     r"key_cache has batch size 1 but query has 2"),
+    ("cache shapes", dict(value_cache=lambda c: c[:, :, :16]), ValueError,
+     r"key_cache and value_cache must have the same shape"),
+    ("cache dtype", dict(key_cache=lambda c: c.bfloat16(), value_cache=lambda c: c.bfloat16()), TypeError,
+     r"key_cache has dtype torch\.bfloat16 but query has torch\.float16"),
+    ("heads", dict(key_cache=lambda c: torch.randn(2, 3, 32, 64, device=DEVICE).half(),
+                   value_cache=lambda c: torch.randn(2, 3, 32, 64, device=DEVICE).half()), ValueError,
+     r"query heads \(4\) must be a multiple of key/value cache heads \(3\)"),
+    ("key without value", dict(key=torch.randn(2, 2, 1, 64, device=DEVICE).half()), ValueError,
+     r"key and value must be given together"),
+    ("new tokens shape", dict(key=torch.randn(2, 4, 1, 64, device=DEVICE).half(),
+                              value=torch.randn(2, 4, 1, 64, device=DEVICE).half()), ValueError,
+     r"key must be \(batch=2, heads_kv=2"),
+    ("append without seqlens", dict(cache_seqlens=None, key=torch.randn(2, 2, 1, 64, device=DEVICE).half(),
+                                    value=torch.randn(2, 2, 1, 64, device=DEVICE).half()), ValueError,
+     r"need cache_seqlens"),
+    ("block table dtype", dict(block_table=torch.zeros(2, 2, dtype=torch.int64, device=DEVICE)), TypeError,
+     r"block_table must have dtype torch\.int32"),
+    ("block table rank", dict(block_table=torch.zeros(2, dtype=torch.int32, device=DEVICE)), ValueError,
+     r"block_table must be 2-D"),
+    ("block table batch", dict(block_table=torch.zeros(3, 2, dtype=torch.int32, device=DEVICE)), ValueError,
+     r"block_table must be \(batch=2"),
+    ("num_splits", dict(num_splits=0), ValueError, r"num_splits must be between 1 and 128"),
+    ("num_splits type", dict(num_splits=2.0), TypeError, r"num_splits must be an int or None"),
+    ("causal type", dict(causal=1), TypeError, r"causal must be a bool"),
+]
+
+
+@pytest.mark.parametrize("changes,error,message", [case[1:] for case in ERROR_CASES],
+                         ids=[case[0] for case in ERROR_CASES])
+def test_bad_input_is_refused_clearly(backend, changes, error, message):
+    args = good_call()
+    for name, change in changes.items():
+        args[name] = change(args[name]) if callable(change) else change
+    query = args.pop("query")
+    with pytest.raises(error, match=message):
+        flash_attention.attention_with_kvcache(query, args.pop("key_cache"), args.pop("value_cache"), **args,
+                                               backend=backend)
+
+
+@pytest.mark.skipif(HAS_GPU, reason="values are checked only on CPU tensors (on the GPU that would synchronise)")
+def test_cpu_values_are_checked():
+    args = good_call()
+    with pytest.raises(ValueError, match=r"cache_seqlens \+ new tokens must lie in \[0, 32\]"):
+        flash_attention.attention_with_kvcache(args["query"], args["key_cache"], args["value_cache"],
+                                               cache_seqlens=torch.tensor([3, 33], dtype=torch.int32))
+    pages = torch.randn(4, 2, 16, 64).half()
+    with pytest.raises(ValueError, match=r"block_table entries must index key_cache's 4 blocks"):
+        flash_attention.attention_with_kvcache(args["query"], pages, pages,
+                                               block_table=torch.tensor([[0, 1], [2, 4]], dtype=torch.int32))
+
+
+def test_backend_without_kvcache_kernel_says_so():
+    args = good_call()
+    for name in flash_attention.BACKENDS:
+        if not hasattr(flash_attention._MODULES.get(name), "run_kvcache_validated"):
+            with pytest.raises(ValueError, match=rf"backend '{name}' has no KV-cache kernel"):
+                flash_attention.attention_with_kvcache(args["query"], args["key_cache"], args["value_cache"],
+                                                       backend=name)
+
+
+# ------------------------------------------------------------------------------------------------ GPU only
+@requires_gpu
+@pytest.mark.parametrize("page_size", [None, 16, 256], ids=["contiguous", "page16", "page256"])
+def test_out_of_range_values_stay_inside_the_cache(backend, page_size):
+    """Lengths past the capacity and page indices past the cache: nothing outside is read or written (the sanitizer
+    run checks the accesses; here the call must finish and leave a guard region untouched)."""
+    if backend == "naive":
+        pytest.skip("the reference path gathers with clamped indices; the kernels are what this checks")
+    cache = Cache(2, 2, 256, 64, torch.float16, page_size=page_size)
+    guard_key, guard_value = cache.key.clone(), cache.value.clone()
+    seqlens = torch.tensor([250, 1 << 30], dtype=torch.int32, device=DEVICE)
+    if cache.block_table is not None:
+        cache.block_table[1, -1] = 1 << 20
+    query = make_query(2, 4, 1, 64, torch.float16)
+    new = torch.randn(2, 2, 8, 64, device=DEVICE).half()
+    out = flash_attention.attention_with_kvcache(query, cache.key, cache.value, cache_seqlens=seqlens,
+                                                 block_table=cache.block_table, key=new, value=new, backend=backend)
+    torch.cuda.synchronize()
+    assert not out[0].isnan().any()
+    # Sequence 1 writes nowhere (its positions are past the capacity); sequence 0 writes 6 tokens and drops 2.
+    changed = (cache.key != guard_key).any(dim=-1).sum().item()
+    assert changed <= 2 * 6
+
+
+@requires_gpu
+@pytest.mark.parametrize("page_size", [None, 64], ids=["contiguous", "page64"])
+def test_cuda_graph_replay_with_changed_lengths(backend, page_size):
+    if backend == "naive":
+        pytest.skip("graphs are for the kernel backends")
+    cache = Cache(2, 2, 512, 128, torch.bfloat16, page_size=page_size)
+    query = make_query(2, 8, 1, 128, torch.bfloat16)
+    new = torch.randn(2, 2, 1, 128, device=DEVICE).bfloat16()
+    seqlens = torch.tensor([10, 300], dtype=torch.int32, device=DEVICE)
+    kwargs = dict(cache_seqlens=seqlens, block_table=cache.block_table, key=new, value=new, return_lse=True,
+                  causal=True, backend=backend)
+    flash_attention.attention_with_kvcache(query, cache.key, cache.value, **kwargs)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out, lse = flash_attention.attention_with_kvcache(query, cache.key, cache.value, **kwargs)
+    for lengths in ([100, 7], [0, 511], [400, 256]):
+        seqlens.copy_(torch.tensor(lengths, dtype=torch.int32))
+        graph.replay()
+        torch.cuda.synchronize()
+        check_against_reference(out, lse, query, cache, [n + 1 for n in lengths], causal=True)
+
+
+@requires_gpu
+def test_torch_compile_fullgraph(backend):
+    cache = Cache(2, 2, 256, 64, torch.float16, page_size=16)
+    query = make_query(2, 4, 1, 64, torch.float16)
+    new = torch.randn(2, 2, 1, 64, device=DEVICE).half()
+    seqlens = torch.tensor([5, 200], dtype=torch.int32, device=DEVICE)
+
+    def step(q, key_cache, value_cache, lengths, table, k, v):
+        out = flash_attention.attention_with_kvcache(q, key_cache, value_cache, cache_seqlens=lengths,
+                                                     block_table=table, key=k, value=v, backend=backend)
+        return out * 2
+
+    expected_cache = cache.clone()
+    expected = step(query, expected_cache.key, expected_cache.value, seqlens, cache.block_table, new, new)
+    compiled = torch.compile(step, fullgraph=True)(query, cache.key, cache.value, seqlens, cache.block_table, new,
+                                                   new)
+    torch.testing.assert_close(compiled, expected)
+    assert torch.equal(cache.key, expected_cache.key), "the compiled call must append in place"
