@@ -2,6 +2,7 @@
 
     python benchmarks/runtime.py --markdown                 # pixi run bench-runtime --markdown
     python benchmarks/runtime.py --grid paper --mask both --output results/
+    python benchmarks/runtime.py --grid decode --markdown   # KV-cache decoding: µs and TB/s (benchmarks/decode.py)
     TRITON_INTERPRET=1 python benchmarks/runtime.py --smoke --markdown   # CPU, tiny shapes, numbers meaningless
 """
 
@@ -96,5 +97,13 @@ def _iqr_cell(record, footnotes: Footnotes) -> str:
     return f"{format_number(values['q25_ms'])}-{format_number(values['q75_ms'])}"
 
 
+def _wants_decode_grid(argv: list[str]) -> bool:
+    return "--grid=decode" in argv or any(a == "--grid" and b == "decode" for a, b in zip(argv, argv[1:]))
+
+
 if __name__ == "__main__":
+    if _wants_decode_grid(sys.argv[1:]):
+        import decode
+
+        sys.exit(decode.main(sys.argv[1:]))
     sys.exit(harness.main("runtime", __doc__.splitlines()[0], measure, make_report))

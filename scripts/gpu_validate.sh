@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # What a change needs on a GPU before it is called done, in one place:
-#   scripts/gpu_validate.sh OUTDIR build|tests|sanitize|bench-seed|bench-paper|bench-families|memory ...
+#   scripts/gpu_validate.sh OUTDIR build|tests|sanitize|bench-seed|bench-paper|bench-families|bench-decode|memory ...
 # build: from a clean cache, a first cuda call (timed), then every kernel (timed), then a cached first call in a
 # fresh process (timed);
 # tests: the whole suite on CUDA tensors; sanitize: compute-sanitizer memcheck + racecheck on every kernel;
 # bench-*: the repo's benchmark commands, writing their tables under OUTDIR/results (bench-families: the paper
-# grid with the cuda backend's two kernel families side by side, cuda_sm90 and cuda_sm80, on a Hopper GPU).
+# grid with the cuda backend's two kernel families side by side, cuda_sm90 and cuda_sm80, on a Hopper GPU;
+# bench-decode: the decode grid, contiguous and paged caches, against a copy ceiling measured in the same run).
 # Each step logs to OUTDIR/<step>.log; the exit status is non-zero if any step failed.
 set -uo pipefail
 out=${1:?usage: scripts/gpu_validate.sh OUTDIR STEP...}; shift
@@ -43,6 +44,7 @@ print(f'fresh process, torch already imported: import flash_attention {t1 - t0:.
                    --output "$out/results" ;;
     bench-families) step bench-families python benchmarks/runtime.py --grid paper --mask both --markdown \
                       --methods cuda_sm90,cuda_sm80,triton,sdpa_flash,sdpa_cudnn --output "$out/results/families" ;;
+    bench-decode) step bench-decode python benchmarks/runtime.py --grid decode --markdown --output "$out/results" ;;
     memory) step memory python benchmarks/memory.py --markdown --output "$out/results" ;;
     *) echo "unknown step: $what"; exit 2 ;;
   esac

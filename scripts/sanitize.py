@@ -55,6 +55,66 @@ WORKER_CASES = [
 ]
 
 
+# attention_with_kvcache, for backends with a KV-cache kernel: (batch, heads_q, heads_kv, seqlen_q, capacity,
+# head_dim, page_size or None, new tokens, causal, num_splits, cache_seqlens before the append). Split and unsplit,
+# paged and contiguous, an empty sequence; the last two carry values a caller must not pass (lengths past the
+# capacity or negative, a page index past the cache): the kernels must stay inside the cache.
+KVCACHE_CASES = [
+    (2, 8, 2, 1, 300, 128, None, 1, False, None, [0, 299]),
+    (3, 4, 1, 3, 256, 64, 16, 2, True, 5, [10, 254, 100]),
+    (2, 8, 8, 1, 1024, 128, 64, 0, False, None, [1024, 513]),
+    (2, 4, 2, 2, 200, 64, None, 4, True, 3, [1 << 30, -7]),
+    (2, 4, 2, 1, 256, 64, 64, 2, False, 2, [255, 1 << 20]),
+]
+
+
+def run_kvcache_cases(backend: str, generator) -> int:
+    """The KV-cache cases; the valid ones checked against the naive path on CPU copies. Returns the failures."""
+    import torch
+
+    import flash_attention
+
+    failures = 0
+    for case in KVCACHE_CASES:
+        batch, heads_q, heads_kv, seqlen_q, capacity, head_dim, page_size, new, causal, splits, lengths = case
+
+        def randn(*size):
+            return torch.randn(size, generator=generator, device="cuda").to(torch.bfloat16)
+
+        table = None
+        if page_size is None:
+            key_cache, value_cache = randn(batch, heads_kv, capacity, head_dim), randn(batch, heads_kv, capacity,
+                                                                                      head_dim)
+        else:
+            blocks = capacity // page_size
+            key_cache, value_cache = (randn(batch * blocks, heads_kv, page_size, head_dim) for _ in range(2))
+            table = torch.randperm(batch * blocks, device="cuda").view(batch, blocks).to(torch.int32)
+        valid = all(0 <= n and n + new <= capacity for n in lengths)
+        if not valid and table is not None:
+            table[-1, -1] = 1 << 24  # a page index past the cache
+        seqlens = torch.tensor(lengths, dtype=torch.int32, device="cuda")
+        query = randn(batch, heads_q, seqlen_q, head_dim)
+        key, value = (randn(batch, heads_kv, new, head_dim), randn(batch, heads_kv, new, head_dim)) if new else \
+            (None, None)
+        cpu = [t.cpu() if t is not None else None for t in (query, key_cache, value_cache, seqlens, table, key, value)]
+        kwargs = dict(causal=causal, return_lse=True)
+        out, lse = flash_attention.attention_with_kvcache(
+            query, key_cache, value_cache, cache_seqlens=seqlens, block_table=table, key=key, value=value,
+            num_splits=splits, backend=backend, **kwargs)
+        torch.cuda.synchronize()
+        if not valid:
+            continue  # only that it stayed inside the cache, which the sanitizer judges
+        expected, expected_lse = flash_attention.attention_with_kvcache(
+            cpu[0], cpu[1], cpu[2], cache_seqlens=cpu[3], block_table=cpu[4], key=cpu[5], value=cpu[6],
+            backend="naive", **kwargs)
+        error = (out.cpu().float() - expected.float()).abs().max().item()
+        caches_match = torch.equal(key_cache.cpu(), cpu[1]) and torch.equal(value_cache.cpu(), cpu[2])
+        if not (error <= 2e-2 and caches_match and torch.equal(lse.cpu().isneginf(), expected_lse.isneginf())):
+            failures += 1
+            print(f"wrong KV-cache result for {case}: max error {error:.3g}, caches match {caches_match}", flush=True)
+    return failures
+
+
 def find_sanitizer() -> str | None:
     candidates = [shutil.which("compute-sanitizer")]
     for root in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
@@ -98,6 +158,11 @@ def run_worker(backend: str) -> int:
             failures += 1
             print(f"wrong result for {case}: {error}", flush=True)
     print(f"worker {backend}: {len(WORKER_CASES) - failures}/{len(WORKER_CASES)} calls correct", flush=True)
+    if hasattr(flash_attention._MODULES.get(backend), "run_kvcache_validated"):
+        kvcache_failures = run_kvcache_cases(backend, generator)
+        print(f"worker {backend}: {len(KVCACHE_CASES) - kvcache_failures}/{len(KVCACHE_CASES)} KV-cache calls "
+              f"correct or inside the cache", flush=True)
+        failures += kvcache_failures
     return 1 if failures else 0
 
 

@@ -214,3 +214,19 @@ def test_a_method_that_fails_to_measure_spoils_no_other():
     records = harness.run_sweep(shapes, methods, torch.device("cpu"), measure)
     assert [(r.method, r.status) for r in records] == [("baseline", "ok"), ("triton", "oom")]
     assert records[0].values == {"median_ms": 1.0}
+
+
+def test_decode_grid_smoke_runs_and_writes_results(tmp_path):
+    """`runtime.py --grid decode --smoke`: every shape's triton cell is timed and correct, contiguous and paged, and
+    the results files are written."""
+    result = run_command("runtime.py", "--grid", "decode", "--smoke", "--markdown", "--output", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "### µs per call (median)" in result.stdout and "Paged against contiguous" in result.stdout
+    written = json.loads((tmp_path / "runtime_smoke_bf16.json").read_text())
+    records = written["records"]
+    assert set(PROVENANCE_KEYS) <= set(written["provenance"])
+    if "triton" in MUST_RUN_ON_CPU:
+        triton_rows = [r for r in records if r["method"] == "triton"]
+        assert triton_rows and all(r["status"] == "ok" and r["us"] > 0 for r in triton_rows), triton_rows
+        assert {r["paged"] for r in triton_rows} == {False, True}
+    assert (tmp_path / "runtime_smoke_bf16.md").read_text().startswith("# Decode runtime")

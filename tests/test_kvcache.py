@@ -116,9 +116,11 @@ def test_matches_reference(backend, dtype, causal, page_size, heads_q, heads_kv,
 
 @pytest.mark.parametrize("num_splits", [1, 3, 7])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-def test_split_kv_matches_reference(backend, num_splits, causal):
-    """Forced splits, more than some sequences have key tiles (empty splits must merge as nothing)."""
-    cache = Cache(3, 2, 200, 64, torch.bfloat16, page_size=16)
+@pytest.mark.parametrize("page_size", [16, 24])
+def test_split_kv_matches_reference(backend, num_splits, causal, page_size):
+    """Forced splits, more than some sequences have key tiles (empty splits must merge as nothing). Pages of 24 keys
+    hold no whole number of key tiles, so each tile gathers its keys' pages one by one."""
+    cache = Cache(3, 2, 200, 64, torch.bfloat16, page_size=page_size)
     lengths = [200, 33, 5]
     seqlens = torch.tensor(lengths, dtype=torch.int32, device=DEVICE)
     query = make_query(3, 8, 2, 64, torch.bfloat16)

@@ -20,6 +20,9 @@ MIN_TILES_PER_SPLIT = 4
 # The grid is filled to about this many programs per multiprocessor: two keep loads in flight while one program
 # reduces its last tile.
 PROGRAMS_PER_SM = 2
+# Warps and software-pipelining depth of the decode kernel on a GPU.
+NUM_WARPS = 4
+NUM_STAGES = 3
 
 
 def decode_shaped(seqlen_q: int, group: int) -> bool:
@@ -116,7 +119,7 @@ def attend(query, key_cache, value_cache, cache_seqlens, block_table, *, heads_k
         heads_kv, group, seqlen_q, capacity, seqlen_new, head_dim, num_pages, qk_scale, num_splits,
         IS_CAUSAL=causal, POSITIVE_SCALE=positive_scale, HAS_SEQLENS=cache_seqlens is not None,
         PAGE_SIZE=page_size, HEAD_DIM_PAD=head_dim_pad, BLOCK_M=block_m, BLOCK_N=block_n,
-        DOT_IN_FP32=dot_in_fp32, num_warps=4, num_stages=1 if interpreted else 3,
+        DOT_IN_FP32=dot_in_fp32, num_warps=NUM_WARPS, num_stages=1 if interpreted else NUM_STAGES,
     )
     if num_splits > 1:
         combine_kernel[(batch * heads_q * seqlen_q,)](

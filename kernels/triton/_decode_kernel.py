@@ -33,13 +33,19 @@ def _sequence_length(SeqLens, off_b, seqlen_new, capacity, HAS_SEQLENS: tl.const
 
 
 @triton.jit
-def _key_rows(BlockTable, table_row, keys, key_limit, stride_k_seq, stride_k_row, stride_v_seq, stride_v_row,
-              num_pages, PAGE_SIZE: tl.constexpr):
+def _key_rows(BlockTable, table_row, keys, first_key, key_limit, stride_k_seq, stride_k_row, stride_v_seq,
+              stride_v_row, num_pages, PAGE_SIZE: tl.constexpr, ONE_PAGE: tl.constexpr):
     """Element offsets of `keys` in the K and V caches (relative to the sequence's base for a contiguous cache, to
-    the head's base for a paged one) and whether each key may be read: below key_limit and on a real page."""
+    the head's base for a paged one) and whether each key may be read: below key_limit and on a real page.
+    ONE_PAGE: the keys are first_key + 0, 1, ... and lie inside one page."""
     readable = keys < key_limit
     if PAGE_SIZE > 0:
-        page = tl.load(BlockTable + table_row + keys // PAGE_SIZE, mask=readable, other=0)
+        if ONE_PAGE:
+            # One index load per tile instead of a gather of one per key (which halved paged throughput at batch
+            # 16, results/NOTES.md).
+            page = tl.load(BlockTable + table_row + first_key // PAGE_SIZE) + tl.zeros_like(keys)
+        else:
+            page = tl.load(BlockTable + table_row + keys // PAGE_SIZE, mask=readable, other=0)
         readable = readable & (page >= 0) & (page < num_pages)
         page = page.to(tl.int64)
         in_page = (keys % PAGE_SIZE).to(tl.int64)
@@ -115,8 +121,9 @@ def decode_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     for start in tl.range(lo, hi, BLOCK_N):
         keys = start + offs_n
-        k_rows, v_rows, readable = _key_rows(BlockTable, table_row, keys, hi, stride_kb, stride_kn,
-                                             stride_vb, stride_vn, num_pages, PAGE_SIZE)
+        # Tiles start at multiples of BLOCK_N, so a page of a multiple of BLOCK_N keys holds whole tiles.
+        k_rows, v_rows, readable = _key_rows(BlockTable, table_row, keys, start, hi, stride_kb, stride_kn, stride_vb,
+                                             stride_vn, num_pages, PAGE_SIZE, PAGE_SIZE % BLOCK_N == 0)
         kv_mask = readable[:, None] & col_ok[None, :]
         k = tl.load(k_base + k_rows[:, None] + cols[None, :], mask=kv_mask, other=0.0)
         v = tl.load(v_base + v_rows[:, None] + cols[None, :], mask=kv_mask, other=0.0)
@@ -195,9 +202,9 @@ def append_kernel(
     tokens = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
     positions = tl.load(SeqLens + off_b) + tokens
     writable = (tokens < seqlen_new) & (positions >= 0)
-    k_rows, v_rows, writable = _key_rows(BlockTable, off_b.to(tl.int64) * stride_tb, tl.maximum(positions, 0),
+    k_rows, v_rows, writable = _key_rows(BlockTable, off_b.to(tl.int64) * stride_tb, tl.maximum(positions, 0), 0,
                                          tl.where(writable, capacity, 0), stride_kb, stride_kn, stride_vb, stride_vn,
-                                         num_pages, PAGE_SIZE)
+                                         num_pages, PAGE_SIZE, False)
     cols = tl.arange(0, HEAD_DIM_PAD)
     mask = writable[:, None] & (cols[None, :] < head_dim)
     new_rows = tokens[:, None].to(tl.int64)
