@@ -34,13 +34,24 @@ def _multiprocessors(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def tile_shape(packed_rows: int, head_dim_pad: int, interpreted: bool) -> tuple[int, int]:
+@functools.lru_cache(maxsize=None)
+def _stage_elements(device_index: int) -> int:
+    """Elements of one K (or V) tile, BLOCK_N x HEAD_DIM_PAD. With 227 KiB of shared memory a block (Hopper), 16K:
+    128 keys at head_dim 128, three stages of K and V in 192 KiB; that measured 4.26-4.30 TB/s against 3.77-3.98
+    for 64 keys at batch 16-64 on an H200 (results/NOTES.md, decode v1). Elsewhere 8K, which fits 164 KiB (A100)."""
+    properties = torch.cuda.get_device_properties(device_index)
+    optin = getattr(properties, "shared_memory_per_block_optin", 0)
+    return 16384 if optin >= 200 * 1024 else 8192
+
+
+def tile_shape(packed_rows: int, head_dim_pad: int, device_index: int | None) -> tuple[int, int]:
     """(BLOCK_M, BLOCK_N): the packed rows rounded up to a power of two (16 is the smallest MMA tile), at most 64;
-    64 keys a tile up to head_dim 128 and 32 beyond (the K and V tiles of a stage then stay at 16 KiB each)."""
+    as many keys as fill a stage (at most 128). device_index None: the interpreter, which gets 16-key tiles so that
+    CPU tests run several tiles per split."""
     block_m = max(16, min(triton.next_power_of_2(packed_rows), DECODE_MAX_PACKED_ROWS))
-    if interpreted:
-        return block_m, 16  # several key tiles per split even on the small inputs of CPU tests
-    return block_m, 64 if head_dim_pad <= 128 else 32
+    if device_index is None:
+        return block_m, 16
+    return block_m, min(128, _stage_elements(device_index) // head_dim_pad)
 
 
 def choose_num_splits(programs: int, key_tiles: int, multiprocessors: int) -> int:
@@ -88,7 +99,7 @@ def attend(query, key_cache, value_cache, cache_seqlens, block_table, *, heads_k
     batch, heads_q, seqlen_q, head_dim = query.shape
     group = heads_q // heads_kv
     head_dim_pad = max(16, triton.next_power_of_2(head_dim))
-    block_m, block_n = tile_shape(group * seqlen_q, head_dim_pad, interpreted)
+    block_m, block_n = tile_shape(group * seqlen_q, head_dim_pad, None if interpreted else query.device.index)
     row_blocks = triton.cdiv(group * seqlen_q, block_m)
     programs = batch * heads_kv * row_blocks
     if num_splits is None:
