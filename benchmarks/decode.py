@@ -161,18 +161,12 @@ def _our_method(backend: str):
     import flash_attention
 
     def run(inputs: DecodeInputs, causal: bool):
-        if backend == "cuda" and inputs.block_table is None:  # the plain call, until the backend has a cache kernel
-            return flash_attention.attention(inputs.query, inputs.key, inputs.value, causal=causal, backend=backend)
         return flash_attention.attention_with_kvcache(
             inputs.query, inputs.key_cache, inputs.value_cache, cache_seqlens=inputs.cache_seqlens,
             block_table=inputs.block_table, causal=causal, backend=backend)
 
     def unavailable(inputs: DecodeInputs):
-        reason = flash_attention.backend_unavailable_reason(backend, inputs.query)
-        if reason is None and inputs.block_table is not None and \
-                not hasattr(flash_attention._MODULES.get(backend), "run_kvcache_validated"):
-            return f"backend {backend!r} has no paged-cache kernel yet"
-        return reason
+        return flash_attention.backend_unavailable_reason(backend, inputs.query)
 
     return run, unavailable
 
@@ -359,7 +353,6 @@ def report(args, info, rows, ceiling, device) -> str:
                       f"method and shape; median"),
         f"Each output (batch 0) is checked against float32 math; {harness.WRONG} marks one outside 3x PyTorch's "
         f"same-dtype error + 1 ulp.",
-        "cuda on a contiguous cache runs the plain `attention` call (that backend has no KV-cache kernel yet).",
     ], title="How these numbers were made")
     return document.text()
 

@@ -25,7 +25,8 @@ __all__ = [
 # validation as `run_validated(query, key, value, shape, *, causal, return_lse)`, and `unavailable_reason(query)`
 # -> str | None; it may expose `auto_eligible(query, causal) -> bool` (which implies unavailable_reason(query) is None)
 # to stay out of `auto`. A backend with a KV-cache kernel exposes `run_kvcache_validated(query, key_cache,
-# value_cache, shape, *, cache_seqlens, block_table, key, value, causal, return_lse)` after check_kvcache_args.
+# value_cache, shape, *, cache_seqlens, block_table, key, value, causal, return_lse)` after check_kvcache_args, and
+# may expose `kvcache_auto_eligible(query, key_cache, value_cache) -> bool` to stay out of `auto` for such calls.
 # Importing them builds and compiles nothing: kernels compile on first use.
 BACKENDS = ("cuda", "triton", "naive")
 # `auto` takes the first backend in this order that can run the input (and wants it: `auto_eligible`). Measured on
@@ -73,7 +74,7 @@ def available_backends(query=None) -> list[str]:
     return [name for name in BACKENDS if backend_unavailable_reason(name, query) is None]
 
 
-def _auto_backend(query, causal) -> str:
+def _auto_backend(query, causal, key=None) -> str:
     if query.device.type != "cuda":
         return "naive"  # the CPU path (the Triton interpreter is a test vehicle, not a way to run models)
     major_minor = capability(query)
@@ -86,7 +87,7 @@ def _auto_backend(query, causal) -> str:
         if module is None:
             continue
         eligible = getattr(module, "auto_eligible", None)
-        if eligible(query, causal) if eligible is not None else module.unavailable_reason(query) is None:
+        if eligible(query, causal, key) if eligible is not None else module.unavailable_reason(query) is None:
             return name
     return "naive"
 
@@ -117,11 +118,11 @@ def attention(query, key, value, *, causal=False, softmax_scale=None, return_lse
     shape = check_attention_args(
         query, key, value, causal=causal, softmax_scale=softmax_scale, return_lse=return_lse
     )
-    name = _auto_backend(query, causal) if backend == "auto" else backend
+    name = _auto_backend(query, causal, key) if backend == "auto" else backend
     return _backend_module(name).run_validated(query, key, value, shape, causal=causal, return_lse=return_lse)
 
 
-def _kvcache_backend_module(name: str, query):
+def _kvcache_backend_module(name: str, query, key_cache, value_cache):
     """The module that runs a KV-cache call: `name`, or for auto the first backend in the auto order that has a
     KV-cache kernel and can run the input (naive on CPU tensors)."""
     if name != "auto":
@@ -135,7 +136,10 @@ def _kvcache_backend_module(name: str, query):
     if query.device.type == "cuda":
         for candidate in _AUTO_ORDER_HOPPER:
             module = _MODULES.get(candidate)
-            if module is not None and hasattr(module, "run_kvcache_validated") and \
+            if module is None or not hasattr(module, "run_kvcache_validated"):
+                continue
+            eligible = getattr(module, "kvcache_auto_eligible", None)
+            if eligible(query, key_cache, value_cache) if eligible is not None else \
                     module.unavailable_reason(query) is None:
                 return module
     return _MODULES["naive"]
@@ -159,7 +163,7 @@ def attention_with_kvcache(query, key_cache, value_cache, *, cache_seqlens=None,
             sees keys j <= that position; without it, every row sees keys 0 .. L_b - 1.
         softmax_scale: default 1 / sqrt(head_dim). return_lse: also return the log-sum-exp, float32 (B, Hq, Nq).
         num_splits: how many key ranges run in parallel (split-KV); None: chosen from the GPU and the shape.
-        backend: "auto", "triton" or "naive".
+        backend: "auto", "cuda", "triton" or "naive".
 
     The caller guarantees, for CUDA tensors (checked on CPU ones, where it needs no synchronisation), that
     0 <= cache_seqlens[b] and cache_seqlens[b] + new_tokens <= the capacity (max_seqlen, or max_blocks x page_size),
@@ -173,7 +177,7 @@ def attention_with_kvcache(query, key_cache, value_cache, *, cache_seqlens=None,
     shape = check_kvcache_args(query, key_cache, value_cache, cache_seqlens=cache_seqlens, block_table=block_table,
                                key=key, value=value, causal=causal, softmax_scale=softmax_scale,
                                return_lse=return_lse, num_splits=num_splits)
-    module = _kvcache_backend_module(backend, query)
+    module = _kvcache_backend_module(backend, query, key_cache, value_cache)
     return module.run_kvcache_validated(query, key_cache, value_cache, shape, cache_seqlens=cache_seqlens,
                                         block_table=block_table, key=key, value=value, causal=causal,
                                         return_lse=return_lse)

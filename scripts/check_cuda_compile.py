@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Compile every CUDA kernel translation unit with nvcc (no GPU needed) and check what ptxas and the SASS say.
 
-For each kernels/cuda/csrc/*.cu this builds a cubin, for one SM arch (the SM80 family, default sm_80) or for sm_90a
-(the fwd_sm90_* files), then prints a markdown table of registers, shared memory, stack frame and spill bytes per
+For each kernels/cuda/csrc/*.cu this builds a cubin, for one SM arch (the SM80 family and the decode family,
+default sm_80) or for sm_90a (the fwd_sm90_* files), then prints a markdown table of registers, shared memory, stack frame and spill bytes per
 kernel, and the count of tensor-core instructions in its SASS: HMMA (mma.sync) with LDSM (ldmatrix) and LDGSTS
-(cp.async) for the SM80 family, HGMMA (warpgroup MMA) with UTMALDG (TMA loads) for the SM90 family. The torch binding
+(cp.async) for the SM80 and decode families (the decode family's combine and append kernels have no MMA), HGMMA (warpgroup MMA) with UTMALDG (TMA loads) for the SM90 family. The torch binding
 (binding.cpp) gets a syntax check with the host compiler. Exit status 1 if any file fails to compile, any kernel
 spills (beyond the explicit per-kernel budget in SPILL_BUDGET_BYTES, which lists the measured spills of today's SM80
 kernels; the SM90 kernels have none), or any kernel lacks its family's tensor-core instruction.
@@ -108,6 +108,14 @@ def demangle(names: list[str]) -> dict[str, str]:
 def short_name(demangled: str) -> str:
     # flash::flash_fwd_sm80_kernel<flash::FwdKernelTraits<64, 128, 128, 4, cutlass::half_t>, false>(...)
     # flash::flash_fwd_sm90_kernel<flash::Sm90FwdTraits<128, 128, 128, 2, cutlass::half_t>, true, ...>(...)
+    # flash::decode::decode_kernel<(flash::DType)1, 128, 6>(...), decode_combine_kernel<(flash::DType)0>(...)
+    m = re.search(r"decode::decode_(kernel|combine_kernel|append_kernel)"
+                  r"(?:<\(flash::DType\)(\d)(?:, (\d+), (\d+))?>)?", demangled)
+    if m:
+        role, dtype, d, stages = m.groups()
+        role = {"kernel": "decode", "combine_kernel": "decode combine", "append_kernel": "decode append"}[role]
+        parts = (role, f"d{d}" if d else "", {"0": "fp16", "1": "bf16"}.get(dtype, ""), f"{stages}st" if stages else "")
+        return " ".join(part for part in parts if part)
     m = re.search(r"Sm90FwdTraits<(\d+), (\d+), (\d+), (\d+), cutlass::(\w+)(?:, (\d+))?>, (true|false)", demangled)
     if m:
         d, bm, bn, stages, t, cluster, causal = m.groups()
@@ -124,6 +132,11 @@ def short_name(demangled: str) -> str:
 
 def is_sm90_file(cu: Path) -> bool:
     return cu.name.startswith("fwd_sm90_")
+
+
+def needs_mma(kernel: str) -> bool:
+    """Every attention kernel must use the tensor cores; the decode family's combine and append move bytes only."""
+    return not kernel.startswith(("decode combine", "decode append"))
 
 
 def compile_one(nvcc: str, cuobjdump: str, cu: Path, arch: str, include: Path, outdir: Path) -> dict:
@@ -196,6 +209,10 @@ def check_binding(nvcc: str, outdir: Path) -> dict:
 
 
 def smem_bytes(name: str) -> str:
+    m = re.search(r"decode_kernel<\(flash::DType\)\d, (\d+), (\d+)>", name)
+    if m:  # as decode::Traits sizes it: Q + 4 warps x stages x (K + V) 16-key tiles, rows padded by 8 elements
+        d, stages = int(m[1]), int(m[2])
+        return f"{(16 + 4 * stages * 2 * 16) * (d + 8) * 2 // 1024} KiB"
     m = re.search(r"Sm90FwdTraits<(\d+), (\d+), (\d+), (\d+), cutlass::(\w+)>", name)
     if m:
         d, bm, bn, stages = int(m[1]), int(m[2]), int(m[3]), int(m[4])
@@ -255,7 +272,7 @@ def main(argv=None) -> int:
                     failures.append(f"{r['file']} {short_name(names[mangled])}: spills "
                                     f"{k.get('spill_st')} B stores / {k.get('spill_ld')} B loads (budget "
                                     f"{spill_budget(short_name(names[mangled]))} B)")
-                if not k.get(mma):
+                if not k.get(mma) and needs_mma(short_name(names[mangled])):
                     failures.append(f"{r['file']} {short_name(names[mangled])}: no {mma.upper()} in SASS")
 
     rows.sort(key=lambda r: (r[0], r[1]))

@@ -60,12 +60,20 @@ def test_one_kernel_library_per_translation_unit_each_exporting_its_entry():
                     # The wgmma family is sm_90a code: built for compute capability 9.0 and nowhere else.
                     sm90 = f"fwd_sm90_hdim{d}_{t}{mask}" in stems
                     assert sm90 == (arch == "90" and d in (64, 128, 256)), (arch, d)
-        assert len(stems) == 28 + (12 if arch == "90" else 0)
+        assert [stem for stem in stems if stem.startswith("decode_")] == [
+            f"decode_hdim{d}_{t}" for d in (128, 256, 64) for t in ("bf16", "fp16")]
+        assert len(stems) == 28 + (12 if arch == "90" else 0) + 6
         assert len({_loader.library_path(arch, stem) for stem in [None, *stems]}) == len(stems) + 1
     assert "-gencode=arch=compute_90a,code=sm_90a" in _loader.arch_flags("90")
     # Each unit exports the entry the binding looks up (flash_attention_<stem>), and the key it states is its own.
     for stem in _loader.kernel_stems("90"):
         text = (_loader.CSRC / f"{stem}.cu").read_text()
+        if _loader.is_decode_stem(stem):
+            head_dim, dtype = re.fullmatch(r"decode_hdim(\d+)_(fp16|bf16)", stem).groups()
+            dtype_name = "kFloat16" if dtype == "fp16" else "kBFloat16"
+            assert f"FLASH_EXPORT_DECODE_KERNEL({stem}, {dtype_name}, {head_dim})" in text, stem
+            assert f"run_decode<flash::DType::{dtype_name}, {head_dim}>" in text, stem
+            continue
         exports = _EXPORT.findall(text)
         assert len(exports) == 1, stem
         name, family, dtype, head_dim, causal, launcher = exports[0]

@@ -11,23 +11,13 @@ import pytest
 import torch
 
 import flash_attention
-from conftest import DEVICE, HAS_GPU, requires_gpu
+from conftest import BACKENDS, DEVICE, HAS_GPU, requires_gpu
 from reference import assert_attention_close
 
 DTYPES = [torch.float16, torch.bfloat16]
 DTYPE_IDS = ["fp16", "bf16"]
 
 
-def kvcache_backends():
-    names = [name for name in ("triton", "cuda")
-             if flash_attention.backend_unavailable_reason(name, torch.empty(1, device=DEVICE)) is None
-             and hasattr(flash_attention._MODULES.get(name), "run_kvcache_validated")]
-    return names + ["naive"]
-
-
-@pytest.fixture(params=kvcache_backends())
-def backend(request):
-    return request.param
 
 
 class Cache:
@@ -294,15 +284,6 @@ def test_cpu_values_are_checked():
                                                block_table=torch.tensor([[0, 1], [2, 4]], dtype=torch.int32))
 
 
-def test_backend_without_kvcache_kernel_says_so():
-    args = good_call()
-    for name in flash_attention.BACKENDS:
-        if not hasattr(flash_attention._MODULES.get(name), "run_kvcache_validated"):
-            with pytest.raises(ValueError, match=rf"backend '{name}' has no KV-cache kernel"):
-                flash_attention.attention_with_kvcache(args["query"], args["key_cache"], args["value_cache"],
-                                                       backend=name)
-
-
 # ------------------------------------------------------------------------------------------------ GPU only
 @requires_gpu
 @pytest.mark.parametrize("page_size", [None, 16, 256], ids=["contiguous", "page16", "page256"])
@@ -367,3 +348,18 @@ def test_torch_compile_fullgraph(backend):
                                                    new)
     torch.testing.assert_close(compiled, expected)
     assert torch.equal(cache.key, expected_cache.key), "the compiled call must append in place"
+
+
+@requires_gpu
+def test_cuda_refuses_caches_it_cannot_copy_in_16_bytes_and_auto_moves_on():
+    """A cache whose row stride is not a multiple of 8 elements cannot be read by 16-byte copies, and a cache is never
+    copied: backend='cuda' says so; auto takes another backend and is right."""
+    if "cuda" not in BACKENDS:
+        pytest.skip("the cuda backend cannot run here")
+    storage = torch.randn(2, 2, 64, 68, device=DEVICE).half()
+    key_cache, value_cache = storage[..., :64], storage[..., 4:].clone()[..., :64]
+    query = make_query(2, 4, 1, 64, torch.float16)
+    with pytest.raises(ValueError, match=r"backend 'cuda' cannot run this input: .*16-byte aligned"):
+        flash_attention.attention_with_kvcache(query, key_cache, value_cache, backend="cuda")
+    out, lse = flash_attention.attention_with_kvcache(query, key_cache, value_cache, return_lse=True)
+    assert_attention_close(out, lse, query, key_cache, value_cache)

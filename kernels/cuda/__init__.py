@@ -19,17 +19,19 @@ import os
 
 import torch
 
+from .. import _decode_plan
 from .._custom_op import use_registered_op
 from .._device import capability, device_index
-from .._validation import check_attention_args, check_cuda_tensor, empty_like_query
+from .._validation import check_attention_args, check_cuda_tensor, check_kvcache_args, empty_like_query, empty_lse
 from . import _loader
 
 __all__ = [
-    "attention", "run_validated", "unavailable_reason", "auto_eligible", "sm90_family_covers", "kernel_stem",
-    "load_kernel",
+    "attention", "run_validated", "attention_with_kvcache", "run_kvcache_validated", "kvcache_unsupported_reason",
+    "unavailable_reason", "auto_eligible", "sm90_family_covers", "kernel_stem", "decode_kernel_stem", "load_kernel",
 ]
 
 _OP_NAME = "flash_attention::cuda_fwd"
+_KVCACHE_OP_NAME = "flash_attention::cuda_kvcache"
 _CUDA_KERNEL_ONLY = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
 _LOG2E = 1.4426950408889634
 _FLOAT32_TINY = torch.finfo(torch.float32).tiny
@@ -63,6 +65,19 @@ def _define_op() -> None:
         )
 
     torch.library.register_autograd(_OP_NAME, _backward, setup_context=_setup_context)
+
+    # The KV-cache op appends to the caches in place, so it has no autograd formula (torch refuses one for a
+    # mutating op; its fallback raises on backward). kernel_head_dim names the decode instantiation (64, 128, 256).
+    _LIBRARY.define(
+        "cuda_kvcache(Tensor q, Tensor(a!) key_cache, Tensor(b!) value_cache, Tensor? cache_seqlens, "
+        "Tensor? block_table, Tensor? key, Tensor? value, bool causal, float softmax_scale, int num_splits, "
+        "int kernel_head_dim) -> (Tensor, Tensor)")
+
+    @torch.library.register_fake(_KVCACHE_OP_NAME)
+    def _cuda_kvcache_fake(q, key_cache, value_cache, cache_seqlens, block_table, key, value, causal, softmax_scale,
+                           num_splits, kernel_head_dim):
+        _load_decode_while_tracing(q)
+        return empty_like_query(q), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
 _define_op()
@@ -116,6 +131,36 @@ def kernel_stem(major_minor: tuple[int, int], head_dim: int, dtype: torch.dtype,
     return f"{family}{_padded_head_dim(head_dim)}_{_DTYPE_NAMES[dtype]}{'_causal' if causal else ''}"
 
 
+# The decode family's head dims; a call runs the next one up (its extra columns zero-filled).
+_DECODE_HEAD_DIMS = (64, 128, 256)
+# Decode CTAs resident on a multiprocessor at once: one, whose pipeline takes most of the shared memory
+# (decode_kernel.h, StageChoice). The wave depth for the split heuristic (flash_attention._decode_plan).
+_DECODE_PROGRAMS_PER_SM = 1
+_DECODE_ROWS = 16  # packed query rows per decode CTA (csrc/decode_kernel.h, kRows)
+
+
+def _decode_head_dim(head_dim: int) -> int:
+    return next(d for d in _DECODE_HEAD_DIMS if d >= head_dim)
+
+
+def decode_kernel_stem(head_dim: int, dtype: torch.dtype) -> str:
+    """The decode translation unit (csrc/<stem>.cu) that runs a KV-cache call of this head_dim and dtype."""
+    return f"decode_hdim{_decode_head_dim(head_dim)}_{_DTYPE_NAMES[dtype]}"
+
+
+def _load_decode_while_tracing(query) -> None:
+    """As _load_while_tracing, for the decode kernel."""
+    head_dim = query.shape[-1]
+    if query.device.type != "cuda" or not isinstance(head_dim, int) or not torch.cuda.is_available():
+        return
+    if query.dtype not in _DTYPE_NAMES or not 0 < head_dim <= _DECODE_HEAD_DIMS[-1]:
+        return
+    try:
+        _ensure_decode_kernel_loaded(query)
+    except (RuntimeError, ValueError):
+        pass
+
+
 def load_kernel(query, causal: bool = False) -> None:
     """Build (if the cache lacks it) and load the kernel that `attention(query, ..., causal=causal)` runs. Calls through
     the API do this themselves; call it before calling torch.ops.flash_attention.cuda_fwd directly."""
@@ -137,13 +182,17 @@ def _load_while_tracing(query, causal) -> None:
         pass
 
 
-def auto_eligible(query, causal: bool = False) -> bool:
+def auto_eligible(query, causal: bool = False, key=None) -> bool:
     """Whether `auto` should take this backend for `query`: only once the kernel the call needs is loaded or cached
     for this GPU (`auto` never triggers a build), and on Hopper only for head dims the SM90 family covers, where it
-    measured faster than the Triton kernel (results/NOTES.md); there the SM80 family, for the rest, is not."""
+    measured faster than the Triton kernel (results/NOTES.md); there the SM80 family, for the rest, is not. With
+    `key`, a decode-shaped call asks for the decode kernel instead."""
     if unavailable_reason(query) is not None:
         return False
     major_minor = capability(query)
+    if key is not None and _decode_plan.decode_shaped(query.shape[2], query.shape[1] // key.shape[1]):
+        return _loader.is_built(f"{major_minor[0]}{major_minor[1]}", (decode_kernel_stem(query.shape[-1],
+                                                                                         query.dtype),))
     if major_minor == (9, 0) and not sm90_family_covers(query.shape[-1]):
         return False
     stem = kernel_stem(major_minor, query.shape[-1], query.dtype, causal)
@@ -193,6 +242,13 @@ def _ensure_kernel_loaded(query, causal) -> None:
 def run_validated(query, key, value, shape, *, causal, return_lse):
     """`attention` after check_attention_args (which returned `shape`): flash_attention.attention validates once."""
     check_cuda_tensor("cuda", query)
+    if _decode_plan.decode_shaped(shape.seqlen_q, shape.heads_q // shape.heads_kv):
+        # Few packed rows: key/value is a contiguous cache that every sequence fills (the decode kernel, split-KV).
+        # Unlike a cache, they may be copied to make them 16-byte copyable.
+        key, value = (t if _copyable_in_16_bytes(t) else t.contiguous() for t in (key, value))
+        out, lse = _run_decode(query, key, value, None, None, None, None, causal=causal,
+                               softmax_scale=shape.softmax_scale, num_splits=None)
+        return (out, lse) if return_lse else out
     if not torch.compiler.is_compiling():
         # Under torch.compile only the fake implementation runs while tracing (and loads the kernel: see
         # _load_while_tracing); the compiled graph calls the op.
@@ -209,3 +265,84 @@ def run_validated(query, key, value, shape, *, causal, return_lse):
         )
     return (out, lse) if return_lse else out
 
+
+# ------------------------------------------------------------------------------------------------ decode
+def _ensure_decode_kernel_loaded(query) -> None:
+    key = ("decode", query.device, query.dtype, query.shape[-1])
+    if key in _ready_kernels:
+        return
+    major_minor = capability(query)
+    if major_minor[0] < 8:
+        raise ValueError(f"backend 'cuda' needs a GPU with compute capability >= 8.0, got "
+                         f"{major_minor[0]}.{major_minor[1]} on {query.device}; use backend='triton' or 'naive'")
+    _loader.load(query.device, kernels=(decode_kernel_stem(query.shape[-1], query.dtype),))
+    _ready_kernels.add(key)
+
+
+def _copyable_in_16_bytes(tensor) -> bool:
+    """cp.async moves 16 bytes: a 16-byte aligned base and strides that are multiples of 8 elements. While
+    torch.compile traces, the base is unknown (fake tensors have no storage): the binding checks it at run time."""
+    aligned = torch.compiler.is_compiling() or tensor.data_ptr() % 16 == 0
+    return aligned and all(size == 1 or stride % 8 == 0 for size, stride in zip(tensor.shape[:3], tensor.stride()[:3]))
+
+
+def kvcache_unsupported_reason(query, key_cache, value_cache) -> str | None:
+    """Why this backend cannot run a (validated) KV-cache call on these tensors, or None. The caches are read and
+    appended to in place, never copied, so they must be 16-byte copyable."""
+    for name, cache in (("key_cache", key_cache), ("value_cache", value_cache)):
+        if not _copyable_in_16_bytes(cache):
+            return (f"the cuda backend needs {name} with a 16-byte aligned base and strides that are multiples of 8 "
+                    f"elements, got strides {tuple(cache.stride())}")
+    return None
+
+
+def kvcache_auto_eligible(query, key_cache, value_cache) -> bool:
+    """Whether `auto` should take this backend for a KV-cache call: it can run it, and its decode kernel is built
+    (`auto` never starts a build)."""
+    if unavailable_reason(query) is not None or kvcache_unsupported_reason(query, key_cache, value_cache) is not None:
+        return False
+    major, minor = capability(query)
+    return _loader.is_built(f"{major}{minor}", (decode_kernel_stem(query.shape[-1], query.dtype),))
+
+
+def _run_decode(query, key_cache, value_cache, cache_seqlens, block_table, key, value, *, causal, softmax_scale,
+                num_splits):
+    """The decode kernel on validated, 16-byte copyable caches: (out, lse)."""
+    if not torch.compiler.is_compiling():
+        _ensure_decode_kernel_loaded(query)
+    batch, heads_q, seqlen_q, head_dim = query.shape
+    heads_kv = key_cache.shape[1]
+    if num_splits is None:
+        capacity = key_cache.shape[2] * (block_table.shape[1] if block_table is not None else 1)
+        programs = batch * heads_kv * -(-(heads_q // heads_kv * seqlen_q) // _DECODE_ROWS)
+        num_splits = _decode_plan.choose_num_splits(programs, capacity, _decode_plan.multiprocessors(
+            device_index(query)), _DECODE_PROGRAMS_PER_SM)
+    query, softmax_scale = _with_positive_scale(query, softmax_scale)
+    args = (query, key_cache, value_cache, cache_seqlens, block_table, key, value, causal, softmax_scale, num_splits,
+            _decode_head_dim(head_dim))
+    inputs = [t for t in (query, key_cache, value_cache, key, value) if t is not None]
+    if use_registered_op(*inputs):
+        return torch.ops.flash_attention.cuda_kvcache(*args)
+    return torch.ops.flash_attention.cuda_kvcache.default.redispatch(_CUDA_KERNEL_ONLY, *args)
+
+
+def attention_with_kvcache(query, key_cache, value_cache, *, cache_seqlens=None, block_table=None, key=None,
+                           value=None, causal=False, softmax_scale=None, return_lse=False, num_splits=None):
+    """The decode kernel against a KV cache; the contract is flash_attention.attention_with_kvcache's."""
+    shape = check_kvcache_args(query, key_cache, value_cache, cache_seqlens=cache_seqlens, block_table=block_table,
+                               key=key, value=value, causal=causal, softmax_scale=softmax_scale,
+                               return_lse=return_lse, num_splits=num_splits)
+    return run_kvcache_validated(query, key_cache, value_cache, shape, cache_seqlens=cache_seqlens,
+                                 block_table=block_table, key=key, value=value, causal=causal, return_lse=return_lse)
+
+
+def run_kvcache_validated(query, key_cache, value_cache, shape, *, cache_seqlens, block_table, key, value, causal,
+                          return_lse):
+    """`attention_with_kvcache` after check_kvcache_args (which returned `shape`)."""
+    check_cuda_tensor("cuda", query)
+    reason = kvcache_unsupported_reason(query, key_cache, value_cache)
+    if reason is not None:
+        raise ValueError(f"backend 'cuda' cannot run this input: {reason}; use backend='triton'")
+    out, lse = _run_decode(query, key_cache, value_cache, cache_seqlens, block_table, key, value, causal=causal,
+                           softmax_scale=shape.softmax_scale, num_splits=shape.num_splits)
+    return (out, lse) if return_lse else out

@@ -5,7 +5,8 @@ Libraries, each built by ``torch.utils.cpp_extension.load`` (ninja) for the GPU 
 - the binding (``csrc/binding.cpp``, the only unit that includes torch), which defines the op
   ``flash_attention::cuda_fwd`` and holds a table of kernel launchers;
 - one library per kernel translation unit, ``csrc/fwd_[sm90_]hdim<D>_<dtype>[_causal].cu`` (40 of them; the
-  ``fwd_sm90_*`` ones only on compute capability 9.0), which the binding dlopens to file the launcher it exports.
+  ``fwd_sm90_*`` ones only on compute capability 9.0) and ``csrc/decode_hdim<D>_<dtype>.cu`` (6), which the binding
+  dlopens to file the launcher it exports.
 A call loads the binding and the one kernel it needs, building whichever is missing, in parallel: a first call
 compiles one kernel, not forty. ``python -m flash_attention.cuda.build`` builds them all ahead of time, ``MAX_JOBS``
 at once (default: one per core).
@@ -122,9 +123,15 @@ def arch_flags(arch: str) -> list[str]:
 
 
 def kernel_stems(arch: str) -> list[str]:
-    """The kernel translation units for `arch` by file stem: the SM80 family everywhere, the SM90 one on 9.0."""
-    files = sorted(CSRC.glob("fwd_*.cu"))
+    """The kernel translation units for `arch` by file stem: the SM80 forward family everywhere, the SM90 one on
+    9.0, and the decode family (mma.sync, SM80+) everywhere."""
+    files = sorted(CSRC.glob("fwd_*.cu")) + sorted(CSRC.glob("decode_*.cu"))
     return [p.stem for p in files if has_sm90_kernels(arch) or not p.name.startswith("fwd_sm90_")]
+
+
+def is_decode_stem(stem: str) -> bool:
+    """Decode libraries export a DecodeKernelEntry, which the binding files through its own loading op."""
+    return stem.startswith("decode_")
 
 
 def library_name(stem: str | None) -> str:
@@ -279,7 +286,9 @@ def _load_into_process(arch: str, stem: str | None) -> None:
     library = library_path(arch, stem)
     if stem is None:
         torch.ops.load_library(str(library))  # no-op if cpp_extension.load already loaded it
-    else:  # the binding dlopens it and files its launcher
+    elif is_decode_stem(stem):  # the binding dlopens it and files its launcher
+        torch.ops.flash_attention.cuda_load_decode_kernel(str(library), stem)
+    else:
         torch.ops.flash_attention.cuda_load_kernel(str(library), stem)
 
 

@@ -19,6 +19,7 @@ import triton
 from .._custom_op import use_registered_op
 from .._device import capability, device_index
 from .._validation import check_attention_args, check_kvcache_args, empty_like_query, empty_lse
+from .. import _decode_plan
 from . import _decode
 from ._configs import (
     AUTOTUNE_KEY,
@@ -105,7 +106,7 @@ def _length_bucket(n: int) -> int:
 def _launch(query, key, value, causal: bool, softmax_scale: float):
     batch, heads_q, seqlen_q, head_dim = query.shape
     heads_kv, seqlen_k = key.shape[1], key.shape[2]
-    if _decode.decode_shaped(seqlen_q, heads_q // heads_kv):
+    if _decode_plan.decode_shaped(seqlen_q, heads_q // heads_kv):
         # Few packed rows: K/V is a contiguous cache that every sequence fills (the decode kernel, split-KV).
         with _on_device_of(query):
             return _decode.run_kvcache(query, key, value, None, None, None, None, causal=causal,

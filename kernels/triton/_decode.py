@@ -7,31 +7,17 @@ import functools
 import torch
 import triton
 
-from .._validation import MAX_NUM_SPLITS, empty_like_query, empty_lse
+from .._decode_plan import DECODE_MAX_PACKED_ROWS, choose_num_splits, multiprocessors
+from .._validation import empty_like_query, empty_lse
 from ._decode_kernel import append_kernel, combine_kernel, decode_kernel
 from ._kernel import LOG2E
 
-# A call whose packed rows (query heads per K/V head x query rows) fit this many rows takes the decode kernel, also
-# through plain `attention`: one program then reads each K/V tile once for the whole group.
-DECODE_MAX_PACKED_ROWS = 64
-# Split-KV: a split gets at least this many key tiles, so that its fixed costs (loading Q, writing a float32 partial)
-# stay small next to its streaming.
-MIN_TILES_PER_SPLIT = 4
-# The grid is filled to about this many programs per multiprocessor: two keep loads in flight while one program
-# reduces its last tile.
-PROGRAMS_PER_SM = 2
+# Programs of the decode kernel that run at once on a multiprocessor: one, with three stages of 128-key K and V tiles
+# (192 KiB at head dim 128 on Hopper). The depth of the wave that choose_num_splits fills.
+PROGRAMS_PER_SM = 1
 # Warps and software-pipelining depth of the decode kernel on a GPU.
 NUM_WARPS = 4
 NUM_STAGES = 3
-
-
-def decode_shaped(seqlen_q: int, group: int) -> bool:
-    return seqlen_q * group <= DECODE_MAX_PACKED_ROWS
-
-
-@functools.lru_cache(maxsize=None)
-def _multiprocessors(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
 @functools.lru_cache(maxsize=None)
@@ -52,16 +38,6 @@ def tile_shape(packed_rows: int, head_dim_pad: int, device_index: int | None) ->
     if device_index is None:
         return block_m, 16
     return block_m, min(128, _stage_elements(device_index) // head_dim_pad)
-
-
-def choose_num_splits(programs: int, key_tiles: int, multiprocessors: int) -> int:
-    """Split the keys only when (batch x K/V heads x row blocks) programs leave the GPU under-filled; then into as
-    many splits as fill it about PROGRAMS_PER_SM deep, each at least MIN_TILES_PER_SPLIT tiles long."""
-    target = PROGRAMS_PER_SM * multiprocessors
-    if programs * 5 >= 4 * multiprocessors:  # 80% of one wave or more: the split's partials would cost more
-        return 1
-    by_work = max(1, key_tiles // MIN_TILES_PER_SPLIT)
-    return max(1, min(triton.cdiv(target, programs), by_work, MAX_NUM_SPLITS))
 
 
 def _scale_flags(softmax_scale: float) -> tuple[float, bool]:
@@ -103,8 +79,8 @@ def attend(query, key_cache, value_cache, cache_seqlens, block_table, *, heads_k
     row_blocks = triton.cdiv(group * seqlen_q, block_m)
     programs = batch * heads_kv * row_blocks
     if num_splits is None:
-        multiprocessors = 1 if interpreted else _multiprocessors(query.device.index)
-        num_splits = choose_num_splits(programs, triton.cdiv(capacity, block_n), multiprocessors)
+        sms = 1 if interpreted else multiprocessors(query.device.index)
+        num_splits = choose_num_splits(programs, capacity, sms, PROGRAMS_PER_SM)
     qk_scale, positive_scale = _scale_flags(softmax_scale)
     out = empty_like_query(query)
     lse = empty_lse(query)

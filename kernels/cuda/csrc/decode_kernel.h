@@ -1,0 +1,564 @@
+// Decode-shaped attention: a few query rows against a long KV cache, contiguous or paged (decode_params.h).
+//
+// One CTA of four warps per (batch, K/V head, 16 packed rows, key split). The query heads of a GQA group and the
+// query rows are packed into the 16 rows of one MMA tile (row r: query row r / group of head kv_head * group +
+// r % group), so each K/V tile is read once per group. Each warp streams its own 16-key tiles (tiles warp, warp + 4,
+// ... of the split) through a private cp.async pipeline and keeps its own online softmax; the four warps' states
+// merge through shared memory at the end. No block-wide barrier inside the loop: a warp waits only for its own
+// copies. Matrix work is mma.sync m16n8k16 (fp32 accumulation) with ldmatrix operands, which every SM80+ GPU runs;
+// decode moves bytes, so the tensor cores are far from the limit.
+//
+// Keys are addressed row by row: a page index per 16-key tile where pages hold whole tiles, else per key. Lengths
+// and page indices come from device tensors the host never reads; lengths are clamped to the capacity and page
+// indices into the cache, so no access leaves it.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "decode_params.h"
+#include "launch_utils.h"
+
+namespace flash {
+namespace decode {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kRows = 16;    // packed query rows per CTA: one MMA row tile
+constexpr int kBlockN = 16;  // keys per warp tile
+constexpr int kMaxSplits = 128;  // flash_attention._validation.MAX_NUM_SPLITS
+constexpr float kLn2 = 0.6931471805599453f;
+
+// kStages 16-key stages per warp. Decode streams bytes: what it reaches is the bytes in flight per SM over the
+// memory latency, so the launcher takes the deepest pipeline that fits the GPU's shared memory (kDeepStages, for
+// 227 KiB a block: Hopper) and else kShallowStages (for 164 KiB: A100). See results/NOTES.md, decode v2-v3.
+template <int kHeadDim>
+struct StageChoice {
+  static constexpr int kDeepStages = kHeadDim == 64 ? 10 : (kHeadDim == 128 ? 6 : 3);
+  static constexpr int kShallowStages = kHeadDim == 64 ? 8 : (kHeadDim == 128 ? 4 : 2);
+};
+
+template <DType kDType, int kHeadDim, int kStages_>
+struct Traits {
+  static_assert(kHeadDim % 16 == 0 && kHeadDim <= 256, "head dims 64, 128, 256 are instantiated");
+  static constexpr int kStages = kStages_;
+  // Rows padded by 16 bytes: the 8 rows an ldmatrix reads land in 8 different 4-bank groups.
+  static constexpr int kRowPitch = kHeadDim + 8;
+  static constexpr int kTileElems = kBlockN * kRowPitch;
+  static constexpr int kQElems = kRows * kRowPitch;
+  static constexpr int kWarpElems = kStages * 2 * kTileElems;  // K and V per stage
+  static constexpr int kSmemBytes = (kQElems + kWarps * kWarpElems) * 2;
+  static constexpr int kChunksPerRow = kHeadDim / 8;  // 16-byte chunks
+  // After the loop the same memory holds each warp's O (kRows x kHeadDim floats), max and sum.
+  static constexpr int kMergeBytes = (kWarps * kRows * kHeadDim + 2 * kWarps * kRows) * 4;
+  static_assert(kMergeBytes <= kSmemBytes, "the merge buffer reuses the pipeline's shared memory");
+  using Element = std::conditional_t<kDType == DType::kFloat16, __half, __nv_bfloat16>;
+};
+
+// ------------------------------------------------------------------------------------------------ PTX wrappers
+__device__ __forceinline__ uint32_t smem_address(const void* pointer) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(pointer));
+}
+
+__device__ __forceinline__ void cp_async_16(uint32_t destination, const void* source, bool valid) {
+  // src-size 0 writes 16 zero bytes and reads nothing.
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(destination), "l"(source),
+               "r"(valid ? 16 : 0));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t address) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(address));
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t address) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(address));
+}
+
+// c += a * b for one m16n8k16 tile: a row-major (4 registers), b column-major (2), c fp32 (4).
+template <DType kDType>
+__device__ __forceinline__ void mma_16x8x16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (kDType == DType::kFloat16) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+template <DType kDType>
+__device__ __forceinline__ uint32_t pack_pair(float low, float high) {
+  if constexpr (kDType == DType::kFloat16) {
+    __half2 pair = __floats2half2_rn(low, high);
+    return *reinterpret_cast<uint32_t*>(&pair);
+  } else {
+    __nv_bfloat162 pair = __floats2bfloat162_rn(low, high);
+    return *reinterpret_cast<uint32_t*>(&pair);
+  }
+}
+
+template <DType kDType>
+__device__ __forceinline__ uint4 pack_eight(const float* values) {
+  uint4 packed;
+  packed.x = pack_pair<kDType>(values[0], values[1]);
+  packed.y = pack_pair<kDType>(values[2], values[3]);
+  packed.z = pack_pair<kDType>(values[4], values[5]);
+  packed.w = pack_pair<kDType>(values[6], values[7]);
+  return packed;
+}
+
+__device__ __forceinline__ float quad_max(float value) {
+  value = fmaxf(value, __shfl_xor_sync(0xffffffff, value, 1));
+  return fmaxf(value, __shfl_xor_sync(0xffffffff, value, 2));
+}
+
+__device__ __forceinline__ float quad_sum(float value) {
+  value += __shfl_xor_sync(0xffffffff, value, 1);
+  return value + __shfl_xor_sync(0xffffffff, value, 2);
+}
+
+// ------------------------------------------------------------------------------------------------ the work
+// Which keys a CTA's rows see, and which of them its split covers.
+struct DecodeWork {
+  int batch, kv_head, first_row, split;
+  int length;     // keys of the sequence after the append, clamped to the capacity
+  int tile_begin, tile_end;  // the split's 16-key tiles
+  int key_end;    // keys at or past this are not this split's (or no row of the block sees them)
+
+  __device__ DecodeWork(const DecodeParams& p) {
+    const int packed_rows = p.group * p.seqlen_q;
+    const int row_blocks = (packed_rows + kRows - 1) / kRows;
+    first_row = (blockIdx.x % row_blocks) * kRows;
+    kv_head = (blockIdx.x / row_blocks) % p.heads_kv;
+    batch = blockIdx.x / (row_blocks * p.heads_kv);
+    split = blockIdx.y;
+    length = p.capacity;
+    if (p.seqlens_ptr != nullptr) {
+      const long long keys = static_cast<long long>(p.seqlens_ptr[batch]) + p.seqlen_new;
+      length = static_cast<int>(keys < 0 ? 0 : (keys > p.capacity ? p.capacity : keys));
+    }
+    int block_limit = length;  // one past the last key any row of the block sees
+    if (p.causal) {
+      const int last_row = min(first_row + kRows, packed_rows) - 1;
+      block_limit = row_limit(p, last_row / p.group);
+    }
+    const int tiles = (block_limit + kBlockN - 1) / kBlockN;
+    const int tiles_per_split = (tiles + p.num_splits - 1) / p.num_splits;
+    tile_begin = min(split * tiles_per_split, tiles);
+    tile_end = min(tile_begin + tiles_per_split, tiles);
+    key_end = min(tile_end * kBlockN, block_limit);
+  }
+
+  // One past the last key query row `query_row` sees.
+  __device__ int row_limit(const DecodeParams& p, int query_row) const {
+    if (!p.causal) return length;
+    return max(0, min(length, length - p.seqlen_q + 1 + query_row));
+  }
+};
+
+// Element offset of key `key` of (batch, kv_head) in a cache with these strides.
+__device__ __forceinline__ index_t key_offset(const DecodeParams& p, int page, int batch, int kv_head, int key,
+                                              index_t batch_stride, index_t head_stride, index_t row_stride) {
+  if (p.block_table_ptr == nullptr) {
+    return batch * batch_stride + kv_head * head_stride + static_cast<index_t>(key) * row_stride;
+  }
+  return page * batch_stride + kv_head * head_stride + static_cast<index_t>(key % p.page_size) * row_stride;
+}
+
+__device__ __forceinline__ int page_of(const DecodeParams& p, int batch, int key) {
+  if (p.block_table_ptr == nullptr) return 0;
+  const int page = p.block_table_ptr[batch * p.block_table_batch_stride + key / p.page_size];
+  return min(max(page, 0), p.num_pages - 1);
+}
+
+template <DType kDType, int kHeadDim, int kStages>
+__global__ void __launch_bounds__(kThreads) decode_kernel(const __grid_constant__ DecodeParams p) {
+  using T = Traits<kDType, kHeadDim, kStages>;
+  using Element = typename T::Element;
+  extern __shared__ __align__(16) unsigned char smem[];
+  Element* smem_q = reinterpret_cast<Element*>(smem);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  Element* smem_kv = smem_q + T::kQElems + warp * T::kWarpElems;
+  const DecodeWork work(p);
+  const int packed_rows = p.group * p.seqlen_q;
+
+  // The packed Q rows (zero past the packed rows and head_dim), once per CTA.
+  for (int chunk = threadIdx.x; chunk < kRows * T::kChunksPerRow; chunk += kThreads) {
+    const int r = chunk / T::kChunksPerRow, col = (chunk % T::kChunksPerRow) * 8;
+    const int row = work.first_row + r;
+    uint4 value = make_uint4(0, 0, 0, 0);
+    if (row < packed_rows && col < p.head_dim) {
+      const int head = work.kv_head * p.group + row % p.group;
+      const Element* source = static_cast<const Element*>(p.q_ptr) + work.batch * p.q_batch_stride +
+                              head * p.q_head_stride + static_cast<index_t>(row / p.group) * p.q_row_stride + col;
+      value = *reinterpret_cast<const uint4*>(source);
+    }
+    *reinterpret_cast<uint4*>(smem_q + r * T::kRowPitch + col) = value;
+  }
+
+  // This thread's two rows of the MMA tile (group = lane / 4, rows g and g + 8) and the keys each sees here.
+  const int g = lane / 4, t = lane % 4;
+  int limit[2];
+  for (int h = 0; h < 2; ++h) {
+    const int row = work.first_row + g + 8 * h;
+    limit[h] = row < packed_rows ? min(work.row_limit(p, row / p.group), work.key_end) : 0;
+  }
+
+  // A lane copies the same 16-byte column of rows lane / kChunksPerRow + j * kRowsPerStep of each tile, so its
+  // source addresses are one base per tile plus constant steps.
+  constexpr int kRowsPerStep = 32 / T::kChunksPerRow;
+  const int lane_row = lane / T::kChunksPerRow, lane_col = (lane % T::kChunksPerRow) * 8;
+  const bool lane_col_valid = lane_col < p.head_dim;
+  const Element* k_cache = static_cast<const Element*>(p.k_ptr);
+  const Element* v_cache = static_cast<const Element*>(p.v_ptr);
+  const bool paged = p.block_table_ptr != nullptr;
+  const bool one_page_per_tile = !paged || p.page_size % kBlockN == 0;
+  // The sequence's (contiguous) or the head's (paged) first element of this lane's column.
+  const Element* k_base = k_cache + (paged ? 0 : work.batch * p.k_batch_stride) + work.kv_head * p.k_head_stride +
+                          lane_col;
+  const Element* v_base = v_cache + (paged ? 0 : work.batch * p.v_batch_stride) + work.kv_head * p.v_head_stride +
+                          lane_col;
+  auto load_tile = [&](int tile, int stage) {
+    Element* k_tile = smem_kv + stage * 2 * T::kTileElems + lane_row * T::kRowPitch + lane_col;
+    Element* v_tile = k_tile + T::kTileElems;
+    const int first_key = tile * kBlockN;
+    if (one_page_per_tile) {
+      // Row first_key of the tile, in its page (paged) or in the sequence.
+      const Element* k_row = k_base;
+      const Element* v_row = v_base;
+      if (paged) {
+        const index_t page = page_of(p, work.batch, first_key);
+        const index_t in_page = first_key % p.page_size + lane_row;
+        k_row += page * p.k_batch_stride + in_page * p.k_row_stride;
+        v_row += page * p.v_batch_stride + in_page * p.v_row_stride;
+      } else {
+        k_row += static_cast<index_t>(first_key + lane_row) * p.k_row_stride;
+        v_row += static_cast<index_t>(first_key + lane_row) * p.v_row_stride;
+      }
+#pragma unroll
+      for (int j = 0; j < kBlockN / kRowsPerStep; ++j) {
+        const int row = j * kRowsPerStep;
+        const bool valid = lane_col_valid && first_key + lane_row + row < work.key_end;
+        cp_async_16(smem_address(k_tile + row * T::kRowPitch), valid ? k_row + row * p.k_row_stride : k_cache, valid);
+        cp_async_16(smem_address(v_tile + row * T::kRowPitch), valid ? v_row + row * p.v_row_stride : v_cache, valid);
+      }
+    } else {  // pages of a size that is no multiple of 16: a page index per key
+#pragma unroll
+      for (int j = 0; j < kBlockN / kRowsPerStep; ++j) {
+        const int row = j * kRowsPerStep, key = first_key + lane_row + row;
+        const bool valid = lane_col_valid && key < work.key_end;
+        const index_t page = valid ? page_of(p, work.batch, key) : 0;
+        const index_t in_page = key % p.page_size;
+        const Element* k_source = k_base + page * p.k_batch_stride + in_page * p.k_row_stride;
+        const Element* v_source = v_base + page * p.v_batch_stride + in_page * p.v_row_stride;
+        cp_async_16(smem_address(k_tile + row * T::kRowPitch), valid ? k_source : k_cache, valid);
+        cp_async_16(smem_address(v_tile + row * T::kRowPitch), valid ? v_source : v_cache, valid);
+      }
+    }
+  };
+
+  // This warp's tiles: tile_begin + warp, + 4, ...
+  const int first_tile = work.tile_begin + warp;
+  const int my_tiles = first_tile < work.tile_end ? (work.tile_end - first_tile + kWarps - 1) / kWarps : 0;
+  for (int s = 0; s < T::kStages - 1; ++s) {
+    if (s < my_tiles) load_tile(first_tile + kWarps * s, s);
+    cp_async_commit();
+  }
+  __syncthreads();  // the Q tile is in shared memory
+
+  float acc[kHeadDim / 8][4] = {};
+  float row_max[2] = {-INFINITY, -INFINITY};
+  float row_sum[2] = {0.f, 0.f};
+  // ldmatrix addresses: for A (Q) matrix m = lane / 8 is rows (m % 2) * 8.., columns (m / 2) * 8..; for B from K,
+  // keys (m / 2) * 8.., columns (m % 2) * 8..; for B from V (transposed), keys (m % 2) * 8.., columns (m / 2) * 8..
+  const int m = lane / 8, mr = lane % 8;
+  const uint32_t q_address = smem_address(smem_q + ((m % 2) * 8 + mr) * T::kRowPitch + (m / 2) * 8);
+  for (int i = 0; i < my_tiles; ++i) {
+    const int ahead = i + T::kStages - 1;
+    if (ahead < my_tiles) load_tile(first_tile + kWarps * ahead, ahead % T::kStages);
+    cp_async_commit();
+    cp_async_wait<T::kStages - 1>();
+    __syncwarp();
+    const Element* k_tile = smem_kv + (i % T::kStages) * 2 * T::kTileElems;
+    const Element* v_tile = k_tile + T::kTileElems;
+
+    // S = Q K^T, 16 rows x 16 keys: s[n] holds keys n * 8 + 2t, + 1 of rows g (0, 1) and g + 8 (2, 3).
+    float s[2][4] = {};
+    const uint32_t k_address = smem_address(k_tile + ((m / 2) * 8 + mr) * T::kRowPitch + (m % 2) * 8);
+#pragma unroll
+    for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+      uint32_t a[4], b[4];
+      ldmatrix_x4(a, q_address + kk * 32);
+      ldmatrix_x4(b, k_address + kk * 32);
+      mma_16x8x16<kDType>(s[0], a, b[0], b[1]);
+      mma_16x8x16<kDType>(s[1], a, b[2], b[3]);
+    }
+
+    // Online softmax in base 2, the scale folded into the exponent (scale_log2 > 0, so max(c s) = c max(s)).
+    const int first_key = (first_tile + kWarps * i) * kBlockN;
+    float shift[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float tile_max = -INFINITY;
+#pragma unroll
+      for (int n = 0; n < 2; ++n) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int key = first_key + n * 8 + 2 * t + e;
+          float& score = s[n][2 * h + e];
+          if (key >= limit[h]) score = -INFINITY;
+          tile_max = fmaxf(tile_max, score);
+        }
+      }
+      const float new_max = fmaxf(row_max[h], quad_max(tile_max) * p.scale_log2);
+      shift[h] = new_max == -INFINITY ? 0.f : new_max;  // a row with no key yet: exp2(-inf - 0) = 0, not NaN
+      const float correction = exp2f(row_max[h] - shift[h]);
+      row_sum[h] *= correction;
+#pragma unroll
+      for (int n = 0; n < kHeadDim / 8; ++n) {
+        acc[n][2 * h] *= correction;
+        acc[n][2 * h + 1] *= correction;
+      }
+      row_max[h] = new_max;
+    }
+    float probability[2][4];
+#pragma unroll
+    for (int n = 0; n < 2; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        probability[n][e] = exp2f(s[n][e] * p.scale_log2 - shift[e / 2]);
+        row_sum[e / 2] += probability[n][e];
+      }
+    }
+    // P's accumulator layout is the A-operand layout of the next MMA (16 rows x 16 keys).
+    const uint32_t pa[4] = {pack_pair<kDType>(probability[0][0], probability[0][1]),
+                            pack_pair<kDType>(probability[0][2], probability[0][3]),
+                            pack_pair<kDType>(probability[1][0], probability[1][1]),
+                            pack_pair<kDType>(probability[1][2], probability[1][3])};
+    const uint32_t v_address = smem_address(v_tile + ((m % 2) * 8 + mr) * T::kRowPitch + (m / 2) * 8);
+#pragma unroll
+    for (int n = 0; n < kHeadDim / 8; n += 2) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, v_address + n * 16);
+      mma_16x8x16<kDType>(acc[n], pa, b[0], b[1]);
+      mma_16x8x16<kDType>(acc[n + 1], pa, b[2], b[3]);
+    }
+    __syncwarp();  // this stage is refilled by the next iteration's copy
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // every warp is done with the pipeline: its memory now holds the merge
+
+  // Merge the four warps' (max, sum, O) by their maxima.
+  float* merge_o = reinterpret_cast<float*>(smem);
+  float* merge_max = merge_o + kWarps * kRows * kHeadDim;
+  float* merge_sum = merge_max + kWarps * kRows;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int row = g + 8 * h;
+    const float sum = quad_sum(row_sum[h]);
+    if (t == 0) {
+      merge_max[warp * kRows + row] = row_max[h];
+      merge_sum[warp * kRows + row] = sum;
+    }
+#pragma unroll
+    for (int n = 0; n < kHeadDim / 8; ++n) {
+      float* destination = merge_o + (warp * kRows + row) * kHeadDim + n * 8 + 2 * t;
+      destination[0] = acc[n][2 * h];
+      destination[1] = acc[n][2 * h + 1];
+    }
+  }
+  __syncthreads();
+
+  // Each thread finishes kHeadDim / 8 columns of one row.
+  constexpr int kColumns = kHeadDim / 8;
+  const int row = threadIdx.x / 8, first_col = (threadIdx.x % 8) * kColumns;
+  float top = -INFINITY;
+  for (int w = 0; w < kWarps; ++w) top = fmaxf(top, merge_max[w * kRows + row]);
+  const float top_shift = top == -INFINITY ? 0.f : top;
+  float weight[kWarps], total = 0.f;
+  for (int w = 0; w < kWarps; ++w) {
+    weight[w] = exp2f(merge_max[w * kRows + row] - top_shift);
+    total += weight[w] * merge_sum[w * kRows + row];
+  }
+  // A row (or split) that saw no key: sum 0, output 0, LSE -inf.
+  const float inverse = total == 0.f ? 0.f : 1.f / total;
+  const float lse = total == 0.f ? -INFINITY : (top_shift + __log2f(total)) * kLn2;
+  const int packed_row = work.first_row + row;
+  if (packed_row >= packed_rows) return;
+  const int head = work.kv_head * p.group + packed_row % p.group, query_row = packed_row / p.group;
+  const index_t out_row = (static_cast<index_t>(work.batch) * p.heads_q + head) * p.seqlen_q + query_row;
+  const index_t rows_total = static_cast<index_t>(p.batch) * p.heads_q * p.seqlen_q;
+  for (int c = first_col; c < first_col + kColumns && c < p.head_dim; c += 8) {
+    float values[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      float sum = 0.f;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) sum += weight[w] * merge_o[(w * kRows + row) * kHeadDim + c + e];
+      values[e] = sum * inverse;
+    }
+    if (p.num_splits == 1) {
+      Element* destination = static_cast<Element*>(p.o_ptr) + work.batch * p.o_batch_stride +
+                             head * p.o_head_stride + static_cast<index_t>(query_row) * p.o_row_stride + c;
+      *reinterpret_cast<uint4*>(destination) = pack_eight<kDType>(values);
+    } else {
+      float* destination = p.partial_o_ptr + (work.split * rows_total + out_row) * p.head_dim + c;
+      *reinterpret_cast<float4*>(destination) = make_float4(values[0], values[1], values[2], values[3]);
+      *reinterpret_cast<float4*>(destination + 4) = make_float4(values[4], values[5], values[6], values[7]);
+    }
+  }
+  if (first_col == 0) {
+    if (p.num_splits == 1) {
+      p.lse_ptr[out_row] = lse;
+    } else {
+      p.partial_lse_ptr[work.split * rows_total + out_row] = lse;
+    }
+  }
+}
+
+// Merges the splits of one output row: out = sum_s w_s partial_s, w_s = exp(lse_s - lse), lse = log sum exp(lse_s).
+template <DType kDType>
+__global__ void __launch_bounds__(kThreads) decode_combine_kernel(const __grid_constant__ DecodeParams p) {
+  using Element = typename Traits<kDType, 64, 2>::Element;
+  __shared__ float weights[kMaxSplits];
+  __shared__ float scale[2];  // 1 / total, and the row's LSE
+  const index_t rows_total = static_cast<index_t>(p.batch) * p.heads_q * p.seqlen_q;
+  const index_t out_row = blockIdx.x;
+  if (threadIdx.x < 32) {
+    float top = -INFINITY;
+    for (int s = threadIdx.x; s < p.num_splits; s += 32) {
+      top = fmaxf(top, p.partial_lse_ptr[s * rows_total + out_row]);
+    }
+    for (int offset = 16; offset > 0; offset /= 2) top = fmaxf(top, __shfl_xor_sync(0xffffffff, top, offset));
+    const float top_shift = top == -INFINITY ? 0.f : top;
+    float total = 0.f;
+    for (int s = threadIdx.x; s < p.num_splits; s += 32) {
+      weights[s] = __expf(p.partial_lse_ptr[s * rows_total + out_row] - top_shift);
+      total += weights[s];
+    }
+    for (int offset = 16; offset > 0; offset /= 2) total += __shfl_xor_sync(0xffffffff, total, offset);
+    if (threadIdx.x == 0) {
+      scale[0] = total == 0.f ? 0.f : 1.f / total;
+      scale[1] = total == 0.f ? -INFINITY : top_shift + __logf(total);
+    }
+  }
+  __syncthreads();
+  const int query_row = static_cast<int>(out_row % p.seqlen_q);
+  const int head = static_cast<int>((out_row / p.seqlen_q) % p.heads_q);
+  const int batch = static_cast<int>(out_row / (static_cast<index_t>(p.seqlen_q) * p.heads_q));
+  Element* destination = static_cast<Element*>(p.o_ptr) + batch * p.o_batch_stride + head * p.o_head_stride +
+                         static_cast<index_t>(query_row) * p.o_row_stride;
+  for (int c = threadIdx.x; c < p.head_dim; c += kThreads) {
+    float sum = 0.f;
+    for (int s = 0; s < p.num_splits; ++s) {
+      sum += weights[s] * p.partial_o_ptr[(s * rows_total + out_row) * p.head_dim + c];
+    }
+    if constexpr (kDType == DType::kFloat16) {
+      destination[c] = __float2half_rn(sum * scale[0]);
+    } else {
+      destination[c] = __float2bfloat16_rn(sum * scale[0]);
+    }
+  }
+  if (threadIdx.x == 0) p.lse_ptr[out_row] = scale[1];
+}
+
+// Writes the new tokens into the cache: one block of 32 threads per (batch, K/V head, token), 16 bytes a thread.
+// Positions outside the cache (or on a page index outside it) are skipped.
+__global__ void __launch_bounds__(32) decode_append_kernel(const __grid_constant__ DecodeParams p) {
+  const int token = blockIdx.x % p.seqlen_new;
+  const int kv_head = (blockIdx.x / p.seqlen_new) % p.heads_kv;
+  const int batch = blockIdx.x / (p.seqlen_new * p.heads_kv);
+  const long long position = static_cast<long long>(p.seqlens_ptr[batch]) + token;
+  if (position < 0 || position >= p.capacity) return;
+  const int key = static_cast<int>(position);
+  int page = 0;
+  if (p.block_table_ptr != nullptr) {
+    page = p.block_table_ptr[batch * p.block_table_batch_stride + key / p.page_size];
+    if (page < 0 || page >= p.num_pages) return;
+  }
+  const index_t k_offset =
+      key_offset(p, page, batch, kv_head, key, p.k_batch_stride, p.k_head_stride, p.k_row_stride);
+  const index_t v_offset =
+      key_offset(p, page, batch, kv_head, key, p.v_batch_stride, p.v_head_stride, p.v_row_stride);
+  const uint16_t* k_new = static_cast<const uint16_t*>(p.k_new_ptr) + batch * p.k_new_batch_stride +
+                          kv_head * p.k_new_head_stride + token * p.k_new_row_stride;
+  const uint16_t* v_new = static_cast<const uint16_t*>(p.v_new_ptr) + batch * p.v_new_batch_stride +
+                          kv_head * p.v_new_head_stride + token * p.v_new_row_stride;
+  uint16_t* k_cache = const_cast<uint16_t*>(static_cast<const uint16_t*>(p.k_ptr)) + k_offset;
+  uint16_t* v_cache = const_cast<uint16_t*>(static_cast<const uint16_t*>(p.v_ptr)) + v_offset;
+  for (int col = threadIdx.x * 8; col < p.head_dim; col += 32 * 8) {
+    *reinterpret_cast<uint4*>(k_cache + col) = *reinterpret_cast<const uint4*>(k_new + col);
+    *reinterpret_cast<uint4*>(v_cache + col) = *reinterpret_cast<const uint4*>(v_new + col);
+  }
+}
+
+}  // namespace decode
+
+namespace decode {
+// The opt-in shared memory of the current device, queried once per device.
+inline cudaError_t shared_memory_optin(int& bytes) {
+  static int cached[kMaxDevices] = {};
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  if (device < kMaxDevices && cached[device] > 0) {
+    bytes = cached[device];
+    return cudaSuccess;
+  }
+  err = cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (err == cudaSuccess && device < kMaxDevices) cached[device] = bytes;
+  return err;
+}
+
+template <DType kDType, int kHeadDim, int kStages>
+cudaError_t launch_decode(const DecodeParams& p, cudaStream_t stream) {
+  using T = Traits<kDType, kHeadDim, kStages>;
+  constexpr auto kernel = decode_kernel<kDType, kHeadDim, kStages>;
+  const cudaError_t err = opt_in_shared_memory<kernel>(T::kSmemBytes);
+  if (err != cudaSuccess) return err;
+  const int row_blocks = (p.group * p.seqlen_q + kRows - 1) / kRows;
+  kernel<<<dim3(p.batch * p.heads_kv * row_blocks, p.num_splits), kThreads, T::kSmemBytes, stream>>>(p);
+  return cudaGetLastError();
+}
+}  // namespace decode
+
+template <DType kDType, int kHeadDim>
+cudaError_t run_decode(const DecodeParams& p, cudaStream_t stream) {
+  using Stages = decode::StageChoice<kHeadDim>;
+  if (p.k_new_ptr != nullptr && p.seqlen_new > 0) {
+    decode::decode_append_kernel<<<p.batch * p.heads_kv * p.seqlen_new, 32, 0, stream>>>(p);
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  int optin = 0;
+  cudaError_t err = decode::shared_memory_optin(optin);
+  if (err != cudaSuccess) return err;
+  constexpr int kDeepBytes = decode::Traits<kDType, kHeadDim, Stages::kDeepStages>::kSmemBytes;
+  err = optin >= kDeepBytes ? decode::launch_decode<kDType, kHeadDim, Stages::kDeepStages>(p, stream)
+                            : decode::launch_decode<kDType, kHeadDim, Stages::kShallowStages>(p, stream);
+  if (err != cudaSuccess || p.num_splits == 1) return err;
+  decode::decode_combine_kernel<kDType><<<p.batch * p.heads_q * p.seqlen_q, decode::kThreads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace flash
