@@ -210,9 +210,10 @@ def check_binding(nvcc: str, outdir: Path) -> dict:
 
 def smem_bytes(name: str) -> str:
     m = re.search(r"decode_kernel<\(flash::DType\)\d, (\d+), (\d+)>", name)
-    if m:  # as decode::Traits sizes it: Q + 4 warps x stages x (K + V) 16-key tiles, rows padded by 8 elements
+    if m:  # as decode::Traits sizes it: Q + warps x stages x (K + V) 16-key tiles, rows padded by 8 elements
         d, stages = int(m[1]), int(m[2])
-        return f"{(16 + 4 * stages * 2 * 16) * (d + 8) * 2 // 1024} KiB"
+        warps = 4 if d == 256 else 8  # decode::StageChoice
+        return f"{(16 + warps * stages * 2 * 16) * (d + 8) * 2 // 1024} KiB"
     m = re.search(r"Sm90FwdTraits<(\d+), (\d+), (\d+), (\d+), cutlass::(\w+)>", name)
     if m:
         d, bm, bn, stages = int(m[1]), int(m[2]), int(m[3]), int(m[4])

@@ -1,14 +1,15 @@
 // Decode-shaped attention: a few query rows against a long KV cache, contiguous or paged (decode_params.h).
 //
-// One CTA of four warps per (batch, K/V head, 16 packed rows, key split). The query heads of a GQA group and the
-// query rows are packed into the 16 rows of one MMA tile (row r: query row r / group of head kv_head * group +
-// r % group), so each K/V tile is read once per group. Each warp streams its own 16-key tiles (tiles warp, warp + 4,
-// ... of the split) through a private cp.async pipeline and keeps its own online softmax; the four warps' states
-// merge through shared memory at the end. No block-wide barrier inside the loop: a warp waits only for its own
-// copies. Matrix work is mma.sync m16n8k16 (fp32 accumulation) with ldmatrix operands, which every SM80+ GPU runs;
-// decode moves bytes, so the tensor cores are far from the limit.
+// One CTA of eight warps (four at head dim 256) per (batch, K/V head, 16 packed rows, key split). The query heads
+// of a GQA group and the query rows are packed into the 16 rows of one MMA tile (row r: query row r / group of head
+// kv_head * group + r % group), so each K/V tile is read once per group. Each warp streams its own 16-key tiles
+// (tiles warp, warp + kWarps, ... of the split) through a private cp.async pipeline and keeps its own online
+// softmax; the warps' states merge through shared memory at the end. No block-wide barrier inside the loop: a warp
+// waits only for its own copies. Matrix work is mma.sync m16n8k16 (fp32 accumulation) with ldmatrix operands, which
+// every SM80+ GPU runs; decode moves bytes, so the tensor cores are far from the limit.
 //
-// Keys are addressed row by row: a page index per 16-key tile where pages hold whole tiles, else per key. Lengths
+// Keys are addressed row by row: a page index per 16-key tile where pages of a power-of-two size hold whole tiles,
+// else per key. Lengths
 // and page indices come from device tensors the host never reads; lengths are clamped to the capacity and page
 // indices into the cache, so no access leaves it.
 #pragma once
@@ -25,26 +26,30 @@
 namespace flash {
 namespace decode {
 
-constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * 32;
+constexpr int kCombineThreads = 128;
 constexpr int kRows = 16;    // packed query rows per CTA: one MMA row tile
 constexpr int kBlockN = 16;  // keys per warp tile
 constexpr int kMaxSplits = 128;  // flash_attention._validation.MAX_NUM_SPLITS
 constexpr float kLn2 = 0.6931471805599453f;
 
-// kStages 16-key stages per warp. Decode streams bytes: what it reaches is the bytes in flight per SM over the
-// memory latency, so the launcher takes the deepest pipeline that fits the GPU's shared memory (kDeepStages, for
-// 227 KiB a block: Hopper) and else kShallowStages (for 164 KiB: A100). See results/NOTES.md, decode v2-v3.
+// One CTA an SM, its warps each streaming their own tiles. With four warps (one per scheduler) every dependency
+// stall of a warp's chain (ldmatrix -> MMA -> softmax -> MMA) was exposed: 3.9-4.1 TB/s on an H200 whatever the
+// pipeline depth; eight warps hide each other's (results/NOTES.md, decode v2-v5). Head dim 256 keeps four: its
+// tiles are twice the bytes. kStages 16-key stages per warp: the launcher takes the deepest pipeline that fits the
+// GPU's shared memory (kDeepStages, for 227 KiB a block: Hopper), else kShallowStages (164 KiB: A100).
 template <int kHeadDim>
 struct StageChoice {
-  static constexpr int kDeepStages = kHeadDim == 64 ? 10 : (kHeadDim == 128 ? 6 : 3);
-  static constexpr int kShallowStages = kHeadDim == 64 ? 8 : (kHeadDim == 128 ? 4 : 2);
+  static constexpr int kWarps = kHeadDim == 256 ? 4 : 8;
+  static constexpr int kDeepStages = kHeadDim == 64 ? 5 : 3;
+  static constexpr int kShallowStages = kHeadDim == 64 ? 4 : 2;
 };
 
 template <DType kDType, int kHeadDim, int kStages_>
 struct Traits {
   static_assert(kHeadDim % 16 == 0 && kHeadDim <= 256, "head dims 64, 128, 256 are instantiated");
   static constexpr int kStages = kStages_;
+  static constexpr int kWarps = StageChoice<kHeadDim>::kWarps;
+  static constexpr int kThreads = kWarps * 32;
   // Rows padded by 16 bytes: the 8 rows an ldmatrix reads land in 8 different 4-bank groups.
   static constexpr int kRowPitch = kHeadDim + 8;
   static constexpr int kTileElems = kBlockN * kRowPitch;
@@ -192,7 +197,8 @@ __device__ __forceinline__ int page_of(const DecodeParams& p, int batch, int key
 }
 
 template <DType kDType, int kHeadDim, int kStages>
-__global__ void __launch_bounds__(kThreads) decode_kernel(const __grid_constant__ DecodeParams p) {
+__global__ void __launch_bounds__(StageChoice<kHeadDim>::kWarps * 32) decode_kernel(const __grid_constant__
+                                                                                   DecodeParams p) {
   using T = Traits<kDType, kHeadDim, kStages>;
   using Element = typename T::Element;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -203,6 +209,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const __grid_constant_
   const int packed_rows = p.group * p.seqlen_q;
 
   // The packed Q rows (zero past the packed rows and head_dim), once per CTA.
+  constexpr int kThreads = T::kThreads;
   for (int chunk = threadIdx.x; chunk < kRows * T::kChunksPerRow; chunk += kThreads) {
     const int r = chunk / T::kChunksPerRow, col = (chunk % T::kChunksPerRow) * 8;
     const int row = work.first_row + r;
@@ -224,68 +231,86 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const __grid_constant_
     limit[h] = row < packed_rows ? min(work.row_limit(p, row / p.group), work.key_end) : 0;
   }
 
-  // A lane copies the same 16-byte column of rows lane / kChunksPerRow + j * kRowsPerStep of each tile, so its
-  // source addresses are one base per tile plus constant steps.
+  // A lane copies the same 16-byte column of rows lane_row + j * kRowsPerStep of each tile: one source address per
+  // tile, then constant steps. Only a tile that crosses key_end (or a padded column) needs predicates.
   constexpr int kRowsPerStep = 32 / T::kChunksPerRow;
   const int lane_row = lane / T::kChunksPerRow, lane_col = (lane % T::kChunksPerRow) * 8;
   const bool lane_col_valid = lane_col < p.head_dim;
   const Element* k_cache = static_cast<const Element*>(p.k_ptr);
   const Element* v_cache = static_cast<const Element*>(p.v_ptr);
   const bool paged = p.block_table_ptr != nullptr;
-  const bool one_page_per_tile = !paged || p.page_size % kBlockN == 0;
-  // The sequence's (contiguous) or the head's (paged) first element of this lane's column.
-  const Element* k_base = k_cache + (paged ? 0 : work.batch * p.k_batch_stride) + work.kv_head * p.k_head_stride +
-                          lane_col;
-  const Element* v_base = v_cache + (paged ? 0 : work.batch * p.v_batch_stride) + work.kv_head * p.v_head_stride +
-                          lane_col;
-  auto load_tile = [&](int tile, int stage) {
-    Element* k_tile = smem_kv + stage * 2 * T::kTileElems + lane_row * T::kRowPitch + lane_col;
-    Element* v_tile = k_tile + T::kTileElems;
+  // The sequence's (contiguous) or the head's (paged) element of this lane's row and column in key 0 / in-page 0.
+  const Element* k_lane = k_cache + (paged ? 0 : work.batch * p.k_batch_stride) + work.kv_head * p.k_head_stride +
+                          lane_row * p.k_row_stride + lane_col;
+  const Element* v_lane = v_cache + (paged ? 0 : work.batch * p.v_batch_stride) + work.kv_head * p.v_head_stride +
+                          lane_row * p.v_row_stride + lane_col;
+  const index_t k_step = kRowsPerStep * p.k_row_stride, v_step = kRowsPerStep * p.v_row_stride;
+  const uint32_t kv_smem = smem_address(smem_kv + lane_row * T::kRowPitch + lane_col);
+  constexpr uint32_t kStepBytes = kRowsPerStep * T::kRowPitch * 2, kTileBytes = T::kTileElems * 2;
+  auto copy_tile = [&](const Element* k_row, const Element* v_row, int stage, int first_key) {
+    const uint32_t k_tile = kv_smem + stage * 2 * kTileBytes, v_tile = k_tile + kTileBytes;
+    if (lane_col_valid && first_key + kBlockN <= work.key_end) {
+#pragma unroll
+      for (int j = 0; j < kBlockN / kRowsPerStep; ++j) {
+        cp_async_16(k_tile + j * kStepBytes, k_row + j * k_step, true);
+        cp_async_16(v_tile + j * kStepBytes, v_row + j * v_step, true);
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < kBlockN / kRowsPerStep; ++j) {
+        const bool valid = lane_col_valid && first_key + lane_row + j * kRowsPerStep < work.key_end;
+        cp_async_16(k_tile + j * kStepBytes, valid ? k_row + j * k_step : k_cache, valid);
+        cp_async_16(v_tile + j * kStepBytes, valid ? v_row + j * v_step : v_cache, valid);
+      }
+    }
+  };
+  // Pages of a power-of-two size >= 16 hold whole tiles: one page index per tile, read one tile ahead of its copy
+  // so that the copy does not wait for it. Other page sizes take a page index per key.
+  const bool page_per_tile = paged && p.page_size >= kBlockN && (p.page_size & (p.page_size - 1)) == 0;
+  const int page_shift = paged ? __ffs(p.page_size) - 1 : 0;
+  const int* table = paged ? p.block_table_ptr + work.batch * p.block_table_batch_stride : nullptr;
+  auto fetch_page = [&](int tile) {
+    return page_per_tile && tile * kBlockN < work.key_end ? table[(tile * kBlockN) >> page_shift] : 0;
+  };
+  auto load_tile = [&](int tile, int stage, int page) {
     const int first_key = tile * kBlockN;
-    if (one_page_per_tile) {
-      // Row first_key of the tile, in its page (paged) or in the sequence.
-      const Element* k_row = k_base;
-      const Element* v_row = v_base;
-      if (paged) {
-        const index_t page = page_of(p, work.batch, first_key);
-        const index_t in_page = first_key % p.page_size + lane_row;
-        k_row += page * p.k_batch_stride + in_page * p.k_row_stride;
-        v_row += page * p.v_batch_stride + in_page * p.v_row_stride;
-      } else {
-        k_row += static_cast<index_t>(first_key + lane_row) * p.k_row_stride;
-        v_row += static_cast<index_t>(first_key + lane_row) * p.v_row_stride;
-      }
+    if (!paged) {
+      copy_tile(k_lane + first_key * p.k_row_stride, v_lane + first_key * p.v_row_stride, stage, first_key);
+    } else if (page_per_tile) {
+      const index_t clamped = min(max(page, 0), p.num_pages - 1);
+      const int in_page = first_key & (p.page_size - 1);
+      copy_tile(k_lane + clamped * p.k_batch_stride + in_page * p.k_row_stride,
+                v_lane + clamped * p.v_batch_stride + in_page * p.v_row_stride, stage, first_key);
+    } else {
+      const uint32_t k_tile = kv_smem + stage * 2 * kTileBytes, v_tile = k_tile + kTileBytes;
 #pragma unroll
       for (int j = 0; j < kBlockN / kRowsPerStep; ++j) {
-        const int row = j * kRowsPerStep;
-        const bool valid = lane_col_valid && first_key + lane_row + row < work.key_end;
-        cp_async_16(smem_address(k_tile + row * T::kRowPitch), valid ? k_row + row * p.k_row_stride : k_cache, valid);
-        cp_async_16(smem_address(v_tile + row * T::kRowPitch), valid ? v_row + row * p.v_row_stride : v_cache, valid);
-      }
-    } else {  // pages of a size that is no multiple of 16: a page index per key
-#pragma unroll
-      for (int j = 0; j < kBlockN / kRowsPerStep; ++j) {
-        const int row = j * kRowsPerStep, key = first_key + lane_row + row;
+        const int key = first_key + lane_row + j * kRowsPerStep;
         const bool valid = lane_col_valid && key < work.key_end;
-        const index_t page = valid ? page_of(p, work.batch, key) : 0;
-        const index_t in_page = key % p.page_size;
-        const Element* k_source = k_base + page * p.k_batch_stride + in_page * p.k_row_stride;
-        const Element* v_source = v_base + page * p.v_batch_stride + in_page * p.v_row_stride;
-        cp_async_16(smem_address(k_tile + row * T::kRowPitch), valid ? k_source : k_cache, valid);
-        cp_async_16(smem_address(v_tile + row * T::kRowPitch), valid ? v_source : v_cache, valid);
+        const index_t key_page = valid ? page_of(p, work.batch, key) : 0;
+        const index_t in_page = key % p.page_size - lane_row;  // k_lane already holds lane_row rows
+        const Element* k_source = k_lane + key_page * p.k_batch_stride + in_page * p.k_row_stride;
+        const Element* v_source = v_lane + key_page * p.v_batch_stride + in_page * p.v_row_stride;
+        cp_async_16(k_tile + j * kStepBytes, valid ? k_source : k_cache, valid);
+        cp_async_16(v_tile + j * kStepBytes, valid ? v_source : v_cache, valid);
       }
     }
   };
 
-  // This warp's tiles: tile_begin + warp, + 4, ...
-  const int first_tile = work.tile_begin + warp;
-  const int my_tiles = first_tile < work.tile_end ? (work.tile_end - first_tile + kWarps - 1) / kWarps : 0;
+  // This warp's tiles: the split's tiles warp, warp + kWarps, ...
+  const int my_tiles = work.tile_begin + warp < work.tile_end
+                           ? (work.tile_end - work.tile_begin - warp + T::kWarps - 1) / T::kWarps : 0;
+  auto tile_of = [&](int k) { return work.tile_begin + warp + T::kWarps * k; };  // the k-th tile of this warp
   for (int s = 0; s < T::kStages - 1; ++s) {
-    if (s < my_tiles) load_tile(first_tile + kWarps * s, s);
+    if (s < my_tiles) load_tile(tile_of(s), s, fetch_page(tile_of(s)));
     cp_async_commit();
   }
+  int next_page = T::kStages - 1 < my_tiles ? fetch_page(tile_of(T::kStages - 1)) : 0;
   __syncthreads();  // the Q tile is in shared memory
 
+  // Keys below unmasked_end are seen by every row of the block (its first row sees the fewest): such tiles skip
+  // the mask. Padded rows (past the packed rows) then see them too; their output is never written.
+  const int unmasked_end = min(work.row_limit(p, work.first_row / p.group), work.key_end);
   float acc[kHeadDim / 8][4] = {};
   float row_max[2] = {-INFINITY, -INFINITY};
   float row_sum[2] = {0.f, 0.f};
@@ -293,9 +318,20 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const __grid_constant_
   // keys (m / 2) * 8.., columns (m % 2) * 8..; for B from V (transposed), keys (m % 2) * 8.., columns (m / 2) * 8..
   const int m = lane / 8, mr = lane % 8;
   const uint32_t q_address = smem_address(smem_q + ((m % 2) * 8 + mr) * T::kRowPitch + (m / 2) * 8);
+  // Q's A fragments stay in registers up to head dim 128 (32 registers), sparing one ldmatrix per 16 columns of
+  // every tile; at 256 they would not fit beside the accumulator, and are read from shared memory each tile.
+  constexpr bool kQInRegisters = kHeadDim <= 128;
+  uint32_t q_fragments[kQInRegisters ? kHeadDim / 16 : 1][4];
+  if constexpr (kQInRegisters) {
+#pragma unroll
+    for (int kk = 0; kk < kHeadDim / 16; ++kk) ldmatrix_x4(q_fragments[kk], q_address + kk * 32);
+  }
   for (int i = 0; i < my_tiles; ++i) {
     const int ahead = i + T::kStages - 1;
-    if (ahead < my_tiles) load_tile(first_tile + kWarps * ahead, ahead % T::kStages);
+    if (ahead < my_tiles) {
+      load_tile(tile_of(ahead), ahead % T::kStages, next_page);
+      if (ahead + 1 < my_tiles) next_page = fetch_page(tile_of(ahead + 1));
+    }
     cp_async_commit();
     cp_async_wait<T::kStages - 1>();
     __syncwarp();
@@ -307,39 +343,50 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const __grid_constant_
     const uint32_t k_address = smem_address(k_tile + ((m / 2) * 8 + mr) * T::kRowPitch + (m % 2) * 8);
 #pragma unroll
     for (int kk = 0; kk < kHeadDim / 16; ++kk) {
-      uint32_t a[4], b[4];
-      ldmatrix_x4(a, q_address + kk * 32);
+      uint32_t b[4];
       ldmatrix_x4(b, k_address + kk * 32);
-      mma_16x8x16<kDType>(s[0], a, b[0], b[1]);
-      mma_16x8x16<kDType>(s[1], a, b[2], b[3]);
+      if constexpr (kQInRegisters) {
+        mma_16x8x16<kDType>(s[0], q_fragments[kk], b[0], b[1]);
+        mma_16x8x16<kDType>(s[1], q_fragments[kk], b[2], b[3]);
+      } else {
+        uint32_t a[4];
+        ldmatrix_x4(a, q_address + kk * 32);
+        mma_16x8x16<kDType>(s[0], a, b[0], b[1]);
+        mma_16x8x16<kDType>(s[1], a, b[2], b[3]);
+      }
     }
 
     // Online softmax in base 2, the scale folded into the exponent (scale_log2 > 0, so max(c s) = c max(s)).
-    const int first_key = (first_tile + kWarps * i) * kBlockN;
-    float shift[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float tile_max = -INFINITY;
+    const int first_key = tile_of(i) * kBlockN;
+    if (first_key + kBlockN > unmasked_end) {  // warp-uniform: a tile some row sees only in part
 #pragma unroll
       for (int n = 0; n < 2; ++n) {
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int key = first_key + n * 8 + 2 * t + e;
-          float& score = s[n][2 * h + e];
-          if (key >= limit[h]) score = -INFINITY;
-          tile_max = fmaxf(tile_max, score);
+        for (int e = 0; e < 4; ++e) {
+          if (first_key + n * 8 + 2 * t + e % 2 >= limit[e / 2]) s[n][e] = -INFINITY;
         }
       }
-      const float new_max = fmaxf(row_max[h], quad_max(tile_max) * p.scale_log2);
-      shift[h] = new_max == -INFINITY ? 0.f : new_max;  // a row with no key yet: exp2(-inf - 0) = 0, not NaN
-      const float correction = exp2f(row_max[h] - shift[h]);
-      row_sum[h] *= correction;
+    }
+    float shift[2], correction[2];
 #pragma unroll
-      for (int n = 0; n < kHeadDim / 8; ++n) {
-        acc[n][2 * h] *= correction;
-        acc[n][2 * h + 1] *= correction;
-      }
+    for (int h = 0; h < 2; ++h) {
+      const float tile_max = quad_max(fmaxf(fmaxf(s[0][2 * h], s[0][2 * h + 1]), fmaxf(s[1][2 * h], s[1][2 * h + 1])));
+      const float new_max = fmaxf(row_max[h], tile_max * p.scale_log2);
+      shift[h] = new_max == -INFINITY ? 0.f : new_max;  // a row with no key yet: exp2(-inf - 0) = 0, not NaN
+      correction[h] = exp2f(row_max[h] - shift[h]);
       row_max[h] = new_max;
+    }
+    // The running max rarely moves after the first tiles: rescale only when it did for some row of the warp.
+    if (__any_sync(0xffffffff, correction[0] != 1.f || correction[1] != 1.f)) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        row_sum[h] *= correction[h];
+#pragma unroll
+        for (int n = 0; n < kHeadDim / 8; ++n) {
+          acc[n][2 * h] *= correction[h];
+          acc[n][2 * h + 1] *= correction[h];
+        }
+      }
     }
     float probability[2][4];
 #pragma unroll
@@ -368,7 +415,8 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const __grid_constant_
   cp_async_wait<0>();
   __syncthreads();  // every warp is done with the pipeline: its memory now holds the merge
 
-  // Merge the four warps' (max, sum, O) by their maxima.
+  // Merge the warps' (max, sum, O) by their maxima.
+  constexpr int kWarps = T::kWarps;
   float* merge_o = reinterpret_cast<float*>(smem);
   float* merge_max = merge_o + kWarps * kRows * kHeadDim;
   float* merge_sum = merge_max + kWarps * kRows;
@@ -389,26 +437,25 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const __grid_constant_
   }
   __syncthreads();
 
-  // Each thread finishes kHeadDim / 8 columns of one row.
-  constexpr int kColumns = kHeadDim / 8;
-  const int row = threadIdx.x / 8, first_col = (threadIdx.x % 8) * kColumns;
-  float top = -INFINITY;
-  for (int w = 0; w < kWarps; ++w) top = fmaxf(top, merge_max[w * kRows + row]);
-  const float top_shift = top == -INFINITY ? 0.f : top;
-  float weight[kWarps], total = 0.f;
-  for (int w = 0; w < kWarps; ++w) {
-    weight[w] = exp2f(merge_max[w * kRows + row] - top_shift);
-    total += weight[w] * merge_sum[w * kRows + row];
-  }
-  // A row (or split) that saw no key: sum 0, output 0, LSE -inf.
-  const float inverse = total == 0.f ? 0.f : 1.f / total;
-  const float lse = total == 0.f ? -INFINITY : (top_shift + __log2f(total)) * kLn2;
-  const int packed_row = work.first_row + row;
-  if (packed_row >= packed_rows) return;
-  const int head = work.kv_head * p.group + packed_row % p.group, query_row = packed_row / p.group;
-  const index_t out_row = (static_cast<index_t>(work.batch) * p.heads_q + head) * p.seqlen_q + query_row;
+  // Each thread finishes 8-column chunks of the 16 rows.
   const index_t rows_total = static_cast<index_t>(p.batch) * p.heads_q * p.seqlen_q;
-  for (int c = first_col; c < first_col + kColumns && c < p.head_dim; c += 8) {
+  for (int chunk = threadIdx.x; chunk < kRows * T::kChunksPerRow; chunk += kThreads) {
+    const int row = chunk / T::kChunksPerRow, c = (chunk % T::kChunksPerRow) * 8;
+    const int packed_row = work.first_row + row;
+    if (packed_row >= packed_rows || c >= p.head_dim) continue;
+    float top = -INFINITY;
+    for (int w = 0; w < kWarps; ++w) top = fmaxf(top, merge_max[w * kRows + row]);
+    const float top_shift = top == -INFINITY ? 0.f : top;
+    float weight[kWarps], total = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      weight[w] = exp2f(merge_max[w * kRows + row] - top_shift);
+      total += weight[w] * merge_sum[w * kRows + row];
+    }
+    // A row (or split) that saw no key: sum 0, output 0, LSE -inf.
+    const float inverse = total == 0.f ? 0.f : 1.f / total;
+    const int head = work.kv_head * p.group + packed_row % p.group, query_row = packed_row / p.group;
+    const index_t out_row = (static_cast<index_t>(work.batch) * p.heads_q + head) * p.seqlen_q + query_row;
     float values[8];
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
@@ -426,19 +473,20 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const __grid_constant_
       *reinterpret_cast<float4*>(destination) = make_float4(values[0], values[1], values[2], values[3]);
       *reinterpret_cast<float4*>(destination + 4) = make_float4(values[4], values[5], values[6], values[7]);
     }
-  }
-  if (first_col == 0) {
-    if (p.num_splits == 1) {
-      p.lse_ptr[out_row] = lse;
-    } else {
-      p.partial_lse_ptr[work.split * rows_total + out_row] = lse;
+    if (c == 0) {
+      const float lse = total == 0.f ? -INFINITY : (top_shift + __log2f(total)) * kLn2;
+      if (p.num_splits == 1) {
+        p.lse_ptr[out_row] = lse;
+      } else {
+        p.partial_lse_ptr[work.split * rows_total + out_row] = lse;
+      }
     }
   }
 }
 
 // Merges the splits of one output row: out = sum_s w_s partial_s, w_s = exp(lse_s - lse), lse = log sum exp(lse_s).
 template <DType kDType>
-__global__ void __launch_bounds__(kThreads) decode_combine_kernel(const __grid_constant__ DecodeParams p) {
+__global__ void __launch_bounds__(kCombineThreads) decode_combine_kernel(const __grid_constant__ DecodeParams p) {
   using Element = typename Traits<kDType, 64, 2>::Element;
   __shared__ float weights[kMaxSplits];
   __shared__ float scale[2];  // 1 / total, and the row's LSE
@@ -468,7 +516,7 @@ __global__ void __launch_bounds__(kThreads) decode_combine_kernel(const __grid_c
   const int batch = static_cast<int>(out_row / (static_cast<index_t>(p.seqlen_q) * p.heads_q));
   Element* destination = static_cast<Element*>(p.o_ptr) + batch * p.o_batch_stride + head * p.o_head_stride +
                          static_cast<index_t>(query_row) * p.o_row_stride;
-  for (int c = threadIdx.x; c < p.head_dim; c += kThreads) {
+  for (int c = threadIdx.x; c < p.head_dim; c += kCombineThreads) {
     float sum = 0.f;
     for (int s = 0; s < p.num_splits; ++s) {
       sum += weights[s] * p.partial_o_ptr[(s * rows_total + out_row) * p.head_dim + c];
@@ -537,7 +585,7 @@ cudaError_t launch_decode(const DecodeParams& p, cudaStream_t stream) {
   const cudaError_t err = opt_in_shared_memory<kernel>(T::kSmemBytes);
   if (err != cudaSuccess) return err;
   const int row_blocks = (p.group * p.seqlen_q + kRows - 1) / kRows;
-  kernel<<<dim3(p.batch * p.heads_kv * row_blocks, p.num_splits), kThreads, T::kSmemBytes, stream>>>(p);
+  kernel<<<dim3(p.batch * p.heads_kv * row_blocks, p.num_splits), T::kThreads, T::kSmemBytes, stream>>>(p);
   return cudaGetLastError();
 }
 }  // namespace decode
@@ -557,7 +605,7 @@ cudaError_t run_decode(const DecodeParams& p, cudaStream_t stream) {
   err = optin >= kDeepBytes ? decode::launch_decode<kDType, kHeadDim, Stages::kDeepStages>(p, stream)
                             : decode::launch_decode<kDType, kHeadDim, Stages::kShallowStages>(p, stream);
   if (err != cudaSuccess || p.num_splits == 1) return err;
-  decode::decode_combine_kernel<kDType><<<p.batch * p.heads_q * p.seqlen_q, decode::kThreads, 0, stream>>>(p);
+  decode::decode_combine_kernel<kDType><<<p.batch * p.heads_q * p.seqlen_q, decode::kCombineThreads, 0, stream>>>(p);
   return cudaGetLastError();
 }
 
