@@ -95,7 +95,7 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--methods", default=",".join(OUR_METHODS + PEER_METHODS),
                         help=f"comma-separated from {','.join(OUR_METHODS + PEER_METHODS)}")
     parser.add_argument("--markdown", action="store_true")
-    parser.add_argument("--output", type=Path, help="also write .md, .json and .csv into this folder")
+    parser.add_argument("--output", type=Path, help="also write .md, .json, .csv and .png into this folder")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes that also run on CPU")
     parser.add_argument("--warmup-ms", type=float, default=10.0)
     parser.add_argument("--rep-ms", type=float, default=100.0)
@@ -357,7 +357,45 @@ def report(args, info, rows, ceiling, device) -> str:
     return document.text()
 
 
-def write_outputs(folder: Path, stem: str, text: str, info, rows) -> None:
+def plot(path: Path, title: str, info, rows, ceiling) -> None:
+    """TB/s against keys, one panel per batch size, one line per (method, cache); the copy ceiling dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    import textwrap
+
+    batches = sorted({row["batch"] for row in rows})
+    variants = sorted({(row["heads_q"], row["heads_kv"], row["seqlen_q"], row["head_dim"]) for row in rows})
+    figure, panels = pyplot.subplots(1, len(batches), figsize=(4.2 * len(batches), 4.2), squeeze=False)
+    for axes, batch in zip(panels[0], batches):
+        lines = sorted({(row["method"], row["paged"], (row["heads_q"], row["heads_kv"], row["seqlen_q"],
+                                                       row["head_dim"])) for row in rows if row["batch"] == batch})
+        for method, paged, variant in lines:
+            points = sorted((row["keys"], row["tbps"]) for row in rows if "tbps" in row and row["batch"] == batch
+                            and (row["method"], row["paged"], (row["heads_q"], row["heads_kv"], row["seqlen_q"],
+                                                               row["head_dim"])) == (method, paged, variant))
+            shape = f" {variant[0]}/{variant[1]} Nq{variant[2]} D{variant[3]}" if len(variants) > 1 else ""
+            if points:
+                axes.plot(*zip(*points), marker="o", linestyle="--" if paged else "-",
+                          label=f"{method}{' paged' if paged else ''}{shape}")
+        if ceiling:
+            axes.axhline(ceiling, color="gray", linestyle=":", label="copy ceiling")
+        axes.set_xscale("log", base=2)
+        axes.set_title(f"batch {batch}", fontsize=9)
+        axes.set_xlabel("keys")
+        axes.set_ylabel("TB/s of K/V read")
+        axes.grid(True, alpha=0.3)
+        axes.legend(fontsize=6)
+    details = " | ".join(f"{k}: {v}" for k, v in info.items() if k != "command")
+    figure.suptitle(f"{title}\n" + textwrap.fill(details, width=40 * len(batches) + 20), fontsize=7)
+    figure.tight_layout(rect=(0, 0, 1, 0.85))
+    figure.savefig(path, dpi=110)
+    pyplot.close(figure)
+
+
+def write_outputs(folder: Path, stem: str, text: str, info, rows, ceiling) -> None:
     import json
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -368,6 +406,7 @@ def write_outputs(folder: Path, stem: str, text: str, info, rows) -> None:
     lines = [f"# {line}" for line in harness.provenance_lines(info)] + [",".join(columns)]
     lines += [",".join(str(row.get(c, "")) for c in columns) for row in rows]
     (folder / f"{stem}.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    plot(folder / f"{stem}.png", text.splitlines()[0].lstrip("# "), info, rows, ceiling)
 
 
 def main(argv=None) -> int:
@@ -390,7 +429,7 @@ def main(argv=None) -> int:
     sys.stdout.write(text)
     if args.output is not None:
         stem = f"runtime_{'smoke' if args.smoke else 'decode'}_{args.dtype}{'_causal' if args.causal else ''}"
-        write_outputs(args.output, stem, text, info, rows)
+        write_outputs(args.output, stem, text, info, rows, ceiling)
     return 0
 
 

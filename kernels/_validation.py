@@ -168,6 +168,9 @@ def _check_index_tensor(name: str, value, query, rank: int, what: str) -> None:
         raise ValueError(f"{name} must be {rank}-D {what}, got {value.dim()}-D with shape {tuple(value.shape)}")
     if value.device != query.device:
         raise ValueError(f"{name} is on {value.device} but query is on {query.device}; it must be on query's device")
+    if value.shape[-1] > 1 and value.stride(-1) != 1:
+        raise ValueError(f"{name} must have unit stride in its last dimension, got strides {tuple(value.stride())}; "
+                         f"call .contiguous() on it")
 
 
 def _check_same_kind(name: str, tensor, query) -> None:

@@ -51,8 +51,7 @@ def _cache_strides(cache: torch.Tensor):
     return cache.stride(0), cache.stride(1), cache.stride(2)
 
 
-def append(key_cache, value_cache, key, value, cache_seqlens, block_table, *, capacity, page_size, num_pages,
-           interpreted):
+def append(key_cache, value_cache, key, value, cache_seqlens, block_table, *, capacity, page_size, num_pages):
     """Write key/value (B, Hkv, Nnew, D) into the caches at cache_seqlens[b] + t, in place."""
     batch, heads_kv, seqlen_new, head_dim = key.shape
     block_t = min(16, triton.next_power_of_2(seqlen_new))
@@ -130,7 +129,7 @@ def run_kvcache(query, key_cache, value_cache, cache_seqlens, block_table, key, 
     if key is not None:
         seqlen_new = key.shape[2]
         append(key_cache, value_cache, key, value, cache_seqlens, block_table, capacity=capacity,
-               page_size=page_size, num_pages=num_pages, interpreted=interpreted)
+               page_size=page_size, num_pages=num_pages)
     return attend(query, key_cache, value_cache, cache_seqlens, block_table, heads_kv=key_cache.shape[1],
                   capacity=capacity, seqlen_new=seqlen_new, page_size=page_size, num_pages=num_pages, causal=causal,
                   softmax_scale=softmax_scale, num_splits=num_splits, interpreted=interpreted,
