@@ -259,7 +259,7 @@ def test_unknown_sm90_knob_value_is_a_value_error(knob, value, monkeypatch, kern
     if kernel_family != "sm90":
         pytest.skip("the knob belongs to the SM90 family")
     monkeypatch.setenv(knob, value)
-    q = rand(1, 2, 64, 64)
+    q = rand(1, 2, 128, 64)  # more rows than a decode-shaped call has: the SM90 prefill kernel reads the knobs
     with pytest.raises(ValueError, match=knob):
         fa_cuda.attention(q, q, q)
 

@@ -367,3 +367,18 @@ def test_cuda_refuses_caches_it_cannot_copy_in_16_bytes_and_auto_moves_on():
         flash_attention.attention_with_kvcache(query, key_cache, value_cache, backend="cuda")
     out, lse = flash_attention.attention_with_kvcache(query, key_cache, value_cache, return_lse=True)
     assert_attention_close(out, lse, query, key_cache, value_cache)
+
+
+def test_forward_only_backward_raises(backend):
+    """The decode kernels have no backward: an output that needs a gradient is connected to the graph and its
+    backward raises, never a silently missing gradient."""
+    cache = Cache(1, 2, 40, 32, torch.float16)
+    query = make_query(1, 4, 1, 32, torch.float16).requires_grad_(True)
+    out = flash_attention.attention_with_kvcache(query, cache.key, cache.value, backend=backend)
+    if backend == "naive":  # plain PyTorch, differentiable
+        out.float().sum().backward()
+        assert query.grad is not None
+        return
+    assert out.requires_grad, "a kernel output must not be silently detached"
+    with pytest.raises(NotImplementedError, match="forward-only"):
+        out.float().sum().backward()

@@ -31,7 +31,8 @@ __all__ = [
 ]
 
 _OP_NAME = "flash_attention::cuda_fwd"
-_KVCACHE_OP_NAME = "flash_attention::cuda_kvcache"
+_DECODE_OP_NAME = "flash_attention::cuda_decode"
+_APPEND_OP_NAME = "flash_attention::cuda_kvcache_append"
 _CUDA_KERNEL_ONLY = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
 _LOG2E = 1.4426950408889634
 _FLOAT32_TINY = torch.finfo(torch.float32).tiny
@@ -66,18 +67,28 @@ def _define_op() -> None:
 
     torch.library.register_autograd(_OP_NAME, _backward, setup_context=_setup_context)
 
-    # The KV-cache op appends to the caches in place, so it has no autograd formula (torch refuses one for a
-    # mutating op; its fallback raises on backward). kernel_head_dim names the decode instantiation (64, 128, 256).
+    # The KV-cache call is two ops: an append that writes the caches in place (no outputs, so nothing to
+    # differentiate), and a functional decode whose backward raises like cuda_fwd's. kernel_head_dim names the
+    # decode instantiation (64, 128 or 256).
     _LIBRARY.define(
-        "cuda_kvcache(Tensor q, Tensor(a!) key_cache, Tensor(b!) value_cache, Tensor? cache_seqlens, "
-        "Tensor? block_table, Tensor? key, Tensor? value, bool causal, float softmax_scale, int num_splits, "
-        "int kernel_head_dim) -> (Tensor, Tensor)")
+        "cuda_kvcache_append(Tensor(a!) key_cache, Tensor(b!) value_cache, Tensor key, Tensor value, "
+        "Tensor cache_seqlens, Tensor? block_table, int kernel_head_dim) -> ()")
+    _LIBRARY.define(
+        "cuda_decode(Tensor q, Tensor key_cache, Tensor value_cache, Tensor? cache_seqlens, Tensor? block_table, "
+        "int seqlen_new, bool causal, float softmax_scale, int num_splits, int kernel_head_dim) -> (Tensor, Tensor)")
 
-    @torch.library.register_fake(_KVCACHE_OP_NAME)
-    def _cuda_kvcache_fake(q, key_cache, value_cache, cache_seqlens, block_table, key, value, causal, softmax_scale,
-                           num_splits, kernel_head_dim):
+    @torch.library.register_fake(_APPEND_OP_NAME)
+    def _cuda_kvcache_append_fake(key_cache, value_cache, key, value, cache_seqlens, block_table, kernel_head_dim):
+        _load_decode_while_tracing(key_cache)
+        return None
+
+    @torch.library.register_fake(_DECODE_OP_NAME)
+    def _cuda_decode_fake(q, key_cache, value_cache, cache_seqlens, block_table, seqlen_new, causal, softmax_scale,
+                          num_splits, kernel_head_dim):
         _load_decode_while_tracing(q)
         return empty_like_query(q), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+    torch.library.register_autograd(_DECODE_OP_NAME, _backward, setup_context=_setup_context)
 
 
 _define_op()
@@ -305,25 +316,35 @@ def kvcache_auto_eligible(query, key_cache, value_cache) -> bool:
     return _loader.is_built(f"{major}{minor}", (decode_kernel_stem(query.shape[-1], query.dtype),))
 
 
+def _call(op, *args):
+    """A decode op through its registered custom op when compiling or differentiating, else straight to the kernel
+    (see flash_attention._custom_op)."""
+    if use_registered_op(*(arg for arg in args if isinstance(arg, torch.Tensor))):
+        return op(*args)
+    return op.default.redispatch(_CUDA_KERNEL_ONLY, *args)
+
+
 def _run_decode(query, key_cache, value_cache, cache_seqlens, block_table, key, value, *, causal, softmax_scale,
                 num_splits):
-    """The decode kernel on validated, 16-byte copyable caches: (out, lse)."""
+    """Append key/value (if given), then the decode kernel, on validated, 16-byte copyable caches: (out, lse)."""
     if not torch.compiler.is_compiling():
         _ensure_decode_kernel_loaded(query)
     batch, heads_q, seqlen_q, head_dim = query.shape
     heads_kv = key_cache.shape[1]
+    kernel_head_dim = _decode_head_dim(head_dim)
     if num_splits is None:
         capacity = key_cache.shape[2] * (block_table.shape[1] if block_table is not None else 1)
         programs = batch * heads_kv * -(-(heads_q // heads_kv * seqlen_q) // _DECODE_ROWS)
         num_splits = _decode_plan.choose_num_splits(programs, capacity, _decode_plan.multiprocessors(
             device_index(query)), _DECODE_PROGRAMS_PER_SM)
+    seqlen_new = 0
+    if key is not None:
+        seqlen_new = key.shape[2]
+        _call(torch.ops.flash_attention.cuda_kvcache_append, key_cache, value_cache, key, value, cache_seqlens,
+              block_table, kernel_head_dim)
     query, softmax_scale = _with_positive_scale(query, softmax_scale)
-    args = (query, key_cache, value_cache, cache_seqlens, block_table, key, value, causal, softmax_scale, num_splits,
-            _decode_head_dim(head_dim))
-    inputs = [t for t in (query, key_cache, value_cache, key, value) if t is not None]
-    if use_registered_op(*inputs):
-        return torch.ops.flash_attention.cuda_kvcache(*args)
-    return torch.ops.flash_attention.cuda_kvcache.default.redispatch(_CUDA_KERNEL_ONLY, *args)
+    return _call(torch.ops.flash_attention.cuda_decode, query, key_cache, value_cache, cache_seqlens, block_table,
+                 seqlen_new, causal, softmax_scale, num_splits, kernel_head_dim)
 
 
 def attention_with_kvcache(query, key_cache, value_cache, *, cache_seqlens=None, block_table=None, key=None,

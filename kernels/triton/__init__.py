@@ -108,10 +108,7 @@ def _launch(query, key, value, causal: bool, softmax_scale: float):
     heads_kv, seqlen_k = key.shape[1], key.shape[2]
     if _decode_plan.decode_shaped(seqlen_q, heads_q // heads_kv):
         # Few packed rows: K/V is a contiguous cache that every sequence fills (the decode kernel, split-KV).
-        with _on_device_of(query):
-            return _decode.run_kvcache(query, key, value, None, None, None, None, causal=causal,
-                                       softmax_scale=softmax_scale, num_splits=None, interpreted=_INTERPRETED,
-                                       dot_in_fp32=_dot_in_fp32(query))
+        return _run_decode(query, key, value, None, None, 0, causal, softmax_scale, None)
     out = empty_like_query(query)
     lse = empty_lse(query)
     head_dim_pad = max(16, triton.next_power_of_2(head_dim))
@@ -212,31 +209,45 @@ def run_validated(query, key, value, shape, *, causal, return_lse):
 
 
 # ------------------------------------------------------------------------------------------------ the KV-cache call
-@torch.library.custom_op("flash_attention::triton_kvcache", mutates_args=("key_cache", "value_cache"))
-def _triton_kvcache(
+# The KV-cache call is two ops: an append that writes the caches in place (no outputs, so nothing to differentiate),
+# and a functional decode whose backward raises like triton_fwd's.
+@torch.library.custom_op("flash_attention::triton_kvcache_append", mutates_args=("key_cache", "value_cache"))
+def _triton_kvcache_append(key_cache: torch.Tensor, value_cache: torch.Tensor, key: torch.Tensor,
+                           value: torch.Tensor, cache_seqlens: torch.Tensor, block_table: Optional[torch.Tensor]
+                           ) -> None:
+    with _on_device_of(key_cache):
+        _decode.run_append(key_cache, value_cache, key, value, cache_seqlens, block_table)
+
+
+@_triton_kvcache_append.register_fake
+def _triton_kvcache_append_fake(key_cache, value_cache, key, value, cache_seqlens, block_table):
+    return None
+
+
+@torch.library.custom_op("flash_attention::triton_decode", mutates_args=())
+def _triton_decode(
     query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, cache_seqlens: Optional[torch.Tensor],
-    block_table: Optional[torch.Tensor], key: Optional[torch.Tensor], value: Optional[torch.Tensor], causal: bool,
-    softmax_scale: float, num_splits: int,
+    block_table: Optional[torch.Tensor], seqlen_new: int, causal: bool, softmax_scale: float, num_splits: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _run_kvcache(query, key_cache, value_cache, cache_seqlens, block_table, key, value, causal, softmax_scale,
-                        num_splits or None)
+    return _run_decode(query, key_cache, value_cache, cache_seqlens, block_table, seqlen_new, causal, softmax_scale,
+                       num_splits or None)
 
 
-@_triton_kvcache.register_fake
-def _triton_kvcache_fake(query, key_cache, value_cache, cache_seqlens, block_table, key, value, causal,
-                         softmax_scale, num_splits):
+@_triton_decode.register_fake
+def _triton_decode_fake(query, key_cache, value_cache, cache_seqlens, block_table, seqlen_new, causal,
+                        softmax_scale, num_splits):
     return torch.empty_like(query, memory_format=torch.preserve_format), empty_lse(query)
 
 
-# No autograd formula: torch refuses one for an op that mutates its inputs, and its fallback raises on backward.
+_triton_decode.register_autograd(_forward_only)
 
 
-def _run_kvcache(query, key_cache, value_cache, cache_seqlens, block_table, key, value, causal, softmax_scale,
-                 num_splits):
+def _run_decode(query, key_cache, value_cache, cache_seqlens, block_table, seqlen_new, causal, softmax_scale,
+                num_splits):
     with _on_device_of(query):
-        return _decode.run_kvcache(query, key_cache, value_cache, cache_seqlens, block_table, key, value,
-                                   causal=causal, softmax_scale=softmax_scale, num_splits=num_splits,
-                                   interpreted=_INTERPRETED, dot_in_fp32=_dot_in_fp32(query))
+        return _decode.run_decode(query, key_cache, value_cache, cache_seqlens, block_table, seqlen_new,
+                                  causal=causal, softmax_scale=softmax_scale, num_splits=num_splits,
+                                  interpreted=_INTERPRETED, dot_in_fp32=_dot_in_fp32(query))
 
 
 def attention_with_kvcache(query, key_cache, value_cache, *, cache_seqlens=None, block_table=None, key=None,
@@ -255,11 +266,18 @@ def run_kvcache_validated(query, key_cache, value_cache, shape, *, cache_seqlens
     reason = unavailable_reason(query)
     if reason is not None:
         raise ValueError(f"backend 'triton' cannot run this input: {reason}")
-    inputs = [t for t in (query, key_cache, value_cache, key, value) if t is not None]
-    if use_registered_op(*inputs):
-        out, lse = _triton_kvcache(query, key_cache, value_cache, cache_seqlens, block_table, key, value, causal,
-                                   shape.softmax_scale, shape.num_splits or 0)
+    seqlen_new = 0
+    if key is not None:
+        seqlen_new = key.shape[2]
+        if use_registered_op(key_cache, value_cache, key, value):
+            _triton_kvcache_append(key_cache, value_cache, key, value, cache_seqlens, block_table)
+        else:
+            with _on_device_of(key_cache):
+                _decode.run_append(key_cache, value_cache, key, value, cache_seqlens, block_table)
+    if use_registered_op(query, key_cache, value_cache):
+        out, lse = _triton_decode(query, key_cache, value_cache, cache_seqlens, block_table, seqlen_new, causal,
+                                  shape.softmax_scale, shape.num_splits or 0)
     else:
-        out, lse = _run_kvcache(query, key_cache, value_cache, cache_seqlens, block_table, key, value, causal,
-                                shape.softmax_scale, shape.num_splits)
+        out, lse = _run_decode(query, key_cache, value_cache, cache_seqlens, block_table, seqlen_new, causal,
+                               shape.softmax_scale, shape.num_splits)
     return (out, lse) if return_lse else out

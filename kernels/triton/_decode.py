@@ -117,19 +117,24 @@ def attend(query, key_cache, value_cache, cache_seqlens, block_table, *, heads_k
     return out, lse
 
 
-def run_kvcache(query, key_cache, value_cache, cache_seqlens, block_table, key, value, *, causal, softmax_scale,
-                num_splits, interpreted, dot_in_fp32):
-    """Append key/value (if given) to the cache, then attend to it: attention_with_kvcache on validated input."""
+def _cache_geometry(key_cache, block_table) -> tuple[int, int, int]:
+    """(capacity, page_size, num_pages): page_size and num_pages are 0 for a contiguous cache."""
     if block_table is None:
-        capacity, page_size, num_pages = key_cache.shape[2], 0, 0
-    else:
-        page_size, num_pages = key_cache.shape[2], key_cache.shape[0]
-        capacity = block_table.shape[1] * page_size
-    seqlen_new = 0
-    if key is not None:
-        seqlen_new = key.shape[2]
-        append(key_cache, value_cache, key, value, cache_seqlens, block_table, capacity=capacity,
-               page_size=page_size, num_pages=num_pages)
+        return key_cache.shape[2], 0, 0
+    return block_table.shape[1] * key_cache.shape[2], key_cache.shape[2], key_cache.shape[0]
+
+
+def run_append(key_cache, value_cache, key, value, cache_seqlens, block_table):
+    """Append key/value (B, Hkv, Nnew, D) to the caches at cache_seqlens[b], in place (validated input)."""
+    capacity, page_size, num_pages = _cache_geometry(key_cache, block_table)
+    append(key_cache, value_cache, key, value, cache_seqlens, block_table, capacity=capacity, page_size=page_size,
+           num_pages=num_pages)
+
+
+def run_decode(query, key_cache, value_cache, cache_seqlens, block_table, seqlen_new, *, causal, softmax_scale,
+               num_splits, interpreted, dot_in_fp32):
+    """(out, lse) of query against the caches, sequence b holding cache_seqlens[b] + seqlen_new keys."""
+    capacity, page_size, num_pages = _cache_geometry(key_cache, block_table)
     return attend(query, key_cache, value_cache, cache_seqlens, block_table, heads_kv=key_cache.shape[1],
                   capacity=capacity, seqlen_new=seqlen_new, page_size=page_size, num_pages=num_pages, causal=causal,
                   softmax_scale=softmax_scale, num_splits=num_splits, interpreted=interpreted,

@@ -231,7 +231,7 @@ std::tuple<at::Tensor, at::Tensor> cuda_fwd(const at::Tensor& q_in, const at::Te
 // The decode kernels' launchers, by dtype and the head dim the caller names (flash_attention.cuda picks it: 64, 128
 // or 256, the next one up from the call's head_dim).
 constexpr int kDecodeHeadDims[] = {64, 128, 256};
-std::atomic<flash::DecodeLaunchFn> g_decode_launchers[2][3];
+std::atomic<const flash::DecodeKernelEntry*> g_decode_entries[2][3];
 
 int decode_head_dim_slot(int64_t head_dim) {
   for (int slot = 0; slot < 3; ++slot) {
@@ -252,7 +252,7 @@ void cuda_load_decode_kernel(const std::string& path, const std::string& stem) {
               "flash_attention cuda: ", path, " was built against another DecodeParams layout; clear the cache");
   const int slot = decode_head_dim_slot(entry->head_dim);
   TORCH_CHECK(slot >= 0, "flash_attention cuda: ", symbol, " has head dim ", entry->head_dim);
-  g_decode_launchers[static_cast<int>(entry->dtype)][slot].store(entry->launch);
+  g_decode_entries[static_cast<int>(entry->dtype)][slot].store(entry);
 }
 
 // A cache is read in place (and written by the append), so it is never copied: its base and used strides must
@@ -265,28 +265,16 @@ void check_cache_alignment(const at::Tensor& t, const char* name) {
                     "8 elements");
 }
 
-std::tuple<at::Tensor, at::Tensor> cuda_kvcache(const at::Tensor& q_in, const at::Tensor& k_cache,
-                                                const at::Tensor& v_cache, const c10::optional<at::Tensor>& seqlens,
-                                                const c10::optional<at::Tensor>& block_table,
-                                                const c10::optional<at::Tensor>& k_new_in,
-                                                const c10::optional<at::Tensor>& v_new_in, bool causal,
-                                                double softmax_scale, int64_t num_splits, int64_t kernel_head_dim) {
-  TORCH_CHECK_VALUE(q_in.is_cuda() && k_cache.is_cuda() && v_cache.is_cuda(),
-                    "flash_attention cuda: inputs must be CUDA");
-  TORCH_CHECK_VALUE(q_in.dim() == 4 && k_cache.dim() == 4 && k_cache.sizes() == v_cache.sizes(),
-                    "flash_attention cuda: query and the caches must be 4-D, the caches of one shape");
-  const auto dtype = q_in.scalar_type();
-  TORCH_CHECK_TYPE((dtype == at::kHalf || dtype == at::kBFloat16) && k_cache.scalar_type() == dtype &&
-                       v_cache.scalar_type() == dtype, "flash_attention cuda: dtypes must be one of fp16, bf16");
-  const int64_t batch = q_in.size(0), heads_q = q_in.size(1), seqlen_q = q_in.size(2), head_dim = q_in.size(3);
-  const int64_t heads_kv = k_cache.size(1);
-  TORCH_CHECK_VALUE(k_cache.size(3) == head_dim && heads_kv > 0 && heads_q % heads_kv == 0 && head_dim % 8 == 0 &&
-                        head_dim <= kernel_head_dim, "flash_attention cuda: cache and query shapes do not match");
-  TORCH_CHECK_VALUE(std::isfinite(softmax_scale) && softmax_scale > 0, "flash_attention cuda: softmax_scale must be "
-                    "positive here (flash_attention.cuda folds other scales into the query)");
-  TORCH_CHECK_VALUE(num_splits >= 1 && num_splits <= 128, "flash_attention cuda: num_splits must be in [1, 128]");
-  const int slot = decode_head_dim_slot(kernel_head_dim);
-  TORCH_CHECK_VALUE(slot >= 0, "flash_attention cuda: no decode kernel of head dim ", kernel_head_dim);
+// The cache half of DecodeParams, common to the decode and the append: checks and fills pointers, strides, sizes.
+void fill_cache_params(flash::DecodeParams& p, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                       const c10::optional<at::Tensor>& seqlens, const c10::optional<at::Tensor>& block_table,
+                       int64_t batch, int64_t head_dim) {
+  TORCH_CHECK_VALUE(k_cache.is_cuda() && k_cache.dim() == 4 && k_cache.sizes() == v_cache.sizes() &&
+                        v_cache.is_cuda() && k_cache.size(3) == head_dim && k_cache.size(1) > 0,
+                    "flash_attention cuda: the caches must be 4-D CUDA tensors of one shape, head_dim ", head_dim);
+  const auto dtype = k_cache.scalar_type();
+  TORCH_CHECK_TYPE((dtype == at::kHalf || dtype == at::kBFloat16) && v_cache.scalar_type() == dtype,
+                   "flash_attention cuda: the caches must be fp16 or bf16, alike");
   check_cache_alignment(k_cache, "key_cache");
   check_cache_alignment(v_cache, "value_cache");
   const bool paged = block_table.has_value();
@@ -294,6 +282,8 @@ std::tuple<at::Tensor, at::Tensor> cuda_kvcache(const at::Tensor& q_in, const at
     TORCH_CHECK_VALUE(block_table->is_cuda() && block_table->scalar_type() == at::kInt && block_table->dim() == 2 &&
                           block_table->size(0) == batch && block_table->stride(1) == 1,
                       "flash_attention cuda: block_table must be int32 (batch, max_blocks) with unit column stride");
+    p.block_table_ptr = block_table->data_ptr<int>();
+    p.block_table_batch_stride = block_table->stride(0);
   } else {
     TORCH_CHECK_VALUE(k_cache.size(0) == batch, "flash_attention cuda: a contiguous cache has one row per sequence");
   }
@@ -301,60 +291,97 @@ std::tuple<at::Tensor, at::Tensor> cuda_kvcache(const at::Tensor& q_in, const at
     TORCH_CHECK_VALUE(seqlens->is_cuda() && seqlens->scalar_type() == at::kInt && seqlens->dim() == 1 &&
                           seqlens->size(0) == batch && seqlens->stride(0) == 1,
                       "flash_attention cuda: cache_seqlens must be contiguous int32 (batch,)");
+    p.seqlens_ptr = seqlens->data_ptr<int>();
   }
-  const bool append = k_new_in.has_value();
-  TORCH_CHECK_VALUE(append == v_new_in.has_value() && (!append || seqlens.has_value()),
-                    "flash_attention cuda: key and value come together, with cache_seqlens");
+  p.k_ptr = k_cache.data_ptr();
+  p.v_ptr = v_cache.data_ptr();
+  p.k_batch_stride = k_cache.stride(0), p.k_head_stride = k_cache.stride(1), p.k_row_stride = k_cache.stride(2);
+  p.v_batch_stride = v_cache.stride(0), p.v_head_stride = v_cache.stride(1), p.v_row_stride = v_cache.stride(2);
+  p.batch = static_cast<int>(batch);
+  p.heads_kv = static_cast<int>(k_cache.size(1));
+  p.head_dim = static_cast<int>(head_dim);
+  p.page_size = paged ? static_cast<int>(k_cache.size(2)) : 0;
+  p.num_pages = paged ? static_cast<int>(k_cache.size(0)) : 0;
+  p.capacity = static_cast<int>(paged ? block_table->size(1) * k_cache.size(2) : k_cache.size(2));
+}
+
+const flash::DecodeKernelEntry& decode_entry(at::ScalarType dtype, int64_t kernel_head_dim) {
+  const int slot = decode_head_dim_slot(kernel_head_dim);
+  TORCH_CHECK_VALUE(slot >= 0, "flash_attention cuda: no decode kernel of head dim ", kernel_head_dim);
+  const flash::DecodeKernelEntry* entry = g_decode_entries[dtype == at::kHalf ? 0 : 1][slot].load();
+  TORCH_CHECK(entry != nullptr, "flash_attention cuda: decode kernel of head dim ", kernel_head_dim,
+              " is not loaded: flash_attention.attention_with_kvcache builds and loads it on first use");
+  return *entry;
+}
+
+// flash_attention::cuda_kvcache_append: key/value (batch, heads_kv, new_tokens, head_dim) into the caches at
+// cache_seqlens[b], in place; positions outside the cache are skipped.
+void cuda_kvcache_append(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& k_new_in,
+                         const at::Tensor& v_new_in, const at::Tensor& seqlens,
+                         const c10::optional<at::Tensor>& block_table, int64_t kernel_head_dim) {
+  TORCH_CHECK_VALUE(k_new_in.dim() == 4 && k_new_in.sizes() == v_new_in.sizes() && k_new_in.is_cuda() &&
+                        v_new_in.is_cuda() && k_new_in.scalar_type() == k_cache.scalar_type() &&
+                        v_new_in.scalar_type() == k_cache.scalar_type(),
+                    "flash_attention cuda: key/value must be (batch, heads_kv, new_tokens, head_dim) like the cache");
+  flash::DecodeParams p{};
+  fill_cache_params(p, k_cache, v_cache, seqlens, block_table, k_new_in.size(0), k_new_in.size(3));
+  TORCH_CHECK_VALUE(k_new_in.size(1) == p.heads_kv, "flash_attention cuda: key has ", k_new_in.size(1),
+                    " heads, the cache ", p.heads_kv);
+  c10::cuda::CUDAGuard guard(k_cache.device());
+  const at::Tensor k_new = aligned_for_16_byte_loads(k_new_in);
+  const at::Tensor v_new = aligned_for_16_byte_loads(v_new_in);
+  p.k_new_ptr = k_new.data_ptr();
+  p.v_new_ptr = v_new.data_ptr();
+  p.seqlen_new = static_cast<int>(k_new.size(2));
+  p.k_new_batch_stride = used_stride(k_new, 0), p.k_new_head_stride = used_stride(k_new, 1);
+  p.k_new_row_stride = used_stride(k_new, 2);
+  p.v_new_batch_stride = used_stride(v_new, 0), p.v_new_head_stride = used_stride(v_new, 1);
+  p.v_new_row_stride = used_stride(v_new, 2);
+  const flash::DecodeKernelEntry& entry = decode_entry(k_cache.scalar_type(), kernel_head_dim);
+  C10_CUDA_CHECK(entry.append(p, c10::cuda::getCurrentCUDAStream().stream()));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// flash_attention::cuda_decode: query against the caches, sequence b holding cache_seqlens[b] + seqlen_new keys
+// (None: all of them). Functional: allocates and returns (out, lse).
+std::tuple<at::Tensor, at::Tensor> cuda_decode(const at::Tensor& q_in, const at::Tensor& k_cache,
+                                               const at::Tensor& v_cache, const c10::optional<at::Tensor>& seqlens,
+                                               const c10::optional<at::Tensor>& block_table, int64_t seqlen_new,
+                                               bool causal, double softmax_scale, int64_t num_splits,
+                                               int64_t kernel_head_dim) {
+  TORCH_CHECK_VALUE(q_in.is_cuda() && q_in.dim() == 4, "flash_attention cuda: query must be a 4-D CUDA tensor");
+  const auto dtype = q_in.scalar_type();
+  TORCH_CHECK_TYPE(k_cache.scalar_type() == dtype, "flash_attention cuda: query and caches must share a dtype");
+  const int64_t batch = q_in.size(0), heads_q = q_in.size(1), seqlen_q = q_in.size(2), head_dim = q_in.size(3);
+  TORCH_CHECK_VALUE(std::isfinite(softmax_scale) && softmax_scale > 0, "flash_attention cuda: softmax_scale must be "
+                    "positive here (flash_attention.cuda folds other scales into the query)");
+  TORCH_CHECK_VALUE(num_splits >= 1 && num_splits <= 128, "flash_attention cuda: num_splits must be in [1, 128]");
+  TORCH_CHECK_VALUE(seqlen_new >= 0 && (seqlen_new == 0 || seqlens.has_value()),
+                    "flash_attention cuda: seqlen_new counts appended tokens, which need cache_seqlens");
+  flash::DecodeParams p{};
+  fill_cache_params(p, k_cache, v_cache, seqlens, block_table, batch, head_dim);
+  TORCH_CHECK_VALUE(heads_q % p.heads_kv == 0 && head_dim % 8 == 0 && head_dim <= kernel_head_dim,
+                    "flash_attention cuda: query and cache shapes do not match");
+  const flash::DecodeKernelEntry& entry = decode_entry(dtype, kernel_head_dim);
 
   c10::cuda::CUDAGuard guard(q_in.device());
   const at::Tensor q = aligned_for_16_byte_loads(q_in);
   at::Tensor out = at::empty_like(q_in, at::MemoryFormat::Preserve);
   at::Tensor out_aligned = aligned_for_16_byte_loads(out);
   at::Tensor lse = at::empty({batch, heads_q, seqlen_q}, q_in.options().dtype(at::kFloat));
-
-  flash::DecodeParams p{};
   p.q_ptr = q.data_ptr();
-  p.k_ptr = k_cache.data_ptr();
-  p.v_ptr = v_cache.data_ptr();
   p.o_ptr = out_aligned.data_ptr();
   p.lse_ptr = lse.data_ptr<float>();
   p.q_batch_stride = used_stride(q, 0), p.q_head_stride = used_stride(q, 1), p.q_row_stride = used_stride(q, 2);
-  p.k_batch_stride = k_cache.stride(0), p.k_head_stride = k_cache.stride(1), p.k_row_stride = k_cache.stride(2);
-  p.v_batch_stride = v_cache.stride(0), p.v_head_stride = v_cache.stride(1), p.v_row_stride = v_cache.stride(2);
   p.o_batch_stride = used_stride(out_aligned, 0), p.o_head_stride = used_stride(out_aligned, 1);
   p.o_row_stride = used_stride(out_aligned, 2);
-  p.batch = static_cast<int>(batch);
   p.heads_q = static_cast<int>(heads_q);
-  p.heads_kv = static_cast<int>(heads_kv);
-  p.group = static_cast<int>(heads_q / heads_kv);
+  p.group = static_cast<int>(heads_q / p.heads_kv);
   p.seqlen_q = static_cast<int>(seqlen_q);
-  p.head_dim = static_cast<int>(head_dim);
-  p.page_size = paged ? static_cast<int>(k_cache.size(2)) : 0;
-  p.num_pages = paged ? static_cast<int>(k_cache.size(0)) : 0;
-  p.capacity = static_cast<int>(paged ? block_table->size(1) * k_cache.size(2) : k_cache.size(2));
+  p.seqlen_new = static_cast<int>(seqlen_new);
   p.num_splits = static_cast<int>(num_splits);
   p.scale_log2 = static_cast<float>(softmax_scale * M_LOG2E);
   p.causal = causal;
-  if (paged) {
-    p.block_table_ptr = block_table->data_ptr<int>();
-    p.block_table_batch_stride = block_table->stride(0);
-  }
-  if (seqlens.has_value()) p.seqlens_ptr = seqlens->data_ptr<int>();
-  at::Tensor k_new, v_new;
-  if (append) {
-    k_new = aligned_for_16_byte_loads(*k_new_in);
-    v_new = aligned_for_16_byte_loads(*v_new_in);
-    TORCH_CHECK_VALUE(k_new.sizes() == v_new.sizes() && k_new.size(0) == batch && k_new.size(1) == heads_kv &&
-                          k_new.size(3) == head_dim && k_new.scalar_type() == dtype && v_new.scalar_type() == dtype,
-                      "flash_attention cuda: key/value must be (batch, heads_kv, new_tokens, head_dim)");
-    p.k_new_ptr = k_new.data_ptr();
-    p.v_new_ptr = v_new.data_ptr();
-    p.seqlen_new = static_cast<int>(k_new.size(2));
-    p.k_new_batch_stride = used_stride(k_new, 0), p.k_new_head_stride = used_stride(k_new, 1);
-    p.k_new_row_stride = used_stride(k_new, 2);
-    p.v_new_batch_stride = used_stride(v_new, 0), p.v_new_head_stride = used_stride(v_new, 1);
-    p.v_new_row_stride = used_stride(v_new, 2);
-  }
   at::Tensor partial_o, partial_lse;
   if (num_splits > 1) {
     partial_o = at::empty({num_splits, batch * heads_q * seqlen_q, head_dim}, q_in.options().dtype(at::kFloat));
@@ -362,10 +389,7 @@ std::tuple<at::Tensor, at::Tensor> cuda_kvcache(const at::Tensor& q_in, const at
     p.partial_o_ptr = partial_o.data_ptr<float>();
     p.partial_lse_ptr = partial_lse.data_ptr<float>();
   }
-  const flash::DecodeLaunchFn launch = g_decode_launchers[dtype == at::kHalf ? 0 : 1][slot].load();
-  TORCH_CHECK(launch != nullptr, "flash_attention cuda: decode kernel of head dim ", kernel_head_dim,
-              " is not loaded: flash_attention.attention_with_kvcache builds and loads it on first use");
-  C10_CUDA_CHECK(launch(p, c10::cuda::getCurrentCUDAStream().stream()));
+  C10_CUDA_CHECK(entry.launch(p, c10::cuda::getCurrentCUDAStream().stream()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (!out_aligned.is_same(out)) out.copy_(out_aligned);
   return {out, lse};
@@ -379,5 +403,6 @@ TORCH_LIBRARY_FRAGMENT(flash_attention, m) {
 }
 TORCH_LIBRARY_IMPL(flash_attention, CUDA, m) {
   m.impl("cuda_fwd", &cuda_fwd);
-  m.impl("cuda_kvcache", &cuda_kvcache);
+  m.impl("cuda_decode", &cuda_decode);
+  m.impl("cuda_kvcache_append", &cuda_kvcache_append);
 }

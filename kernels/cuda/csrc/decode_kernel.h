@@ -590,14 +590,15 @@ cudaError_t launch_decode(const DecodeParams& p, cudaStream_t stream) {
 }
 }  // namespace decode
 
+// Inline: every decode library exports it (one definition, by the ODR).
+inline cudaError_t run_decode_append(const DecodeParams& p, cudaStream_t stream) {
+  if (p.seqlen_new > 0) decode::decode_append_kernel<<<p.batch * p.heads_kv * p.seqlen_new, 32, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
 template <DType kDType, int kHeadDim>
 cudaError_t run_decode(const DecodeParams& p, cudaStream_t stream) {
   using Stages = decode::StageChoice<kHeadDim>;
-  if (p.k_new_ptr != nullptr && p.seqlen_new > 0) {
-    decode::decode_append_kernel<<<p.batch * p.heads_kv * p.seqlen_new, 32, 0, stream>>>(p);
-    const cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
-  }
   int optin = 0;
   cudaError_t err = decode::shared_memory_optin(optin);
   if (err != cudaSuccess) return err;

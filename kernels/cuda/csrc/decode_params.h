@@ -21,7 +21,7 @@ struct DecodeParams {
   float* __restrict__ partial_lse_ptr;
   const int* __restrict__ seqlens_ptr;      // (batch,): keys in the cache before the append; null: `capacity`
   const int* __restrict__ block_table_ptr;  // (batch, capacity / page_size) page indices; null: contiguous cache
-  const void* __restrict__ k_new_ptr;       // (batch, heads_kv, seqlen_new, head_dim) appended first; or null
+  const void* __restrict__ k_new_ptr;       // (batch, heads_kv, seqlen_new, head_dim): the append's source
   const void* __restrict__ v_new_ptr;
 
   index_t q_batch_stride, q_head_stride, q_row_stride;
@@ -41,7 +41,7 @@ struct DecodeParams {
   int capacity;    // keys a sequence's cache holds: its rows, or block-table width x page_size
   int page_size;   // 0: contiguous cache
   int num_pages;   // paged: page indices are clamped into [0, num_pages), so no access leaves the cache
-  int seqlen_new;  // tokens appended at cache_seqlens[b] before attending (0: none)
+  int seqlen_new;  // tokens appended at cache_seqlens[b] (by run_decode_append, before the decode: 0 if none)
   int num_splits;  // key ranges per row block, merged by the combine kernel when > 1
   float scale_log2;  // softmax_scale * log2(e), positive (the caller folds other scales into the query)
   bool causal;       // row i of sequence b sees keys j <= L_b - seqlen_q + i, L_b = cache_seqlens[b] + seqlen_new
@@ -49,7 +49,7 @@ struct DecodeParams {
 
 using DecodeLaunchFn = cudaError_t (*)(const DecodeParams&, cudaStream_t);
 
-// Launches the append (if any), the split-KV decode kernel and the combine (if num_splits > 1) on `stream`.
+// Launches the split-KV decode kernel and the combine (if num_splits > 1) on `stream`.
 template <DType kDType, int kHeadDim>
 cudaError_t run_decode(const DecodeParams& params, cudaStream_t stream);
 
@@ -59,6 +59,7 @@ struct DecodeKernelEntry {
   DType dtype;
   int head_dim;
   DecodeLaunchFn launch;
+  DecodeLaunchFn append;  // run_decode_append (decode_kernel.h): the new tokens into the cache
 };
 
 }  // namespace flash
@@ -66,4 +67,4 @@ struct DecodeKernelEntry {
 #define FLASH_EXPORT_DECODE_KERNEL(STEM, DTYPE, HEADDIM)                                                        \
   extern "C" __attribute__((visibility("default"))) const ::flash::DecodeKernelEntry flash_attention_##STEM = { \
       static_cast<int>(sizeof(::flash::DecodeParams)), ::flash::DType::DTYPE, HEADDIM,                          \
-      &::flash::run_decode<::flash::DType::DTYPE, HEADDIM>};
+      &::flash::run_decode<::flash::DType::DTYPE, HEADDIM>, &::flash::run_decode_append};
