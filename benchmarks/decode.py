@@ -318,7 +318,7 @@ def report(args, info, rows, ceiling, device) -> str:
         return [str(shape.batch), f"{shape.heads_q}/{shape.heads_kv}", str(shape.seqlen_q), str(shape.keys),
                 str(shape.head_dim), "paged" if shape.paged else "contiguous"]
 
-    def ratio(our_row, peer_row):
+    def ratio(our_row, peer_row):  # peer time over ours: > 1 when ours is faster
         if not (our_row and peer_row and "us" in our_row and "us" in peer_row):
             return "—"
         return f"{peer_row['us'] / our_row['us']:.2f}"
@@ -341,7 +341,7 @@ def report(args, info, rows, ceiling, device) -> str:
     for shape, cells in by_shape.items():
         if shape.paged:
             twin = by_shape.get(DecodeShape(**{**asdict(shape), "paged": False}), {})
-            paged_pairs.append(shape_cells(shape)[:5] + [ratio(twin.get(m), cells.get(m)) for m in ours])
+            paged_pairs.append(shape_cells(shape)[:5] + [ratio(cells.get(m), twin.get(m)) for m in ours])
     if paged_pairs:
         document.table("Paged against contiguous, same shape (contiguous µs / paged µs; 1.00: pages cost nothing)",
                        headers[:5] + ours, paged_pairs)

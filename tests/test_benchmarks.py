@@ -230,3 +230,19 @@ def test_decode_grid_smoke_runs_and_writes_results(tmp_path):
         assert triton_rows and all(r["status"] == "ok" and r["us"] > 0 for r in triton_rows), triton_rows
         assert {r["paged"] for r in triton_rows} == {False, True}
     assert (tmp_path / "runtime_smoke_bf16.md").read_text().startswith("# Decode runtime")
+
+
+def test_decode_tables_state_ratios_the_right_way_round():
+    """Ours against a peer is peer time over ours (> 1: ours faster); paged against contiguous is contiguous time over
+    paged (1.00: the page table costs nothing, 0.50: paged takes twice as long)."""
+    decode = _load_script("decode")
+    args = decode.parse_args(["--smoke", "--markdown", "--methods", "triton,sdpa_flash"])
+    shape = dict(batch=1, heads_q=4, heads_kv=2, seqlen_q=1, keys=64, head_dim=32, dtype="bf16", status="ok", note="")
+    rows = [dict(shape, paged=False, method="triton", us=10.0, tbps=1.0),
+            dict(shape, paged=False, method="sdpa_flash", us=30.0, tbps=0.33),
+            dict(shape, paged=True, method="triton", us=20.0, tbps=0.5),
+            dict(shape, paged=True, method="sdpa_flash", status="unavailable", note="no pages")]
+    text = decode.report(args, {"gpu": "test"}, rows, None, torch.device("cpu"))
+    peer_table, paged_table = text.split("### TB/s of K/V read")[1].split("### Paged against contiguous")
+    assert "3.00" in peer_table.splitlines()[4], peer_table  # the contiguous row: 30 µs / 10 µs
+    assert "0.50" in paged_table.splitlines()[4], paged_table

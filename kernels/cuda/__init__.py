@@ -202,8 +202,7 @@ def auto_eligible(query, causal: bool = False, key=None) -> bool:
         return False
     major_minor = capability(query)
     if key is not None and _decode_plan.decode_shaped(query.shape[2], query.shape[1] // key.shape[1]):
-        return _loader.is_built(f"{major_minor[0]}{major_minor[1]}", (decode_kernel_stem(query.shape[-1],
-                                                                                         query.dtype),))
+        return _decode_auto_eligible(query, key.shape[1])
     if major_minor == (9, 0) and not sm90_family_covers(query.shape[-1]):
         return False
     stem = kernel_stem(major_minor, query.shape[-1], query.dtype, causal)
@@ -307,13 +306,21 @@ def kvcache_unsupported_reason(query, key_cache, value_cache) -> str | None:
     return None
 
 
-def kvcache_auto_eligible(query, key_cache, value_cache) -> bool:
-    """Whether `auto` should take this backend for a KV-cache call: it can run it, and its decode kernel is built
-    (`auto` never starts a build)."""
-    if unavailable_reason(query) is not None or kvcache_unsupported_reason(query, key_cache, value_cache) is not None:
+def _decode_auto_eligible(query, heads_kv: int) -> bool:
+    """`auto` takes the decode kernel where its packed rows fit one 16-row tile: with more, each row block reads the
+    K/V again (0.60-0.67 of FlashAttention-4 at 32 rows, batch 16, on an H200, where the Triton kernel's 32-row tile
+    reached 0.98-1.00: results/runtime_decode-heads_bf16.md). And only once it is built (`auto` never builds)."""
+    if query.shape[1] // heads_kv * query.shape[2] > _DECODE_ROWS:
         return False
     major, minor = capability(query)
     return _loader.is_built(f"{major}{minor}", (decode_kernel_stem(query.shape[-1], query.dtype),))
+
+
+def kvcache_auto_eligible(query, key_cache, value_cache) -> bool:
+    """Whether `auto` should take this backend for a KV-cache call (see _decode_auto_eligible)."""
+    if unavailable_reason(query) is not None or kvcache_unsupported_reason(query, key_cache, value_cache) is not None:
+        return False
+    return _decode_auto_eligible(query, key_cache.shape[1])
 
 
 def _call(op, *args):
