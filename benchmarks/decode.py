@@ -271,7 +271,7 @@ def run_shape(shape: DecodeShape, methods: dict, args, device) -> list[dict]:
             output = run(inputs, args.causal)  # also the warm-up: compiles and tunes before timing
             error, tolerance = reference_error(inputs, output, args.causal)
             row.update(max_error=error, tolerance=tolerance, status="ok" if error <= tolerance else "wrong")
-            calls[name] = lambda run=run: run(inputs, args.causal)
+            calls[name] = lambda run=run, inputs=inputs: run(inputs, args.causal)
         except Exception as failure:  # one method's failure stays its own
             row.update(status="oom" if isinstance(failure, torch.OutOfMemoryError) else "error",
                        note=harness._first_line(failure))

@@ -272,3 +272,20 @@ def check_kvcache_args(query, key_cache, value_cache, *, cache_seqlens, block_ta
     scale = resolve_softmax_scale(softmax_scale, head_dim)
     return KVCacheShape(batch, heads_q, heads_kv, seqlen_q, head_dim, capacity, page_size, num_pages, seqlen_new,
                         scale, num_splits)
+
+
+def kvcache_entry_point(run_kvcache_validated, backend: str):
+    """A backend's public `attention_with_kvcache`: validate, then its `run_kvcache_validated`."""
+
+    def attention_with_kvcache(query, key_cache, value_cache, *, cache_seqlens=None, block_table=None, key=None,
+                               value=None, causal=False, softmax_scale=None, return_lse=False, num_splits=None):
+        shape = check_kvcache_args(query, key_cache, value_cache, cache_seqlens=cache_seqlens,
+                                   block_table=block_table, key=key, value=value, causal=causal,
+                                   softmax_scale=softmax_scale, return_lse=return_lse, num_splits=num_splits)
+        return run_kvcache_validated(query, key_cache, value_cache, shape, cache_seqlens=cache_seqlens,
+                                     block_table=block_table, key=key, value=value, causal=causal,
+                                     return_lse=return_lse)
+
+    attention_with_kvcache.__doc__ = (f"The {backend} backend against a KV cache; the contract is "
+                                      f"flash_attention.attention_with_kvcache's.")
+    return attention_with_kvcache

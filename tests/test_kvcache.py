@@ -308,8 +308,8 @@ def test_out_of_range_values_stay_inside_the_cache(backend, page_size):
     torch.cuda.synchronize()
     assert not out[0].isnan().any()
     # Sequence 1 writes nowhere (its positions are past the capacity); sequence 0 writes 6 tokens and drops 2.
-    changed = (cache.key != guard_key).any(dim=-1).sum().item()
-    assert changed <= 2 * 6
+    for cache_now, guard in ((cache.key, guard_key), (cache.value, guard_value)):
+        assert (cache_now != guard).any(dim=-1).sum().item() <= 2 * 6
 
 
 @requires_gpu
@@ -382,3 +382,17 @@ def test_forward_only_backward_raises(backend):
     assert out.requires_grad, "a kernel output must not be silently detached"
     with pytest.raises(NotImplementedError, match="forward-only"):
         out.float().sum().backward()
+
+
+def test_backend_modules_take_the_call_directly(kernel_backend):
+    """flash_attention.<backend>.attention_with_kvcache validates and runs like the public call with that backend."""
+    module = getattr(flash_attention, kernel_backend)
+    cache = Cache(2, 2, 48, 64, torch.float16, page_size=16)
+    query = make_query(2, 4, 1, 64, torch.float16)
+    seqlens = torch.tensor([48, 7], dtype=torch.int32, device=DEVICE)
+    out, lse = module.attention_with_kvcache(query, cache.key, cache.value, cache_seqlens=seqlens,
+                                             block_table=cache.block_table, return_lse=True)
+    check_against_reference(out, lse, query, cache, [48, 7], causal=False)
+    with pytest.raises(TypeError, match=r"cache_seqlens must have dtype torch\.int32"):
+        module.attention_with_kvcache(query, cache.key, cache.value, cache_seqlens=seqlens.long(),
+                                      block_table=cache.block_table)

@@ -18,7 +18,7 @@ import triton
 
 from .._custom_op import use_registered_op
 from .._device import capability, device_index
-from .._validation import check_attention_args, check_kvcache_args, empty_like_query, empty_lse
+from .._validation import check_attention_args, empty_like_query, empty_lse, kvcache_entry_point
 from .. import _decode_plan
 from . import _decode
 from ._configs import (
@@ -250,16 +250,6 @@ def _run_decode(query, key_cache, value_cache, cache_seqlens, block_table, seqle
                                   interpreted=_INTERPRETED, dot_in_fp32=_dot_in_fp32(query))
 
 
-def attention_with_kvcache(query, key_cache, value_cache, *, cache_seqlens=None, block_table=None, key=None,
-                           value=None, causal=False, softmax_scale=None, return_lse=False, num_splits=None):
-    """Triton attention against a KV cache; the contract is flash_attention.attention_with_kvcache's."""
-    shape = check_kvcache_args(query, key_cache, value_cache, cache_seqlens=cache_seqlens, block_table=block_table,
-                               key=key, value=value, causal=causal, softmax_scale=softmax_scale,
-                               return_lse=return_lse, num_splits=num_splits)
-    return run_kvcache_validated(query, key_cache, value_cache, shape, cache_seqlens=cache_seqlens,
-                                 block_table=block_table, key=key, value=value, causal=causal, return_lse=return_lse)
-
-
 def run_kvcache_validated(query, key_cache, value_cache, shape, *, cache_seqlens, block_table, key, value, causal,
                           return_lse):
     """`attention_with_kvcache` after check_kvcache_args (which returned `shape`)."""
@@ -281,3 +271,6 @@ def run_kvcache_validated(query, key_cache, value_cache, shape, *, cache_seqlens
         out, lse = _run_decode(query, key_cache, value_cache, cache_seqlens, block_table, seqlen_new, causal,
                                shape.softmax_scale, shape.num_splits)
     return (out, lse) if return_lse else out
+
+
+attention_with_kvcache = kvcache_entry_point(run_kvcache_validated, "triton")

@@ -56,6 +56,17 @@ def _key_rows(BlockTable, table_row, keys, first_key, key_limit, stride_k_seq, s
 
 
 @triton.jit
+def _cache_bases(K, V, off_b, off_kv, stride_kb, stride_kh, stride_vb, stride_vh, PAGE_SIZE: tl.constexpr):
+    """Where (batch off_b, K/V head off_kv) starts in the caches: its sequence's rows (contiguous), or the head's
+    offset inside every page (paged: _key_rows adds the page)."""
+    if PAGE_SIZE > 0:
+        return K + off_kv.to(tl.int64) * stride_kh, V + off_kv.to(tl.int64) * stride_vh
+    else:
+        return (K + off_b.to(tl.int64) * stride_kb + off_kv.to(tl.int64) * stride_kh,
+                V + off_b.to(tl.int64) * stride_vb + off_kv.to(tl.int64) * stride_vh)
+
+
+@triton.jit
 def decode_kernel(
     Q, K, V, Out, Lse, SeqLens, BlockTable,
     stride_qb, stride_qh, stride_qm,
@@ -104,12 +115,7 @@ def decode_kernel(
     lo = split * tiles_per_split * BLOCK_N
     hi = tl.minimum(lo + tiles_per_split * BLOCK_N, block_limit)
 
-    if PAGE_SIZE > 0:
-        k_base = K + off_kv.to(tl.int64) * stride_kh
-        v_base = V + off_kv.to(tl.int64) * stride_vh
-    else:
-        k_base = K + off_b.to(tl.int64) * stride_kb + off_kv.to(tl.int64) * stride_kh
-        v_base = V + off_b.to(tl.int64) * stride_vb + off_kv.to(tl.int64) * stride_vh
+    k_base, v_base = _cache_bases(K, V, off_b, off_kv, stride_kb, stride_kh, stride_vb, stride_vh, PAGE_SIZE)
     table_row = off_b.to(tl.int64) * stride_tb
 
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], dtype=tl.float32)
@@ -212,11 +218,7 @@ def append_kernel(
                 + cols[None, :], mask=mask)
     v = tl.load(VNew + off_b.to(tl.int64) * stride_wb + off_kv.to(tl.int64) * stride_wh + new_rows * stride_wn
                 + cols[None, :], mask=mask)
-    if PAGE_SIZE > 0:
-        k_base = KCache + off_kv.to(tl.int64) * stride_kh
-        v_base = VCache + off_kv.to(tl.int64) * stride_vh
-    else:
-        k_base = KCache + off_b.to(tl.int64) * stride_kb + off_kv.to(tl.int64) * stride_kh
-        v_base = VCache + off_b.to(tl.int64) * stride_vb + off_kv.to(tl.int64) * stride_vh
+    k_base, v_base = _cache_bases(KCache, VCache, off_b, off_kv, stride_kb, stride_kh, stride_vb, stride_vh,
+                                  PAGE_SIZE)
     tl.store(k_base + k_rows[:, None] + cols[None, :], k, mask=mask)
     tl.store(v_base + v_rows[:, None] + cols[None, :], v, mask=mask)
