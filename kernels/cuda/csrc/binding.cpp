@@ -68,20 +68,28 @@ std::string kernel_stem(flash::KernelFamily family, flash::DType dtype, int padd
   return causal ? stem + "_causal" : stem;
 }
 
+// The entry a kernel library exports as flash_attention_<stem>, of type Entry, after dlopen (the library stays open
+// for the life of the process) and a check that it was built against this binding's Params layout.
+template <typename Entry, typename Params>
+const Entry* open_kernel_entry(const std::string& path, const std::string& stem) {
+  void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  TORCH_CHECK(handle != nullptr, "flash_attention cuda: cannot load kernel library ", path, ": ", dlerror());
+  const std::string symbol = "flash_attention_" + stem;
+  const auto* entry = static_cast<const Entry*>(dlsym(handle, symbol.c_str()));
+  TORCH_CHECK(entry != nullptr, "flash_attention cuda: ", path, " does not export ", symbol);
+  TORCH_CHECK(entry->params_bytes == static_cast<int>(sizeof(Params)),
+              "flash_attention cuda: ", path, " was built against another parameter layout; clear the cache");
+  return entry;
+}
+
 // flash_attention::cuda_load_kernel(path, stem): dlopen a kernel library and file the launcher it exports as
 // flash_attention_<stem>. Called by the loader once per library and process; loading one twice is harmless.
 void cuda_load_kernel(const std::string& path, const std::string& stem) {
   std::lock_guard<std::mutex> lock(g_load_mutex);
-  void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);  // kept open for the life of the process
-  TORCH_CHECK(handle != nullptr, "flash_attention cuda: cannot load kernel library ", path, ": ", dlerror());
-  const std::string symbol = "flash_attention_" + stem;
-  const auto* entry = static_cast<const flash::KernelEntry*>(dlsym(handle, symbol.c_str()));
-  TORCH_CHECK(entry != nullptr, "flash_attention cuda: ", path, " does not export ", symbol);
-  TORCH_CHECK(entry->params_bytes == static_cast<int>(sizeof(flash::FwdParams)),
-              "flash_attention cuda: ", path, " was built against another FwdParams layout; clear the cache");
+  const auto* entry = open_kernel_entry<flash::KernelEntry, flash::FwdParams>(path, stem);
   TORCH_CHECK(head_dim_slot(entry->head_dim) >= 0 &&
                   kernel_stem(entry->family, entry->dtype, entry->head_dim, entry->causal) == stem,
-              "flash_attention cuda: ", symbol, " in ", path, " describes another kernel");
+              "flash_attention cuda: the entry of ", path, " describes another kernel than ", stem);
   launcher_slot(entry->family, entry->dtype, entry->head_dim, entry->causal).store(entry->launch);
 }
 
@@ -243,15 +251,9 @@ int decode_head_dim_slot(int64_t head_dim) {
 // flash_attention::cuda_load_decode_kernel(path, stem): as cuda_load_kernel, for a decode_hdim<D>_<dtype> library.
 void cuda_load_decode_kernel(const std::string& path, const std::string& stem) {
   std::lock_guard<std::mutex> lock(g_load_mutex);
-  void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);  // kept open for the life of the process
-  TORCH_CHECK(handle != nullptr, "flash_attention cuda: cannot load kernel library ", path, ": ", dlerror());
-  const std::string symbol = "flash_attention_" + stem;
-  const auto* entry = static_cast<const flash::DecodeKernelEntry*>(dlsym(handle, symbol.c_str()));
-  TORCH_CHECK(entry != nullptr, "flash_attention cuda: ", path, " does not export ", symbol);
-  TORCH_CHECK(entry->params_bytes == static_cast<int>(sizeof(flash::DecodeParams)),
-              "flash_attention cuda: ", path, " was built against another DecodeParams layout; clear the cache");
+  const auto* entry = open_kernel_entry<flash::DecodeKernelEntry, flash::DecodeParams>(path, stem);
   const int slot = decode_head_dim_slot(entry->head_dim);
-  TORCH_CHECK(slot >= 0, "flash_attention cuda: ", symbol, " has head dim ", entry->head_dim);
+  TORCH_CHECK(slot >= 0, "flash_attention cuda: ", path, " exports a decode kernel of head dim ", entry->head_dim);
   g_decode_entries[static_cast<int>(entry->dtype)][slot].store(entry);
 }
 
