@@ -24,7 +24,7 @@ __all__ = [
 # Every backend module exposes `attention(query, key, value, *, causal, softmax_scale, return_lse)`, the same after
 # validation as `run_validated(query, key, value, shape, *, causal, return_lse)`, and `unavailable_reason(query)`
 # -> str | None; it may expose `auto_eligible(query, causal) -> bool` (which implies unavailable_reason(query) is None)
-# to stay out of `auto`. A backend with a KV-cache kernel exposes `run_kvcache_validated(query, key_cache,
+# to stay out of `auto`. For the KV-cache call each also exposes `run_kvcache_validated(query, key_cache,
 # value_cache, shape, *, cache_seqlens, block_table, key, value, causal, return_lse)` after check_kvcache_args, and
 # may expose `kvcache_auto_eligible(query, key_cache, value_cache) -> bool` to stay out of `auto` for such calls.
 # Importing them builds and compiles nothing: kernels compile on first use.
@@ -123,12 +123,10 @@ def attention(query, key, value, *, causal=False, softmax_scale=None, return_lse
 
 
 def _kvcache_backend_module(name: str, query, key_cache, value_cache):
-    """The module that runs a KV-cache call: `name`, or for auto the first backend in the auto order that has a
-    KV-cache kernel and can run the input (naive on CPU tensors)."""
+    """The module that runs a KV-cache call: `name`, or for auto the first backend in the auto order that can run
+    the input (naive on CPU tensors)."""
     if name != "auto":
         module = _backend_module(name)
-        if not hasattr(module, "run_kvcache_validated"):
-            raise ValueError(f"backend {name!r} has no KV-cache kernel yet; use backend='triton' or 'naive'")
         reason = module.unavailable_reason(query)
         if reason is not None:
             raise ValueError(f"backend {name!r} cannot run this input: {reason}")
@@ -136,7 +134,7 @@ def _kvcache_backend_module(name: str, query, key_cache, value_cache):
     if query.device.type == "cuda":
         for candidate in _AUTO_ORDER_HOPPER:
             module = _MODULES.get(candidate)
-            if module is None or not hasattr(module, "run_kvcache_validated"):
+            if module is None:
                 continue
             eligible = getattr(module, "kvcache_auto_eligible", None)
             if eligible(query, key_cache, value_cache) if eligible is not None else \

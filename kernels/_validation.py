@@ -159,6 +159,14 @@ class KVCacheShape:
         return self.heads_q // self.heads_kv
 
 
+def cache_geometry(key_cache, block_table) -> tuple[int, int, int]:
+    """(capacity, page_size, num_pages) of a cache: the keys a sequence's cache holds, and for a paged one
+    (block_table given) its page size and page count (both 0 for a contiguous cache)."""
+    if block_table is None:
+        return key_cache.shape[2], 0, 0
+    return block_table.shape[1] * key_cache.shape[2], key_cache.shape[2], key_cache.shape[0]
+
+
 def _check_index_tensor(name: str, value, query, rank: int, what: str) -> None:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or None, got {_describe(value)}")
@@ -227,20 +235,18 @@ def check_kvcache_args(query, key_cache, value_cache, *, cache_seqlens, block_ta
         if rows != batch:
             raise ValueError(f"key_cache has batch size {rows} but query has {batch} (a contiguous cache is "
                              f"(batch, heads_kv, max_seqlen, head_dim); pass block_table for a paged one)")
-        capacity, page_size, num_pages = cache_len, 0, 0
     else:
         _check_index_tensor("block_table", block_table, query, 2, "(batch, max_blocks_per_sequence)")
         if block_table.shape[0] != batch or block_table.shape[1] < 1:
             raise ValueError(f"block_table must be (batch={batch}, max_blocks >= 1), got {tuple(block_table.shape)}")
         if rows < 1:
             raise ValueError("a paged key_cache (num_blocks, heads_kv, page_size, head_dim) needs num_blocks >= 1")
-        page_size, num_pages = cache_len, rows
-        capacity = block_table.shape[1] * page_size
-        if not block_table.is_cuda and block_table.numel():
-            low, high = int(block_table.min()), int(block_table.max())
-            if low < 0 or high >= num_pages:
-                raise ValueError(f"block_table entries must index key_cache's {num_pages} blocks, got values from "
-                                 f"{low} to {high}")
+    capacity, page_size, num_pages = cache_geometry(key_cache, block_table)
+    if block_table is not None and not block_table.is_cuda and block_table.numel():
+        low, high = int(block_table.min()), int(block_table.max())
+        if low < 0 or high >= num_pages:
+            raise ValueError(f"block_table entries must index key_cache's {num_pages} blocks, got values from "
+                             f"{low} to {high}")
 
     seqlen_new = 0
     if (key is None) != (value is None):

@@ -22,7 +22,9 @@ import torch
 from .. import _decode_plan
 from .._custom_op import use_registered_op
 from .._device import capability, device_index
-from .._validation import check_attention_args, check_cuda_tensor, empty_like_query, kvcache_entry_point
+from .._validation import (
+    cache_geometry, check_attention_args, check_cuda_tensor, empty_like_query, kvcache_entry_point,
+)
 from . import _loader
 
 __all__ = [
@@ -239,14 +241,16 @@ def _ensure_kernel_loaded(query, causal) -> None:
     key = (query.device, query.dtype, query.shape[-1], bool(causal), os.environ.get("FLASH_ATTENTION_CUDA_KERNEL"))
     if key in _ready_kernels:
         return
-    major_minor = capability(query)
-    if major_minor[0] < 8:
-        raise ValueError(
-            f"backend 'cuda' needs a GPU with compute capability >= 8.0, got {major_minor[0]}.{major_minor[1]} "
-            f"on {query.device}; use backend='triton' or 'naive'"
-        )
+    _require_sm80(query)
     load_kernel(query, causal)
     _ready_kernels.add(key)
+
+
+def _require_sm80(query) -> None:
+    major, minor = capability(query)
+    if major < 8:
+        raise ValueError(f"backend 'cuda' needs a GPU with compute capability >= 8.0, got {major}.{minor} "
+                         f"on {query.device}; use backend='triton' or 'naive'")
 
 
 def run_validated(query, key, value, shape, *, causal, return_lse):
@@ -281,10 +285,7 @@ def _ensure_decode_kernel_loaded(query) -> None:
     key = ("decode", query.device, query.dtype, query.shape[-1])
     if key in _ready_kernels:
         return
-    major_minor = capability(query)
-    if major_minor[0] < 8:
-        raise ValueError(f"backend 'cuda' needs a GPU with compute capability >= 8.0, got "
-                         f"{major_minor[0]}.{major_minor[1]} on {query.device}; use backend='triton' or 'naive'")
+    _require_sm80(query)
     _loader.load(query.device, kernels=(decode_kernel_stem(query.shape[-1], query.dtype),))
     _ready_kernels.add(key)
 
@@ -340,7 +341,7 @@ def _run_decode(query, key_cache, value_cache, cache_seqlens, block_table, key, 
     heads_kv = key_cache.shape[1]
     kernel_head_dim = _decode_head_dim(head_dim)
     if num_splits is None:
-        capacity = key_cache.shape[2] * (block_table.shape[1] if block_table is not None else 1)
+        capacity = cache_geometry(key_cache, block_table)[0]
         programs = batch * heads_kv * -(-(heads_q // heads_kv * seqlen_q) // _DECODE_ROWS)
         num_splits = _decode_plan.choose_num_splits(programs, capacity, _decode_plan.multiprocessors(
             device_index(query)), _DECODE_PROGRAMS_PER_SM)

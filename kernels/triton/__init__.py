@@ -29,14 +29,13 @@ from ._configs import (
     prune_configs,
     set_descriptor_block_shapes,
 )
-from ._kernel import LOG2E, attention_fwd_kernel
+from ._kernel import attention_fwd_kernel, kernel_scale
 
 __all__ = [
     "attention", "run_validated", "attention_with_kvcache", "run_kvcache_validated", "unavailable_reason",
     "interpreter_problem",
 ]
 
-_FLOAT32_TINY = torch.finfo(torch.float32).tiny
 _INTERPRETED = not hasattr(attention_fwd_kernel, "device_caches")  # InterpretedFunction under TRITON_INTERPRET=1
 # Chosen configs per (device, autotune key): after the first call the kernel launches with its config directly.
 _tuned_configs: dict[tuple, dict] = {}
@@ -112,11 +111,7 @@ def _launch(query, key, value, causal: bool, softmax_scale: float):
     out = empty_like_query(query)
     lse = empty_lse(query)
     head_dim_pad = max(16, triton.next_power_of_2(head_dim))
-    qk_scale = softmax_scale * LOG2E
-    if abs(qk_scale) < _FLOAT32_TINY:
-        # A subnormal float32 scale: the GPU flushes it to zero, the interpreter mishandles it. Zero it for both;
-        # every score times it is below float32 resolution next to the max anyway (the softmax is uniform).
-        qk_scale = 0.0
+    qk_scale, positive_scale = kernel_scale(softmax_scale)
     use_tma = _tma_capable(query, key, value, out)
     seqlen_q_bucket, seqlen_k_bucket = _length_bucket(seqlen_q), _length_bucket(seqlen_k)
     if use_tma:
@@ -139,7 +134,7 @@ def _launch(query, key, value, causal: bool, softmax_scale: float):
         seqlen_q_bucket, seqlen_k_bucket,
     )
     flags = dict(
-        IS_CAUSAL=causal, POSITIVE_SCALE=qk_scale > 0, IS_BF16=query.dtype == torch.bfloat16,
+        IS_CAUSAL=causal, POSITIVE_SCALE=positive_scale, IS_BF16=query.dtype == torch.bfloat16,
         HEAD_DIM_PAD=head_dim_pad, USE_TMA=use_tma,
         DOT_IN_FP32=_dot_in_fp32(query),
     )

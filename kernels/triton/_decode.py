@@ -8,9 +8,9 @@ import torch
 import triton
 
 from .._decode_plan import DECODE_MAX_PACKED_ROWS, choose_num_splits, multiprocessors
-from .._validation import empty_like_query, empty_lse
+from .._validation import cache_geometry, empty_like_query, empty_lse
 from ._decode_kernel import append_kernel, combine_kernel, decode_kernel
-from ._kernel import LOG2E
+from ._kernel import kernel_scale
 
 # Programs of the decode kernel that run at once on a multiprocessor: one, with three stages of 128-key K and V tiles
 # (192 KiB at head dim 128 on Hopper). The depth of the wave that choose_num_splits fills.
@@ -38,13 +38,6 @@ def tile_shape(packed_rows: int, head_dim_pad: int, device_index: int | None) ->
     if device_index is None:
         return block_m, 16
     return block_m, min(128, _stage_elements(device_index) // head_dim_pad)
-
-
-def _scale_flags(softmax_scale: float) -> tuple[float, bool]:
-    qk_scale = softmax_scale * LOG2E
-    if abs(qk_scale) < torch.finfo(torch.float32).tiny:
-        qk_scale = 0.0  # subnormal: the GPU flushes it, the interpreter mishandles it; the softmax is uniform anyway
-    return qk_scale, qk_scale > 0
 
 
 def _cache_strides(cache: torch.Tensor):
@@ -80,7 +73,7 @@ def attend(query, key_cache, value_cache, cache_seqlens, block_table, *, heads_k
     if num_splits is None:
         sms = 1 if interpreted else multiprocessors(query.device.index)
         num_splits = choose_num_splits(programs, capacity, sms, PROGRAMS_PER_SM)
-    qk_scale, positive_scale = _scale_flags(softmax_scale)
+    qk_scale, positive_scale = kernel_scale(softmax_scale)
     out = empty_like_query(query)
     lse = empty_lse(query)
     if num_splits == 1:
@@ -117,16 +110,9 @@ def attend(query, key_cache, value_cache, cache_seqlens, block_table, *, heads_k
     return out, lse
 
 
-def _cache_geometry(key_cache, block_table) -> tuple[int, int, int]:
-    """(capacity, page_size, num_pages): page_size and num_pages are 0 for a contiguous cache."""
-    if block_table is None:
-        return key_cache.shape[2], 0, 0
-    return block_table.shape[1] * key_cache.shape[2], key_cache.shape[2], key_cache.shape[0]
-
-
 def run_append(key_cache, value_cache, key, value, cache_seqlens, block_table):
     """Append key/value (B, Hkv, Nnew, D) to the caches at cache_seqlens[b], in place (validated input)."""
-    capacity, page_size, num_pages = _cache_geometry(key_cache, block_table)
+    capacity, page_size, num_pages = cache_geometry(key_cache, block_table)
     append(key_cache, value_cache, key, value, cache_seqlens, block_table, capacity=capacity, page_size=page_size,
            num_pages=num_pages)
 
@@ -134,7 +120,7 @@ def run_append(key_cache, value_cache, key, value, cache_seqlens, block_table):
 def run_decode(query, key_cache, value_cache, cache_seqlens, block_table, seqlen_new, *, causal, softmax_scale,
                num_splits, interpreted, dot_in_fp32):
     """(out, lse) of query against the caches, sequence b holding cache_seqlens[b] + seqlen_new keys."""
-    capacity, page_size, num_pages = _cache_geometry(key_cache, block_table)
+    capacity, page_size, num_pages = cache_geometry(key_cache, block_table)
     return attend(query, key_cache, value_cache, cache_seqlens, block_table, heads_kv=key_cache.shape[1],
                   capacity=capacity, seqlen_new=seqlen_new, page_size=page_size, num_pages=num_pages, causal=causal,
                   softmax_scale=softmax_scale, num_splits=num_splits, interpreted=interpreted,

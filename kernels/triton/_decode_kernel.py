@@ -19,8 +19,6 @@ import triton.language as tl
 
 from ._kernel import LN2
 
-LOG2E_CONST = tl.constexpr(1.4426950408889634)
-
 
 @triton.jit
 def _sequence_length(SeqLens, off_b, seqlen_new, capacity, HAS_SEQLENS: tl.constexpr):
@@ -177,7 +175,7 @@ def combine_kernel(
     lses = tl.load(PartialLse + splits * rows_total + row, mask=split_ok, other=float("-inf"))
     top = tl.max(lses, 0)
     top = tl.where(top == float("-inf"), 0.0, top)
-    weights = tl.math.exp2((lses - top) * LOG2E_CONST)
+    weights = tl.exp(lses - top)
     total = tl.sum(weights, 0)
     cols = tl.arange(0, HEAD_DIM_PAD)
     parts = tl.load(Partial + (splits[:, None] * rows_total + row) * head_dim + cols[None, :],
