@@ -188,6 +188,12 @@ def _check_same_kind(name: str, tensor, query) -> None:
         raise ValueError(f"{name} is on {tensor.device} but query is on {query.device}; they must match")
 
 
+def _values_checkable(tensor: torch.Tensor) -> bool:
+    """Whether reading `tensor`'s values costs nothing: a CPU tensor outside a torch.compile trace (where a value is
+    data the graph cannot branch on). A CUDA tensor's would cost a host synchronisation."""
+    return not tensor.is_cuda and not torch.compiler.is_compiling()
+
+
 def _check_num_splits(num_splits) -> None:
     if num_splits is None:
         return
@@ -242,7 +248,7 @@ def check_kvcache_args(query, key_cache, value_cache, *, cache_seqlens, block_ta
         if rows < 1:
             raise ValueError("a paged key_cache (num_blocks, heads_kv, page_size, head_dim) needs num_blocks >= 1")
     capacity, page_size, num_pages = cache_geometry(key_cache, block_table)
-    if block_table is not None and not block_table.is_cuda and block_table.numel():
+    if block_table is not None and _values_checkable(block_table) and block_table.numel():
         low, high = int(block_table.min()), int(block_table.max())
         if low < 0 or high >= num_pages:
             raise ValueError(f"block_table entries must index key_cache's {num_pages} blocks, got values from "
@@ -270,7 +276,7 @@ def check_kvcache_args(query, key_cache, value_cache, *, cache_seqlens, block_ta
         if cache_seqlens.shape[0] != batch:
             raise ValueError(f"cache_seqlens must have one entry per sequence ({batch}), got "
                              f"{cache_seqlens.shape[0]}")
-        if not cache_seqlens.is_cuda:
+        if _values_checkable(cache_seqlens):
             low, high = int(cache_seqlens.min()), int(cache_seqlens.max())
             if low < 0 or high + seqlen_new > capacity:
                 raise ValueError(f"cache_seqlens + new tokens must lie in [0, {capacity}] (the cache's capacity), "
