@@ -99,6 +99,7 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="tiny shapes that also run on CPU")
     parser.add_argument("--warmup-ms", type=float, default=10.0)
     parser.add_argument("--rep-ms", type=float, default=100.0)
+    parser.add_argument("--host", action="store_true", help=harness.HOST_HELP)
     args = parser.parse_args(argv)
     unknown = sorted(set(args.methods.split(",")) - set(OUR_METHODS + PEER_METHODS))
     if unknown:
@@ -277,10 +278,13 @@ def run_shape(shape: DecodeShape, methods: dict, args, device) -> list[dict]:
                        note=harness._first_line(failure))
     if calls:
         timings = harness.time_calls(calls, device, args.warmup_ms, args.rep_ms)
+        host = harness.host_times(calls, device) if args.host else {}
         for row in rows:
             if row["method"] in timings:
                 timing = timings[row["method"]]
                 row.update(us=timing["median_ms"] * 1e3, tbps=shape.kv_bytes / (timing["median_ms"] * 1e-3) / 1e12)
+            if row["method"] in host:
+                row["host_us"] = host[row["method"]]
     del inputs
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -337,6 +341,11 @@ def report(args, info, rows, ceiling, device) -> str:
                     + [_cell(c.get(m), "tbps", lambda v: f"{100 * v / ceiling:.0f}%") for m in ours if ceiling]
                     + [ratio(c.get(m), best_peer(c)) for m in ours]
                     for s, c in by_shape.items()])
+    if args.host:
+        document.table("Host time per call (µs), back-to-back loop",
+                       headers + methods,
+                       [shape_cells(s) + [_cell(c.get(m), "host_us", harness.format_number) for m in methods]
+                        for s, c in by_shape.items()])
     paged_pairs = []
     for shape, cells in by_shape.items():
         if shape.paged:

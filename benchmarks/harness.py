@@ -136,6 +136,7 @@ def parse_args(command: str, description: str, argv: list[str] | None) -> argpar
                         help="tiny shapes that also run on CPU (TRITON_INTERPRET=1); the numbers mean nothing")
     parser.add_argument("--warmup-ms", type=float, default=25.0, help="GPU timing: warm-up per method and shape")
     parser.add_argument("--rep-ms", type=float, default=200.0, help="GPU timing: time spent repeating per cell")
+    parser.add_argument("--host", action="store_true", help=HOST_HELP)
     args = parser.parse_args(argv)
     args.command = command
     if args.causal and args.mask not in (None, "causal"):
@@ -514,6 +515,39 @@ def time_calls(calls: dict[str, Callable], device: torch.device, warmup_ms: floa
         q25, median, q75 = statistics.quantiles(samples, n=4, method="inclusive")
         timings[name] = {"median_ms": median, "q25_ms": q25, "q75_ms": q75, "reps": len(samples)}
     return timings
+
+
+HOST_LOOP_CALLS = 200
+HOST_HELP = (f"also report host time: µs per call of a back-to-back loop of {HOST_LOOP_CALLS} calls per method (no "
+             f"events, no flush, one synchronisation after the loop), what a model's layer loop pays per call when "
+             f"the GPU keeps up")
+
+
+def host_times(calls: dict[str, Callable], device: torch.device, loop: int = HOST_LOOP_CALLS,
+               repeats: int = 3) -> dict[str, float]:
+    """Per call (by name): µs of host time per call, the best of `repeats` back-to-back loops of `loop` calls, each
+    timed by the wall clock from its first call to its last launch (the GPU finishes afterwards, outside the loop).
+    For calls shorter on the GPU than on the host this is the rate they can be issued at; the interleaved, flushed
+    kernel timing of time_calls hides it (each call waits for its events and the L2 flush). On CPU (--smoke) two
+    calls, once: the numbers mean nothing, but the path runs."""
+    if device.type != "cuda":
+        loop, repeats = 2, 1
+    host = {}
+    for name, fn in calls.items():
+        for _ in range(min(loop, 20)):  # warm-up
+            fn()
+        best = float("inf")
+        for _ in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(loop):
+                fn()
+            best = min(best, (time.perf_counter() - start) / loop * 1e6)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        host[name] = best
+    return host
 
 
 def interleaved_order(names: list[str], rounds: int) -> list[list[str]]:

@@ -19,6 +19,9 @@ def measure(args, methods, inputs, shape, device) -> dict[str, dict]:
     timings = harness.time_calls(calls, device, args.warmup_ms, args.rep_ms)
     for timing in timings.values():
         timing["tflops"] = shape.flops / (timing["median_ms"] * 1e-3) / 1e12
+    if args.host:
+        for name, host_us in harness.host_times(calls, device).items():
+            timings[name]["host_us"] = host_us
     return timings
 
 
@@ -67,6 +70,13 @@ def make_report(args, grid_name, info, records, methods, method_notes) -> Report
                 [shape_cells(shape) + [_iqr_cell(cells[m], footnotes) for m in methods]
                  for shape, cells in rows.items()],
             )
+            if args.host:
+                document.table(
+                    "Host time per call (µs), back-to-back loop",
+                    harness.SHAPE_HEADERS + methods,
+                    [shape_cells(shape) + [_value_cell(cells[m], "host_us", footnotes) for m in methods]
+                     for shape, cells in rows.items()],
+                )
         document.heading("How these numbers were made", 2)
         document.lines([
             "Timing: " + ("wall-clock median of 3 calls on CPU (smoke run: the numbers mean nothing)"
@@ -77,6 +87,9 @@ def make_report(args, grid_name, info, records, methods, method_notes) -> Report
                           f"at least 10 rounds; median and quartiles"),
             "TFLOPS = 4*B*H*N*N*D / median time, halved for causal. Every method gets the same fresh inputs "
             "(torch.randn, (B, H, N, D)); SDPA gets is_causal= (for N_q == N_k its top-left mask equals ours).",
+            *([f"Host time (--host): the wall-clock time per call of a back-to-back loop of "
+               f"{harness.HOST_LOOP_CALLS} calls of one method, best of 3 loops, synchronised only around the loop: "
+               f"what a model pays per call where the GPU keeps up."] if args.host else []),
             f"Before timing, each method's output (batch 0, heads 0-{harness.CHECK_HEADS - 1}) is checked against "
             f"float32 math on the same inputs; {WRONG} marks a result outside the tolerance (3x PyTorch's own "
             f"same-dtype error + 1 ulp). Such a number is shown but is not a valid timing.",

@@ -217,19 +217,35 @@ def test_a_method_that_fails_to_measure_spoils_no_other():
 
 
 def test_decode_grid_smoke_runs_and_writes_results(tmp_path):
-    """`runtime.py --grid decode --smoke`: every shape's triton cell is timed and correct, contiguous and paged, and
-    the results files are written."""
-    result = run_command("runtime.py", "--grid", "decode", "--smoke", "--markdown", "--output", str(tmp_path))
+    """`runtime.py --grid decode --smoke --host`: every shape's triton cell is timed (kernel and host) and correct,
+    contiguous and paged, and the results files are written."""
+    result = run_command("runtime.py", "--grid", "decode", "--smoke", "--markdown", "--host", "--output",
+                         str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert "### µs per call (median)" in result.stdout and "Paged against contiguous" in result.stdout
+    assert "### Host time per call (µs), back-to-back loop" in result.stdout
     written = json.loads((tmp_path / "runtime_smoke_bf16.json").read_text())
     records = written["records"]
     assert set(PROVENANCE_KEYS) <= set(written["provenance"])
     if "triton" in MUST_RUN_ON_CPU:
         triton_rows = [r for r in records if r["method"] == "triton"]
-        assert triton_rows and all(r["status"] == "ok" and r["us"] > 0 for r in triton_rows), triton_rows
+        assert triton_rows and all(r["status"] == "ok" and r["us"] > 0 and r["host_us"] > 0
+                                   for r in triton_rows), triton_rows
         assert {r["paged"] for r in triton_rows} == {False, True}
     assert (tmp_path / "runtime_smoke_bf16.md").read_text().startswith("# Decode runtime")
+
+
+def test_host_time_table_of_the_runtime_command(tmp_path):
+    """`--host` adds a host-time table (µs per call of a back-to-back loop) with a number for every method that ran."""
+    result = run_command("runtime.py", "--smoke", "--markdown", "--host", "--methods", "baseline,triton",
+                         "--head-dims", "32", "--tokens", "16", "--output", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    host_section = result.stdout.split("### Host time per call (µs), back-to-back loop", 1)[1]
+    headers, rows = markdown_tables(host_section)[0]
+    for method in MUST_RUN_ON_CPU:
+        assert float(rows[0][headers.index(method)]) > 0
+    records = json.loads((tmp_path / "runtime_smoke-custom_fp16.json").read_text())["records"]
+    assert all(r["host_us"] > 0 for r in records if r["method"] in MUST_RUN_ON_CPU)
 
 
 def test_decode_tables_state_ratios_the_right_way_round():

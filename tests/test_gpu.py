@@ -22,16 +22,62 @@ def check_slice(out, lse, q, k, v, heads, *, causal=False):
 
 @pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-def test_triton_autotuned_path(monkeypatch, head_dim, causal):
-    monkeypatch.setenv("FLASH_ATTENTION_AUTOTUNE", "1")
-    for _ in range(2):  # the first call tunes, the second launches the remembered config directly
+@pytest.mark.parametrize("tma", [True, False], ids=["tma", "pointers"])
+def test_triton_autotuned_path(monkeypatch, head_dim, causal, tma):
+    monkeypatch.setattr(flash_attention.triton, "AUTOTUNE", True)
+    monkeypatch.setattr(flash_attention.triton, "TMA_MIN_FLOPS", 0 if tma else float("inf"))
+    # The first call tunes, the second launches the remembered config and keeps its plan, the third runs the plan.
+    for _ in range(3):
         q, k, v = random_qkv(2, 4, 2, 1000, 1000, head_dim, torch.float16)
         out, lse = flash_attention.attention(q, k, v, causal=causal, return_lse=True, backend="triton")
         assert_attention_close(out, lse, q, k, v, causal=causal)
 
 
-def test_triton_falls_back_from_tma_on_unaligned_strides():
+@pytest.mark.parametrize("tma", [True, False], ids=["tma", "pointers"])
+@pytest.mark.parametrize("layout", ["bhsd", "bshd"])
+def test_triton_launch_plans_repeat_the_launch_on_new_tensors(monkeypatch, layout, tma):
+    """After the first call of a configuration the Triton backend launches its kept plan: new tensors (new pointers),
+    each call checked against float64; a TMA-unaligned view (an offset query) keys a plan of its own."""
+    from flash_attention.triton import _forward_plans
+
+    monkeypatch.setattr(flash_attention.triton, "TMA_MIN_FLOPS", 0 if tma else float("inf"))
+    _forward_plans.clear()
+    for _ in range(3):
+        q, k, v = random_qkv(2, 4, 2, 200, 300, 64, torch.bfloat16, layout=layout)
+        out, lse = flash_attention.attention(q, k, v, causal=True, return_lse=True, backend="triton")
+        assert_attention_close(out, lse, q, k, v, causal=True)
+    assert len(_forward_plans) == 1
+    for _ in range(2):
+        base, k, v = random_qkv(2, 4, 2, 201, 300, 64, torch.bfloat16, layout=layout)
+        q = base[:, :, 1:]  # 128 bytes past a row: still 16-byte aligned; [..., 4:] below is not
+        out, lse = flash_attention.attention(q, k, v, return_lse=True, backend="triton")
+        assert_attention_close(out, lse, q, k, v)
+        flat = torch.randn(q.numel() + 4, device="cuda").to(torch.bfloat16)
+        shifted = flat[4:].view(q.shape)  # 8 bytes past 16-byte alignment: no TMA, another specialization
+        out, lse = flash_attention.attention(shifted, k, v, return_lse=True, backend="triton")
+        assert_attention_close(out, lse, shifted, k, v)
+    assert len(_forward_plans) == 3
+
+
+@pytest.mark.parametrize("batch,heads_q,heads_kv,seqlen_q,seqlen_k,head_dim", [
+    (1, 2, 2, 65, 1, 64), (2, 4, 1, 77, 300, 64), (1, 6, 2, 300, 77, 128), (2, 2, 2, 129, 129, 96),
+    (1, 4, 4, 65, 1000, 256), (3, 8, 2, 257, 513, 32),
+])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("layout", ["bhsd", "bshd"])
+def test_triton_tma_path_on_small_shapes(monkeypatch, batch, heads_q, heads_kv, seqlen_q, seqlen_k, head_dim, causal,
+                                         layout):
+    """The TMA loads, which calls below TMA_MIN_FLOPS skip, forced on the contract's small cases: odd lengths,
+    GQA, Nq > Nk under causal, head dims 32-256, BSHD views (more than 64 packed rows: not the decode path)."""
+    monkeypatch.setattr(flash_attention.triton, "TMA_MIN_FLOPS", 0)
+    q, k, v = random_qkv(batch, heads_q, heads_kv, seqlen_q, seqlen_k, head_dim, torch.bfloat16, layout=layout)
+    out, lse = flash_attention.attention(q, k, v, causal=causal, return_lse=True, backend="triton")
+    assert_attention_close(out, lse, q, k, v, causal=causal)
+
+
+def test_triton_falls_back_from_tma_on_unaligned_strides(monkeypatch):
     """A row stride of 72 elements (144 bytes) is TMA-legal; 68 is not (not a multiple of 16 bytes)."""
+    monkeypatch.setattr(flash_attention.triton, "TMA_MIN_FLOPS", 0)
     base = torch.randn(1, 2, 300, 68, device="cuda", dtype=torch.float16)
     q = base[..., :64]
     k, v = (torch.randn_like(q) for _ in range(2))

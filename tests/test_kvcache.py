@@ -104,6 +104,24 @@ def test_matches_reference(backend, dtype, causal, page_size, heads_q, heads_kv,
     check_against_reference(out, lse, query, cache, [n + new for n in lengths_before], causal=causal)
 
 
+@pytest.mark.parametrize("num_splits", [None, 1, 3])
+@pytest.mark.parametrize("page_size", [None, 16], ids=["contiguous", "page16"])
+def test_a_decoding_loop(backend, num_splits, page_size):
+    """Steps of one token appended and attended, as a model decodes: the same shapes every step (the Triton backend
+    launches steps after the first through its launch plans) on new data and advancing lengths."""
+    cache = Cache(2, 2, 96, 64, torch.bfloat16, page_size=page_size)
+    lengths = [40, 7]
+    for _ in range(4):
+        seqlens = torch.tensor(lengths, dtype=torch.int32, device=DEVICE)
+        query = make_query(2, 8, 1, 64, torch.bfloat16)
+        key_new, value_new = (torch.randn(2, 2, 1, 64, device=DEVICE).to(torch.bfloat16) for _ in range(2))
+        out, lse = flash_attention.attention_with_kvcache(
+            query, cache.key, cache.value, cache_seqlens=seqlens, block_table=cache.block_table, key=key_new,
+            value=value_new, causal=True, return_lse=True, num_splits=num_splits, backend=backend)
+        lengths = [n + 1 for n in lengths]
+        check_against_reference(out, lse, query, cache, lengths, causal=True)
+
+
 @pytest.mark.parametrize("num_splits", [1, 3, 7])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("page_size", [16, 24])

@@ -2,8 +2,9 @@
 
 The kernel is registered as the torch custom op `flash_attention::triton_fwd` (with a fake implementation), so
 torch.compile traces through it and CUDA graphs capture it. It is forward-only: the backward of its output raises.
-Set FLASH_ATTENTION_AUTOTUNE=0 to skip autotuning and use one fixed tile per head_dim, FLASH_ATTENTION_TMA=0 to load
-tiles with pointers instead of TMA on Hopper.
+FLASH_ATTENTION_AUTOTUNE=0 skips autotuning and uses one fixed tile per head_dim, FLASH_ATTENTION_TMA=0 loads tiles
+with pointers instead of TMA on Hopper: both are read once, at import, into AUTOTUNE and USE_TMA (set those to change
+them later). After the first call of a configuration, a call launches through a `_launcher.LaunchPlan`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ._configs import (
     set_descriptor_block_shapes,
 )
 from ._kernel import attention_fwd_kernel, kernel_scale
+from ._launcher import PlanCache, aligned16, current_stream, direct_launch_available, launch_and_plan
 
 __all__ = [
     "attention", "run_validated", "attention_with_kvcache", "run_kvcache_validated", "unavailable_reason",
@@ -37,6 +39,10 @@ __all__ = [
 ]
 
 _INTERPRETED = not hasattr(attention_fwd_kernel, "device_caches")  # InterpretedFunction under TRITON_INTERPRET=1
+AUTOTUNE = os.environ.get("FLASH_ATTENTION_AUTOTUNE", "1") != "0"
+USE_TMA = os.environ.get("FLASH_ATTENTION_TMA", "1") != "0"
+# Launch plans of the forward kernel, by everything its arguments derive from (see _plan_key).
+_forward_plans = PlanCache()
 # Chosen configs per (device, autotune key): after the first call the kernel launches with its config directly.
 _tuned_configs: dict[tuple, dict] = {}
 _tuned_kernel = triton.autotune(
@@ -66,16 +72,21 @@ def unavailable_reason(query=None) -> str | None:
     return None
 
 
-def _autotune_enabled() -> bool:
-    return os.environ.get("FLASH_ATTENTION_AUTOTUNE", "1") != "0"
+# Four TMA descriptors cost about 10 µs of host time per call (their encoding in Triton's launcher: 40 vs 30 µs per
+# call on an H200 with Triton 3.6, results/NOTES.md "Host time"), more than a kernel below about 2^32 FLOPs takes,
+# where pointer loads serve as well. Every seed- and paper-grid shape is above it (the smallest, 1.7e10).
+TMA_MIN_FLOPS = 2**32
+
+
+def _tma_pays(query, seqlen_k: int) -> bool:
+    batch, heads_q, seqlen_q, head_dim = query.shape
+    return 4 * batch * heads_q * seqlen_q * seqlen_k * head_dim >= TMA_MIN_FLOPS
 
 
 def _tma_capable(*tensors) -> bool:
     """TMA needs Hopper or newer, 16-byte aligned bases and positive strides that are multiples of 16 bytes.
-    FLASH_ATTENTION_TMA=0 turns it off (to compare the two load paths)."""
-    if _INTERPRETED or not tensors[0].is_cuda or capability(tensors[0]) < (9, 0):
-        return False
-    if os.environ.get("FLASH_ATTENTION_TMA", "1") == "0":
+    USE_TMA = False (FLASH_ATTENTION_TMA=0) turns it off, to compare the two load paths."""
+    if _INTERPRETED or not USE_TMA or not tensors[0].is_cuda or capability(tensors[0]) < (9, 0):
         return False
     for tensor in tensors:
         if tensor.data_ptr() % 16:
@@ -102,6 +113,13 @@ def _length_bucket(n: int) -> int:
     return max(16, min(triton.next_power_of_2(n), 1 << 16))
 
 
+def _plan_key(query, key, value, causal: bool, softmax_scale: float) -> tuple:
+    """Everything the forward kernel's arguments and compiled variant derive from, besides the data pointers: the
+    output and LSE are allocated from query's shape and layout, so query's properties fix theirs."""
+    return (query.device.index, query.dtype, query.shape, query.stride(), key.shape, key.stride(), value.stride(),
+            aligned16(query, key, value), causal, softmax_scale, AUTOTUNE, USE_TMA)
+
+
 def _launch(query, key, value, causal: bool, softmax_scale: float):
     batch, heads_q, seqlen_q, head_dim = query.shape
     heads_kv, seqlen_k = key.shape[1], key.shape[2]
@@ -110,9 +128,15 @@ def _launch(query, key, value, causal: bool, softmax_scale: float):
         return _run_decode(query, key, value, None, None, 0, causal, softmax_scale, None)
     out = empty_like_query(query)
     lse = empty_lse(query)
+    plan_key = None if _INTERPRETED else _plan_key(query, key, value, causal, softmax_scale)
+    plan = None if plan_key is None else _forward_plans.get(plan_key)
+    if plan is not None and direct_launch_available():
+        with _on_device_of(query):
+            plan(current_stream(query.device.index), query, key, value, out, lse)
+        return out, lse
     head_dim_pad = max(16, triton.next_power_of_2(head_dim))
     qk_scale, positive_scale = kernel_scale(softmax_scale)
-    use_tma = _tma_capable(query, key, value, out)
+    use_tma = _tma_pays(query, seqlen_k) and _tma_capable(query, key, value, out)
     seqlen_q_bucket, seqlen_k_bucket = _length_bucket(seqlen_q), _length_bucket(seqlen_k)
     if use_tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
@@ -143,8 +167,11 @@ def _launch(query, key, value, causal: bool, softmax_scale: float):
         return (batch * heads_q * triton.cdiv(seqlen_q, meta["BLOCK_M"]),)
 
     with _on_device_of(query):
-        if _INTERPRETED or not _autotune_enabled():
-            config = INTERPRETER_CONFIG if _INTERPRETED else default_config(head_dim_pad, seqlen_q)
+        if _INTERPRETED:
+            attention_fwd_kernel[grid](*args, **flags, **INTERPRETER_CONFIG)
+            return out, lse
+        if not AUTOTUNE:
+            config = default_config(head_dim_pad, seqlen_q)
         else:
             tune_key = (device_index(query), head_dim_pad, causal, flags["IS_BF16"], use_tma,
                         seqlen_q_bucket, seqlen_k_bucket)  # the autotuner's key, per device
@@ -153,11 +180,12 @@ def _launch(query, key, value, causal: bool, softmax_scale: float):
                 _tuned_kernel[grid](*args, **flags)
                 _tuned_configs[tune_key] = _tuned_kernel.best_config.all_kwargs()
                 return out, lse
-        # Known config: launch the kernel itself, skipping the autotuner's per-call bookkeeping (host time that
-        # shows up in the timing of short calls).
+        # Known config: launch the kernel itself (not the autotuner), and keep the plan that repeats this launch.
         if use_tma:
             set_descriptor_block_shapes({"Q": q_arg, "K": k_arg, "V": v_arg, "Out": o_arg, **flags, **config})
-        attention_fwd_kernel[grid](*args, **flags, **config)
+        fixed_grid = grid({**flags, **config})
+        _forward_plans.put(plan_key, launch_and_plan(attention_fwd_kernel, fixed_grid, args, {**flags, **config},
+                                                     leading=5))
     return out, lse
 
 

@@ -11,6 +11,7 @@ from .._decode_plan import DECODE_MAX_PACKED_ROWS, choose_num_splits, multiproce
 from .._validation import cache_geometry, empty_like_query, empty_lse
 from ._decode_kernel import append_kernel, combine_kernel, decode_kernel
 from ._kernel import kernel_scale
+from ._launcher import PlanCache, aligned16, current_stream, direct_launch_available, launch_and_plan
 
 # Programs of the decode kernel that run at once on a multiprocessor: one, with three stages of 128-key K and V tiles
 # (192 KiB at head dim 128 on Hopper). The depth of the wave that choose_num_splits fills.
@@ -18,6 +19,8 @@ PROGRAMS_PER_SM = 1
 # Warps and software-pipelining depth of the decode kernel on a GPU.
 NUM_WARPS = 4
 NUM_STAGES = 3
+# Launch plans of the decode (and combine) kernels, by everything their arguments derive from (see _plan_key).
+_plans = PlanCache()
 
 
 @functools.lru_cache(maxsize=None)
@@ -46,24 +49,87 @@ def _cache_strides(cache: torch.Tensor):
 
 def append(key_cache, value_cache, key, value, cache_seqlens, block_table, *, capacity, page_size, num_pages):
     """Write key/value (B, Hkv, Nnew, D) into the caches at cache_seqlens[b] + t, in place."""
+    table = block_table if block_table is not None else cache_seqlens  # an unused pointer when contiguous
+    plan_key = None
+    if key.is_cuda:
+        table_layout = None if block_table is None else (block_table.shape, block_table.stride())
+        plan_key = ("append", key.device.index, key.dtype, key.shape, key.stride(), value.stride(), key_cache.shape,
+                    key_cache.stride(), value_cache.stride(), table_layout,
+                    aligned16(key, value, key_cache, value_cache, cache_seqlens, table))
+        plan = _plans.get(plan_key)
+        if plan is not None and direct_launch_available():
+            plan(current_stream(key.device.index), key, value, key_cache, value_cache, cache_seqlens, table)
+            return
     batch, heads_kv, seqlen_new, head_dim = key.shape
     block_t = min(16, triton.next_power_of_2(seqlen_new))
-    table = block_table if block_table is not None else cache_seqlens  # an unused pointer when contiguous
     grid = (batch * heads_kv, triton.cdiv(seqlen_new, block_t))
-    append_kernel[grid](
+    args = (
         key, value, key_cache, value_cache, cache_seqlens, table,
         key.stride(0), key.stride(1), key.stride(2), value.stride(0), value.stride(1), value.stride(2),
         *_cache_strides(key_cache), *_cache_strides(value_cache),
         block_table.stride(0) if block_table is not None else 0,
         heads_kv, seqlen_new, capacity, head_dim, num_pages,
-        PAGE_SIZE=page_size, HEAD_DIM_PAD=max(16, triton.next_power_of_2(head_dim)), BLOCK_T=block_t,
-        num_warps=4 if head_dim > 64 else 2,
     )
+    options = dict(PAGE_SIZE=page_size, HEAD_DIM_PAD=max(16, triton.next_power_of_2(head_dim)), BLOCK_T=block_t,
+                   num_warps=4 if head_dim > 64 else 2)
+    if plan_key is None:
+        append_kernel[grid](*args, **options)
+    else:
+        _plans.put(plan_key, launch_and_plan(append_kernel, grid, args, options, leading=6))
+
+
+def _plan_key(query, key_cache, value_cache, cache_seqlens, block_table, seqlen_new, causal, softmax_scale,
+              num_splits) -> tuple:
+    """Everything the decode and combine kernels' arguments and compiled variants derive from, besides the data
+    pointers (the output, LSE and partials are allocated from query's shape and layout and the split count)."""
+    optional = tuple(tensor for tensor in (cache_seqlens, block_table) if tensor is not None)
+    table_layout = None if block_table is None else (block_table.shape, block_table.stride())
+    return (query.device.index, query.dtype, query.shape, query.stride(), key_cache.shape, key_cache.stride(),
+            value_cache.stride(), cache_seqlens is None, table_layout, aligned16(query, key_cache, value_cache,
+                                                                                 *optional),
+            seqlen_new, causal, softmax_scale, num_splits)
+
+
+class _DecodePlan:
+    """The decode launch and, with splits, the combine launch of one call signature."""
+
+    __slots__ = ("decode", "combine", "num_splits")
+
+    def __init__(self, decode, combine, num_splits):
+        self.decode, self.combine, self.num_splits = decode, combine, num_splits
+
+    def __call__(self, query, key_cache, value_cache, cache_seqlens, block_table):
+        out, lse = empty_like_query(query), empty_lse(query)
+        target, target_lse = _split_targets(query, out, lse, self.num_splits)
+        stream = current_stream(query.device.index)
+        self.decode(stream, query, key_cache, value_cache, target, target_lse,
+                    cache_seqlens if cache_seqlens is not None else lse,
+                    block_table if block_table is not None else lse)
+        if self.combine is not None:
+            self.combine(stream, target, target_lse, out, lse)
+        return out, lse
+
+
+def _split_targets(query, out, lse, num_splits):
+    """Where the decode kernel writes: the output itself, or float32 partials (splits, B, Hq, Nq, D) and their LSEs
+    (at most MAX_NUM_SPLITS x the output's rows) that the combine kernel merges into it."""
+    if num_splits == 1:
+        return out, lse
+    batch, heads_q, seqlen_q, head_dim = query.shape
+    return (query.new_empty((num_splits, batch, heads_q, seqlen_q, head_dim), dtype=torch.float32),
+            query.new_empty((num_splits, batch, heads_q, seqlen_q), dtype=torch.float32))
 
 
 def attend(query, key_cache, value_cache, cache_seqlens, block_table, *, heads_kv, capacity, seqlen_new, page_size,
            num_pages, causal, softmax_scale, num_splits, interpreted, dot_in_fp32):
     """(out, lse) of query against the cache; num_splits None picks it by `choose_num_splits`."""
+    plan_key = None
+    if not interpreted:
+        plan_key = _plan_key(query, key_cache, value_cache, cache_seqlens, block_table, seqlen_new, causal,
+                             softmax_scale, num_splits)
+        plan = _plans.get(plan_key)
+        if plan is not None and direct_launch_available():
+            return plan(query, key_cache, value_cache, cache_seqlens, block_table)
     batch, heads_q, seqlen_q, head_dim = query.shape
     group = heads_q // heads_kv
     head_dim_pad = max(16, triton.next_power_of_2(head_dim))
@@ -76,37 +142,46 @@ def attend(query, key_cache, value_cache, cache_seqlens, block_table, *, heads_k
     qk_scale, positive_scale = kernel_scale(softmax_scale)
     out = empty_like_query(query)
     lse = empty_lse(query)
+    target, target_lse = _split_targets(query, out, lse, num_splits)
     if num_splits == 1:
-        target, target_lse = out, lse
         out_strides = (0, out.stride(0), out.stride(1), out.stride(2))
         lse_split_stride = 0
     else:
-        rows_total = batch * heads_q * seqlen_q
-        # Partials: (splits, B, Hq, Nq, D) float32 and their LSEs; at most MAX_NUM_SPLITS x the output's rows.
-        target = query.new_empty((num_splits, batch, heads_q, seqlen_q, head_dim), dtype=torch.float32)
-        target_lse = query.new_empty((num_splits, batch, heads_q, seqlen_q), dtype=torch.float32)
         out_strides = target.stride()[:4]
-        lse_split_stride = rows_total
+        lse_split_stride = batch * heads_q * seqlen_q
     seqlens_arg = cache_seqlens if cache_seqlens is not None else lse  # an unused pointer without lengths
     table_arg = block_table if block_table is not None else lse
-    decode_kernel[(programs, num_splits)](
+    decode_args = (
         query, key_cache, value_cache, target, target_lse, seqlens_arg, table_arg,
         query.stride(0), query.stride(1), query.stride(2),
         *_cache_strides(key_cache), *_cache_strides(value_cache),
         *out_strides, lse_split_stride,
         block_table.stride(0) if block_table is not None else 0,
         heads_kv, group, seqlen_q, capacity, seqlen_new, head_dim, num_pages, qk_scale, num_splits,
+    )
+    decode_options = dict(
         IS_CAUSAL=causal, POSITIVE_SCALE=positive_scale, HAS_SEQLENS=cache_seqlens is not None,
         PAGE_SIZE=page_size, HEAD_DIM_PAD=head_dim_pad, BLOCK_M=block_m, BLOCK_N=block_n,
         DOT_IN_FP32=dot_in_fp32, num_warps=NUM_WARPS, num_stages=1 if interpreted else NUM_STAGES,
     )
+    combine_args = (
+        target, target_lse, out, lse,
+        batch * heads_q * seqlen_q, heads_q, seqlen_q, head_dim, num_splits,
+        out.stride(0), out.stride(1), out.stride(2),
+    )
+    combine_options = dict(SPLITS_PAD=triton.next_power_of_2(num_splits), HEAD_DIM_PAD=head_dim_pad, num_warps=4)
+    decode_grid, combine_grid = (programs, num_splits), (batch * heads_q * seqlen_q,)
+    if plan_key is None:
+        decode_kernel[decode_grid](*decode_args, **decode_options)
+        if num_splits > 1:
+            combine_kernel[combine_grid](*combine_args, **combine_options)
+        return out, lse
+    decode = launch_and_plan(decode_kernel, decode_grid, decode_args, decode_options, leading=7)
+    combine = None
     if num_splits > 1:
-        combine_kernel[(batch * heads_q * seqlen_q,)](
-            target, target_lse, out, lse,
-            batch * heads_q * seqlen_q, heads_q, seqlen_q, head_dim, num_splits,
-            out.stride(0), out.stride(1), out.stride(2),
-            SPLITS_PAD=triton.next_power_of_2(num_splits), HEAD_DIM_PAD=head_dim_pad, num_warps=4,
-        )
+        combine = launch_and_plan(combine_kernel, combine_grid, combine_args, combine_options, leading=4)
+    if decode is not None and (combine is not None or num_splits == 1):
+        _plans.put(plan_key, _DecodePlan(decode, combine, num_splits))
     return out, lse
 
 
