@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # What a change needs on a GPU before it is called done, in one place:
-#   scripts/gpu_validate.sh OUTDIR build|tests|sanitize|bench-seed|bench-paper|bench-families|bench-decode|memory ...
+#   scripts/gpu_validate.sh OUTDIR build|tests|sanitize|bench-seed|bench-paper|bench-families|bench-decode|bench-host|memory
 # build: from a clean cache, a first cuda call (timed), then every kernel (timed), then a cached first call in a
 # fresh process (timed);
 # tests: the whole suite on CUDA tensors; sanitize: compute-sanitizer memcheck + racecheck on every kernel;
 # bench-*: the repo's benchmark commands, writing their tables under OUTDIR/results (bench-families: the paper
 # grid with the cuda backend's two kernel families side by side, cuda_sm90 and cuda_sm80, on a Hopper GPU;
-# bench-decode: the decode grid, contiguous and paged caches, against a copy ceiling measured in the same run).
+# bench-decode: the decode grid, contiguous and paged caches, against a copy ceiling measured in the same run;
+# bench-host: tiny prefill and decode calls with --host, the host time per call beside the kernel time).
 # Each step logs to OUTDIR/<step>.log; the exit status is non-zero if any step failed.
 set -uo pipefail
 out=${1:?usage: scripts/gpu_validate.sh OUTDIR STEP...}; shift
@@ -45,6 +46,11 @@ print(f'fresh process, torch already imported: import flash_attention {t1 - t0:.
     bench-families) step bench-families python benchmarks/runtime.py --grid paper --mask both --markdown \
                       --methods cuda_sm90,cuda_sm80,triton,sdpa_flash,sdpa_cudnn --output "$out/results/families" ;;
     bench-decode) step bench-decode python benchmarks/runtime.py --grid decode --markdown --output "$out/results" ;;
+    bench-host)  # host time per call of tiny calls (issue-level bar: Triton's at most SDPA-flash's), kernel time beside
+      step bench-host-prefill python benchmarks/runtime.py --markdown --host --dtype bf16 --batch 1 --heads 8 \
+        --head-dims 64 --tokens 128,256 --mask both --output "$out/results/host"
+      step bench-host-decode python benchmarks/runtime.py --grid decode --markdown --host --batches 1,8 \
+        --keys 256,4096 --heads 32/8 --head-dims 128 --cache both --output "$out/results/host" ;;
     memory) step memory python benchmarks/memory.py --markdown --output "$out/results" ;;
     *) echo "unknown step: $what"; exit 2 ;;
   esac
