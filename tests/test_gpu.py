@@ -59,6 +59,26 @@ def test_triton_launch_plans_repeat_the_launch_on_new_tensors(monkeypatch, layou
     assert len(_forward_plans) == 3
 
 
+def test_triton_changing_lengths_launch_compiled_kernels_directly():
+    """A model's lengths change every call (a decode step on a growing cache, prefills of new prompts): each call is
+    a new launch plan, and it launches the kernel compiled for its arguments' specialization classes directly (a few
+    kernels for forty lengths); every call checked against float64."""
+    from flash_attention.triton import _launcher
+
+    _launcher._compiled = None
+    for seqlen_k in range(300, 340):  # decode-shaped: the decode kernel, one more key each step
+        q, k, v = random_qkv(1, 8, 2, 1, seqlen_k, 64, torch.bfloat16)
+        out, lse = flash_attention.attention(q, k, v, causal=True, return_lse=True, backend="triton")
+        assert_attention_close(out, lse, q, k, v, causal=True)
+    for seqlen in range(200, 220):  # prefill of prompts of new lengths
+        q, k, v = random_qkv(1, 4, 2, seqlen, seqlen, 64, torch.bfloat16, layout="bshd")
+        out, lse = flash_attention.attention(q, k, v, causal=True, return_lse=True, backend="triton")
+        assert_attention_close(out, lse, q, k, v, causal=True)
+    if _launcher.direct_launch_available():
+        # Lengths split only by divisibility by 16 (and pointer alignment): 2 decode kernels, 4 prefill ones.
+        assert len(_launcher._compiled) <= 8
+
+
 @pytest.mark.parametrize("batch,heads_q,heads_kv,seqlen_q,seqlen_k,head_dim", [
     (1, 2, 2, 65, 1, 64), (2, 4, 1, 77, 300, 64), (1, 6, 2, 300, 77, 128), (2, 2, 2, 129, 129, 96),
     (1, 4, 4, 65, 1000, 256), (3, 8, 2, 257, 513, 32),

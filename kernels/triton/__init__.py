@@ -31,7 +31,7 @@ from ._configs import (
     set_descriptor_block_shapes,
 )
 from ._kernel import attention_fwd_kernel, kernel_scale
-from ._launcher import PlanCache, aligned16, current_stream, direct_launch_available, launch_and_plan
+from ._launcher import PlanCache, aligned16, current_stream, direct_launch_available, launch
 
 __all__ = [
     "attention", "run_validated", "attention_with_kvcache", "run_kvcache_validated", "unavailable_reason",
@@ -184,7 +184,7 @@ def _launch(query, key, value, causal: bool, softmax_scale: float):
         if use_tma:
             set_descriptor_block_shapes({"Q": q_arg, "K": k_arg, "V": v_arg, "Out": o_arg, **flags, **config})
         fixed_grid = grid({**flags, **config})
-        _forward_plans.put(plan_key, launch_and_plan(attention_fwd_kernel, fixed_grid, args, {**flags, **config},
+        _forward_plans.put(plan_key, launch(attention_fwd_kernel, fixed_grid, args, {**flags, **config},
                                                      leading=5))
     return out, lse
 

@@ -11,7 +11,7 @@ from .._decode_plan import DECODE_MAX_PACKED_ROWS, choose_num_splits, multiproce
 from .._validation import cache_geometry, empty_like_query, empty_lse
 from ._decode_kernel import append_kernel, combine_kernel, decode_kernel
 from ._kernel import kernel_scale
-from ._launcher import PlanCache, aligned16, current_stream, direct_launch_available, launch_and_plan
+from ._launcher import PlanCache, aligned16, current_stream, direct_launch_available, launch
 
 # Programs of the decode kernel that run at once on a multiprocessor: one, with three stages of 128-key K and V tiles
 # (192 KiB at head dim 128 on Hopper). The depth of the wave that choose_num_splits fills.
@@ -75,7 +75,7 @@ def append(key_cache, value_cache, key, value, cache_seqlens, block_table, *, ca
     if plan_key is None:
         append_kernel[grid](*args, **options)
     else:
-        _plans.put(plan_key, launch_and_plan(append_kernel, grid, args, options, leading=6))
+        _plans.put(plan_key, launch(append_kernel, grid, args, options, leading=6))
 
 
 def _plan_key(query, key_cache, value_cache, cache_seqlens, block_table, seqlen_new, causal, softmax_scale,
@@ -176,10 +176,10 @@ def attend(query, key_cache, value_cache, cache_seqlens, block_table, *, heads_k
         if num_splits > 1:
             combine_kernel[combine_grid](*combine_args, **combine_options)
         return out, lse
-    decode = launch_and_plan(decode_kernel, decode_grid, decode_args, decode_options, leading=7)
+    decode = launch(decode_kernel, decode_grid, decode_args, decode_options, leading=7)
     combine = None
     if num_splits > 1:
-        combine = launch_and_plan(combine_kernel, combine_grid, combine_args, combine_options, leading=4)
+        combine = launch(combine_kernel, combine_grid, combine_args, combine_options, leading=4)
     if decode is not None and (combine is not None or num_splits == 1):
         _plans.put(plan_key, _DecodePlan(decode, combine, num_splits))
     return out, lse

@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import inspect
 
+import torch
 import triton
 from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -66,32 +67,82 @@ class LaunchPlan:
         if self._templates is not None:
             tensors = [tensor if template is None else _rebased(template, tensor)
                        for template, tensor in zip(self._templates, tensors)]
+        self.launch_with(stream, tensors)
+
+    def launch_with(self, stream: int, leading_args) -> None:
+        """Launch with these leading arguments as they are (descriptors already made)."""
         grid_x, grid_y, grid_z = self._grid
         # The launcher's arguments after the function: packed metadata, launch metadata and the two launch hooks
         # (None: direct_launch_available found no hook to run), then every kernel argument in signature order.
-        self._launcher(grid_x, grid_y, grid_z, stream, self._function, self._metadata, None, None, None, *tensors,
-                       *self._fixed)
+        self._launcher(grid_x, grid_y, grid_z, stream, self._function, self._metadata, None, None, None,
+                       *leading_args, *self._fixed)
 
 
-def launch_and_plan(kernel, grid: tuple, args: tuple, kwargs: dict, leading: int) -> LaunchPlan | None:
-    """Launch `kernel[grid](*args, **kwargs)` as usual (compiling on first use) and return the plan that repeats it
-    with new values of the first `leading` arguments; None where this Triton cannot (see direct_launch_available)."""
-    compiled = kernel[grid](*args, **kwargs)
+def _argument_class(arg):
+    """What Triton specializes a kernel argument on, or finer: a tensor's dtype and 16-byte alignment; an int's
+    equality to 1, divisibility by 16 and 32-bit range; a float's type only; a descriptor's every field but its
+    base pointer. Two calls whose arguments fall in the same classes run the same compiled kernel."""
+    if isinstance(arg, torch.Tensor):
+        return arg.dtype, arg.data_ptr() % 16 == 0
+    if isinstance(arg, bool) or arg is None:
+        return arg
+    if isinstance(arg, int):
+        return arg == 1, arg % 16 == 0, -2**31 <= arg < 2**31
+    if isinstance(arg, float):
+        return float
+    if isinstance(arg, TensorDescriptor):
+        fields = {name: value for name, value in arg.__dict__.items() if name != "base"}
+        return (arg.base.dtype, arg.base.data_ptr() % 16 == 0,
+                tuple((name, tuple(value) if isinstance(value, list) else value) for name, value in fields.items()))
+    raise TypeError(f"no specialization class for a {type(arg).__name__}")
+
+
+def _device_of(args) -> int:
+    for arg in args:
+        if isinstance(arg, torch.Tensor):
+            return arg.device.index
+    return torch.cuda.current_device()
+
+
+# Compiled kernels with their constexpr arguments, by (kernel, device, options, argument classes): the launches that
+# changing lengths make (each a new exact plan key) find their kernel here instead of in JITFunction.run.
+_compiled = None
+
+
+def launch(kernel, grid: tuple, args: tuple, options: dict, leading: int) -> LaunchPlan | None:
+    """`kernel[grid](*args, **options)`, through the compiled kernel when an earlier launch had arguments of the same
+    classes (see _argument_class), else through JITFunction.run; returns the plan that repeats this launch with new
+    values of the first `leading` arguments, or None where this Triton cannot launch directly."""
+    global _compiled
     if not direct_launch_available():
+        kernel[grid](*args, **options)
         return None
-    if hasattr(compiled, "result"):  # compiled asynchronously
-        compiled = compiled.result()
-    if getattr(compiled, "packed_metadata", None) is None:  # not a CompiledKernel (the interpreter's launch)
-        return None
-    values = list(args)
-    for param in kernel.params[len(args):]:
-        if param.name in kwargs:
-            values.append(kwargs[param.name])
-        elif param.default is not inspect.Parameter.empty:
-            values.append(param.default)
-        else:
+    if _compiled is None:
+        _compiled = PlanCache(capacity=1024)
+    device = _device_of(args)
+    key = (kernel, device, tuple(sorted(options.items())), tuple(_argument_class(arg) for arg in args))
+    entry = _compiled.get(key)
+    if entry is None:
+        compiled = kernel[grid](*args, **options)
+        if hasattr(compiled, "result"):  # compiled asynchronously
+            compiled = compiled.result()
+        if getattr(compiled, "packed_metadata", None) is None:  # not a CompiledKernel (the interpreter's launch)
             return None
-    return LaunchPlan(compiled, grid, values[:leading], values[leading:])
+        constexprs = []
+        for param in kernel.params[len(args):]:
+            if param.name in options:
+                constexprs.append(options[param.name])
+            elif param.default is not inspect.Parameter.empty:
+                constexprs.append(param.default)
+            else:
+                return None
+        entry = (compiled, tuple(constexprs))
+        _compiled.put(key, entry)
+        return LaunchPlan(compiled, grid, args[:leading], args[leading:] + entry[1])
+    compiled, constexprs = entry
+    plan = LaunchPlan(compiled, grid, args[:leading], args[leading:] + constexprs)
+    plan.launch_with(current_stream(device), args[:leading])
+    return plan
 
 
 class PlanCache:
