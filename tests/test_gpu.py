@@ -65,7 +65,7 @@ def test_triton_changing_lengths_launch_compiled_kernels_directly():
     kernels for forty lengths); every call checked against float64."""
     from flash_attention.triton import _launcher
 
-    _launcher._compiled = None
+    _launcher._compiled.clear()
     for seqlen_k in range(300, 340):  # decode-shaped: the decode kernel, one more key each step
         q, k, v = random_qkv(1, 8, 2, 1, seqlen_k, 64, torch.bfloat16)
         out, lse = flash_attention.attention(q, k, v, causal=True, return_lse=True, backend="triton")

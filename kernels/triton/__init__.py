@@ -117,7 +117,7 @@ def _plan_key(query, key, value, causal: bool, softmax_scale: float) -> tuple:
     """Everything the forward kernel's arguments and compiled variant derive from, besides the data pointers: the
     output and LSE are allocated from query's shape and layout, so query's properties fix theirs."""
     return (query.device.index, query.dtype, query.shape, query.stride(), key.shape, key.stride(), value.stride(),
-            aligned16(query, key, value), causal, softmax_scale, AUTOTUNE, USE_TMA)
+            aligned16(query, key, value), causal, softmax_scale, AUTOTUNE, USE_TMA, TMA_MIN_FLOPS)
 
 
 def _launch(query, key, value, causal: bool, softmax_scale: float):
@@ -184,8 +184,8 @@ def _launch(query, key, value, causal: bool, softmax_scale: float):
         if use_tma:
             set_descriptor_block_shapes({"Q": q_arg, "K": k_arg, "V": v_arg, "Out": o_arg, **flags, **config})
         fixed_grid = grid({**flags, **config})
-        _forward_plans.put(plan_key, launch(attention_fwd_kernel, fixed_grid, args, {**flags, **config},
-                                                     leading=5))
+        plan = launch(attention_fwd_kernel, fixed_grid, args, {**flags, **config}, leading=5)
+        _forward_plans.put(plan_key, plan)
     return out, lse
 
 

@@ -104,47 +104,6 @@ def _device_of(args) -> int:
     return torch.cuda.current_device()
 
 
-# Compiled kernels with their constexpr arguments, by (kernel, device, options, argument classes): the launches that
-# changing lengths make (each a new exact plan key) find their kernel here instead of in JITFunction.run.
-_compiled = None
-
-
-def launch(kernel, grid: tuple, args: tuple, options: dict, leading: int) -> LaunchPlan | None:
-    """`kernel[grid](*args, **options)`, through the compiled kernel when an earlier launch had arguments of the same
-    classes (see _argument_class), else through JITFunction.run; returns the plan that repeats this launch with new
-    values of the first `leading` arguments, or None where this Triton cannot launch directly."""
-    global _compiled
-    if not direct_launch_available():
-        kernel[grid](*args, **options)
-        return None
-    if _compiled is None:
-        _compiled = PlanCache(capacity=1024)
-    device = _device_of(args)
-    key = (kernel, device, tuple(sorted(options.items())), tuple(_argument_class(arg) for arg in args))
-    entry = _compiled.get(key)
-    if entry is None:
-        compiled = kernel[grid](*args, **options)
-        if hasattr(compiled, "result"):  # compiled asynchronously
-            compiled = compiled.result()
-        if getattr(compiled, "packed_metadata", None) is None:  # not a CompiledKernel (the interpreter's launch)
-            return None
-        constexprs = []
-        for param in kernel.params[len(args):]:
-            if param.name in options:
-                constexprs.append(options[param.name])
-            elif param.default is not inspect.Parameter.empty:
-                constexprs.append(param.default)
-            else:
-                return None
-        entry = (compiled, tuple(constexprs))
-        _compiled.put(key, entry)
-        return LaunchPlan(compiled, grid, args[:leading], args[leading:] + entry[1])
-    compiled, constexprs = entry
-    plan = LaunchPlan(compiled, grid, args[:leading], args[leading:] + constexprs)
-    plan.launch_with(current_stream(device), args[:leading])
-    return plan
-
-
 class PlanCache:
     """Plans by key, the least recently used dropped beyond `capacity` (a model whose lengths change every call makes
     a new key per call: the cache must not grow with them)."""
@@ -171,6 +130,44 @@ class PlanCache:
 
     def __len__(self) -> int:
         return len(self._plans)
+
+
+# Compiled kernels with their constexpr arguments, by (kernel, device, options, argument classes): the launches that
+# changing lengths make (each a new exact plan key) find their kernel here instead of in JITFunction.run.
+_compiled = PlanCache(capacity=1024)
+
+
+def launch(kernel, grid: tuple, args: tuple, options: dict, leading: int) -> LaunchPlan | None:
+    """`kernel[grid](*args, **options)`, through the compiled kernel when an earlier launch had arguments of the same
+    classes (see _argument_class), else through JITFunction.run; returns the plan that repeats this launch with new
+    values of the first `leading` arguments, or None where this Triton cannot launch directly."""
+    if not direct_launch_available():
+        kernel[grid](*args, **options)
+        return None
+    device = _device_of(args)
+    key = (kernel, device, tuple(sorted(options.items())), tuple(_argument_class(arg) for arg in args))
+    entry = _compiled.get(key)
+    if entry is None:
+        compiled = kernel[grid](*args, **options)
+        if hasattr(compiled, "result"):  # compiled asynchronously
+            compiled = compiled.result()
+        if getattr(compiled, "packed_metadata", None) is None:  # not a CompiledKernel (the interpreter's launch)
+            return None
+        constexprs = []
+        for param in kernel.params[len(args):]:
+            if param.name in options:
+                constexprs.append(options[param.name])
+            elif param.default is not inspect.Parameter.empty:
+                constexprs.append(param.default)
+            else:
+                return None
+        entry = (compiled, tuple(constexprs))
+        _compiled.put(key, entry)
+        return LaunchPlan(compiled, grid, args[:leading], args[leading:] + entry[1])
+    compiled, constexprs = entry
+    plan = LaunchPlan(compiled, grid, args[:leading], args[leading:] + constexprs)
+    plan.launch_with(current_stream(device), args[:leading])
+    return plan
 
 
 _stream_of_device = None
