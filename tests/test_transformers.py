@@ -19,12 +19,10 @@ import sys
 import pytest
 import torch
 
+import flash_attention.integrations.transformers as fa_hf
 from conftest import DEVICE, HAS_GPU, KERNEL_BACKENDS
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-import flash_attention.integrations.transformers as fa_hf
-
 # transformers is imported by the first test that needs it, not when pytest collects this file: collected early, its
 # import made test_kvcache.py's backward-refusal test of the Triton interpreter crash inside torch's custom-op
 # dispatch, about one run in three on CPU (results/NOTES.md, end of "Host time").
@@ -36,6 +34,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("transformers") is None
 def hf():
     """The transformers module, imported on first use; skips the test below version 5.4."""
     return pytest.importorskip("transformers", minversion="5.4")
+
 
 MODEL_BACKENDS = KERNEL_BACKENDS if HAS_GPU else KERNEL_BACKENDS + ["naive"]
 DTYPE = torch.bfloat16
@@ -53,7 +52,8 @@ FAMILIES = {
 
 @functools.cache
 def cache_argument() -> str:
-    """The models' forward took the cache as `past_key_values` until transformers 5.2x renamed it `cache`."""
+    """How the models' forward names its cache argument: `cache` in transformers 5.24 (where `past_key_values` is
+    deprecated), `past_key_values` in older 5.x."""
     return "cache" if "cache" in inspect.signature(hf().LlamaForCausalLM.forward).parameters else "past_key_values"
 
 
