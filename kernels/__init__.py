@@ -39,13 +39,21 @@ _AUTO_ORDER_POST_HOPPER = ("triton", "cuda", "naive")
 _AUTO_ORDER_PRE_HOPPER = ("cuda", "triton", "naive")
 
 
+# The backends register torch custom ops (flash_attention::*) when imported. They are imported by this package's
+# installed name, whatever name this file runs under: run from the repository's root, Python also finds this folder
+# as a package `kernels`, which transformers imports while probing for Hugging Face's `kernels` package, and a second
+# copy of the backends would register the ops again, freeing the first registration under the first copy's feet
+# (crashes in torch's op dispatch: results/NOTES.md, end of "Host time").
+PACKAGE = "flash_attention"
+
+
 def _import_backends() -> tuple[dict, dict]:
     """Import every backend once, up front: plain dict lookups later keep `attention` traceable by torch.compile.
     A backend whose import fails (say, triton missing) stays listed with the reason."""
     modules, import_errors = {}, {}
     for name in BACKENDS:
         try:
-            modules[name] = importlib.import_module(f".{name}", __name__)
+            modules[name] = importlib.import_module(f"{PACKAGE}.{name}")
         except ImportError as error:
             import_errors[name] = f"cannot import backend {name!r}: {error}"
     return modules, import_errors

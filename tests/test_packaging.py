@@ -1,8 +1,11 @@
-"""pixi.toml and pyproject.toml name the same packages with the same pins, so neither install path rots."""
+"""pixi.toml and pyproject.toml name the same packages with the same pins, so neither install path rots; and the
+package imports once, whatever name Python finds its folder under."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -79,3 +82,13 @@ def test_cutlass_submodule_and_wheel_pin_agree():
         assert _cutlass_version(checked_out) == release
     cutlass_library = pytest.importorskip("cutlass_library")
     assert _cutlass_version(Path(cutlass_library.__file__).parent / "source" / "include") == release
+
+
+def test_the_folder_imported_as_kernels_registers_no_op_twice():
+    """From the repository's root Python also finds kernels/ as a package `kernels` (transformers imports it while
+    probing for Hugging Face's `kernels`). That copy must reuse flash_attention's backends: importing them again would
+    register the torch custom ops a second time and free the first registration."""
+    code = ("import sys, flash_attention, kernels; "
+            "assert kernels._MODULES['triton'] is flash_attention._MODULES['triton']; "
+            "assert not [name for name in sys.modules if name in ('kernels.triton', 'kernels.cuda', 'kernels.naive')]")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, env={**os.environ, "TRITON_INTERPRET": "1"})

@@ -10,7 +10,6 @@ tensors for every kernel backend.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import inspect
 import pathlib
 import subprocess
@@ -23,18 +22,8 @@ import flash_attention.integrations.transformers as fa_hf
 from conftest import DEVICE, HAS_GPU, KERNEL_BACKENDS
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-# transformers is imported by the first test that needs it, not when pytest collects this file: collected early, its
-# import made test_kvcache.py's backward-refusal test of the Triton interpreter crash inside torch's custom-op
-# dispatch, about one run in three on CPU (results/NOTES.md, end of "Host time").
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
-                                reason="needs transformers >= 5.4: pip install -e '.[hf]'")
 
-
-@functools.cache
-def hf():
-    """The transformers module, imported on first use; skips the test below version 5.4."""
-    return pytest.importorskip("transformers", minversion="5.4")
-
+transformers = pytest.importorskip("transformers", minversion="5.4")
 
 MODEL_BACKENDS = KERNEL_BACKENDS if HAS_GPU else KERNEL_BACKENDS + ["naive"]
 DTYPE = torch.bfloat16
@@ -44,17 +33,16 @@ PROMPT, NEW_TOKENS = 16, 8
 _COMMON = dict(vocab_size=256, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
                num_key_value_heads=2, max_position_embeddings=256)
 FAMILIES = {
-    "llama": lambda **extra: hf().LlamaConfig(**_COMMON, **extra),
-    "qwen2": lambda **extra: hf().Qwen2Config(**_COMMON, **extra),  # biased q/k/v projections
-    "mistral": lambda **extra: hf().MistralConfig(**{"sliding_window": 4096, **_COMMON, **extra}),
+    "llama": lambda **extra: transformers.LlamaConfig(**_COMMON, **extra),
+    "qwen2": lambda **extra: transformers.Qwen2Config(**_COMMON, **extra),  # biased q/k/v projections
+    "mistral": lambda **extra: transformers.MistralConfig(**{"sliding_window": 4096, **_COMMON, **extra}),
 }
 
 
-@functools.cache
-def cache_argument() -> str:
-    """How the models' forward names its cache argument: `cache` in transformers 5.24 (where `past_key_values` is
-    deprecated), `past_key_values` in older 5.x."""
-    return "cache" if "cache" in inspect.signature(hf().LlamaForCausalLM.forward).parameters else "past_key_values"
+# How the models' forward names its cache argument: `cache` in transformers 5.24 (where `past_key_values` is
+# deprecated), `past_key_values` in older 5.x.
+_CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(transformers.LlamaForCausalLM.forward).parameters \
+    else "past_key_values"
 
 
 @functools.cache
@@ -64,7 +52,7 @@ def _registered(backend: str) -> str:
 
 def _model(family: str, **extra) -> torch.nn.Module:
     torch.manual_seed(0)
-    model_class = hf().AutoModelForCausalLM.from_config
+    model_class = transformers.AutoModelForCausalLM.from_config
     return model_class(FAMILIES[family](**extra)).to(device=DEVICE, dtype=DTYPE).eval()
 
 
@@ -104,17 +92,17 @@ def _decode_logits(model, implementation, tokens, cache: str, forward=None) -> t
     model.set_attn_implementation(implementation)
     config = model.config
     if cache == "static":
-        past = hf().StaticCache(config=config, max_cache_len=tokens.shape[1] + 8)
+        past = transformers.StaticCache(config=config, max_cache_len=tokens.shape[1] + 8)
     else:
-        past = hf().DynamicCache(config=config)
+        past = transformers.DynamicCache(config=config)
     forward = forward or model
     steps = []
     with torch.no_grad():
-        out = model(tokens[:, :PROMPT], **{cache_argument(): past}, use_cache=True)
+        out = model(tokens[:, :PROMPT], **{_CACHE_ARGUMENT: past}, use_cache=True)
         steps.append(out.logits[:, -1].float())
         for position in range(PROMPT, tokens.shape[1]):
             positions = torch.full((tokens.shape[0], 1), position, device=tokens.device)
-            out = forward(tokens[:, position:position + 1], **{cache_argument(): past}, use_cache=True,
+            out = forward(tokens[:, position:position + 1], **{_CACHE_ARGUMENT: past}, use_cache=True,
                           position_ids=positions)
             steps.append(out.logits[:, -1].float())
     return torch.stack(steps)
@@ -267,7 +255,7 @@ def test_register_checks_its_arguments():
     with pytest.raises(TypeError, match="name"):
         fa_hf.register(name=3)
     assert fa_hf.register() == fa_hf.DEFAULT_NAME
-    assert fa_hf.DEFAULT_NAME in hf().AttentionInterface._global_mapping
+    assert fa_hf.DEFAULT_NAME in transformers.AttentionInterface._global_mapping
 
 
 def test_importing_the_package_does_not_import_transformers():
