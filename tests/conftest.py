@@ -57,6 +57,18 @@ def random_qkv(batch, heads_q, heads_kv, seqlen_q, seqlen_k, head_dim, dtype, *,
     return make(heads_q, seqlen_q), make(heads_kv, seqlen_k), make(heads_kv, seqlen_k)
 
 
+def assert_forward_only(out, query, backend):
+    """The naive backend is plain PyTorch and differentiable; a kernel's output stays connected to the graph and its
+    backward raises, never a silently missing gradient."""
+    if backend == "naive":
+        out.float().sum().backward()
+        assert query.grad is not None
+        return
+    assert out.requires_grad, "a kernel output must not be silently detached"
+    with pytest.raises(NotImplementedError, match="forward-only"):
+        out.float().sum().backward()
+
+
 _passed_per_backend = {}
 
 
