@@ -119,7 +119,8 @@ def _method_list(text: str) -> tuple[str, ...]:
 def parse_args(command: str, description: str, argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=f"{command}.py", description=description)
     parser.add_argument("--grid", choices=("seed", "paper"), default="seed",
-                        help="seed: the original repo's grid (emb_dim 512); paper: 16k tokens per batch, hidden 2048")
+                        help="seed: the original repo's grid (emb_dim 512); paper: 16k tokens per batch, hidden 2048 "
+                             "(runtime.py also takes --grid decode and --grid varlen, each with its own options)")
     parser.add_argument("--head-dims", type=_int_list, help="comma-separated, e.g. 64,128 (overrides the grid)")
     parser.add_argument("--tokens", type=_int_list, help="comma-separated sequence lengths (overrides the grid)")
     parser.add_argument("--batch", type=int, help="fixed batch size (default: 16384 // tokens)")

@@ -3,6 +3,7 @@
     python benchmarks/runtime.py --markdown                 # pixi run bench-runtime --markdown
     python benchmarks/runtime.py --grid paper --mask both --output results/
     python benchmarks/runtime.py --grid decode --markdown   # KV-cache decoding: µs and TB/s (benchmarks/decode.py)
+    python benchmarks/runtime.py --grid varlen --markdown   # packed ragged batches (benchmarks/varlen.py)
     TRITON_INTERPRET=1 python benchmarks/runtime.py --smoke --markdown   # CPU, tiny shapes, numbers meaningless
 """
 
@@ -110,13 +111,21 @@ def _iqr_cell(record, footnotes: Footnotes) -> str:
     return f"{format_number(values['q25_ms'])}-{format_number(values['q75_ms'])}"
 
 
-def _wants_decode_grid(argv: list[str]) -> bool:
-    return "--grid=decode" in argv or any(a == "--grid" and b == "decode" for a, b in zip(argv, argv[1:]))
+# Grids with their own sweep and tables, by the module that runs them.
+OWN_MODULE_GRIDS = ("decode", "varlen")
+
+
+def _own_module_grid(argv: list[str]) -> str | None:
+    for grid in OWN_MODULE_GRIDS:
+        if f"--grid={grid}" in argv or any(a == "--grid" and b == grid for a, b in zip(argv, argv[1:])):
+            return grid
+    return None
 
 
 if __name__ == "__main__":
-    if _wants_decode_grid(sys.argv[1:]):
-        import decode
+    grid_module = _own_module_grid(sys.argv[1:])
+    if grid_module is not None:
+        import importlib
 
-        sys.exit(decode.main(sys.argv[1:]))
+        sys.exit(importlib.import_module(grid_module).main(sys.argv[1:]))
     sys.exit(harness.main("runtime", __doc__.splitlines()[0], measure, make_report))

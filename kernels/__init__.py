@@ -13,12 +13,12 @@ import importlib
 
 from ._device import capability
 from ._merge import merge_attention_states
-from ._validation import check_attention_args, check_kvcache_args
+from ._validation import check_attention_args, check_kvcache_args, check_varlen_args
 
 __version__ = "0.1.0"
 __all__ = [
-    "attention", "attention_with_kvcache", "merge_attention_states", "BACKENDS", "available_backends",
-    "backend_unavailable_reason", "__version__",
+    "attention", "attention_with_kvcache", "attention_varlen", "merge_attention_states", "BACKENDS",
+    "available_backends", "backend_unavailable_reason", "__version__",
 ]
 
 # Every backend module exposes `attention(query, key, value, *, causal, softmax_scale, return_lse)`, the same after
@@ -27,6 +27,9 @@ __all__ = [
 # to stay out of `auto`. For the KV-cache call each also exposes `run_kvcache_validated(query, key_cache,
 # value_cache, shape, *, cache_seqlens, block_table, key, value, causal, return_lse)` after check_kvcache_args, and
 # may expose `kvcache_auto_eligible(query, key_cache, value_cache) -> bool` to stay out of `auto` for such calls.
+# A backend that runs packed variable-length batches exposes `run_varlen_validated(query, key, value, cu_seqlens_q,
+# cu_seqlens_k, shape, *, causal, return_lse)` after check_varlen_args, and may expose `varlen_auto_eligible(query,
+# causal) -> bool`.
 # Importing them builds and compiles nothing: kernels compile on first use.
 BACKENDS = ("cuda", "triton", "naive")
 # `auto` takes the first backend in this order that can run the input (and wants it: `auto_eligible`). Measured on
@@ -82,15 +85,17 @@ def available_backends(query=None) -> list[str]:
     return [name for name in BACKENDS if backend_unavailable_reason(name, query) is None]
 
 
+def _auto_order(query) -> tuple[str, ...]:
+    major_minor = capability(query)
+    if major_minor == (9, 0):
+        return _AUTO_ORDER_HOPPER
+    return _AUTO_ORDER_POST_HOPPER if major_minor > (9, 0) else _AUTO_ORDER_PRE_HOPPER
+
+
 def _auto_backend(query, causal, key=None) -> str:
     if query.device.type != "cuda":
         return "naive"  # the CPU path (the Triton interpreter is a test vehicle, not a way to run models)
-    major_minor = capability(query)
-    if major_minor == (9, 0):
-        order = _AUTO_ORDER_HOPPER
-    else:
-        order = _AUTO_ORDER_POST_HOPPER if major_minor > (9, 0) else _AUTO_ORDER_PRE_HOPPER
-    for name in order:
+    for name in _auto_order(query):
         module = _MODULES.get(name)
         if module is None:
             continue
@@ -187,3 +192,59 @@ def attention_with_kvcache(query, key_cache, value_cache, *, cache_seqlens=None,
     return module.run_kvcache_validated(query, key_cache, value_cache, shape, cache_seqlens=cache_seqlens,
                                         block_table=block_table, key=key, value=value, causal=causal,
                                         return_lse=return_lse)
+
+
+def _varlen_backend_module(name: str, query, causal: bool):
+    """The module that runs a varlen call: `name`, or for auto the first backend in the auto order that runs
+    varlen calls and can run this input (naive on CPU tensors)."""
+    if name != "auto":
+        module = _backend_module(name)
+        if not hasattr(module, "run_varlen_validated"):
+            raise ValueError(f"backend {name!r} does not run attention_varlen; use 'triton' or 'naive'")
+        reason = module.unavailable_reason(query)
+        if reason is not None:
+            raise ValueError(f"backend {name!r} cannot run this input: {reason}")
+        return module
+    if query.device.type == "cuda":
+        for candidate in _auto_order(query):
+            module = _MODULES.get(candidate)
+            if module is None or not hasattr(module, "run_varlen_validated"):
+                continue
+            eligible = getattr(module, "varlen_auto_eligible", None)
+            if eligible(query, causal) if eligible is not None else module.unavailable_reason(query) is None:
+                return module
+    return _MODULES["naive"]
+
+
+def attention_varlen(query, key, value, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal=False,
+                     softmax_scale=None, return_lse=False, backend="auto"):
+    """Attention over a batch of sequences of different lengths, packed one after another (no padding).
+
+    Args:
+        query: (total_q, heads_q, head_dim), float16 or bfloat16, unit stride in head_dim (a slice of a packed QKV
+            projection passes without a copy). Sequence b's queries are rows cu_seqlens_q[b] : cu_seqlens_q[b + 1].
+        key, value: (total_k, heads_kv, head_dim), same dtype and device; heads_q % heads_kv == 0.
+        cu_seqlens_q, cu_seqlens_k: int32 (batch + 1,) on query's device: 0, then the running totals of the
+            sequences' lengths (non-decreasing; a sequence may be empty).
+        max_seqlen_q, max_seqlen_k: Python ints, at least the longest query / key sequence (they size the grid
+            without reading cu_seqlens on the host).
+        causal: bottom-right aligned within each sequence: its query i sees its key j iff j <= i + len_k - len_q.
+        softmax_scale: default 1 / sqrt(head_dim). return_lse: also return the log-sum-exp, float32
+            (heads_q, total_q) (FlashAttention's layout).
+        backend: "auto", "triton" or "naive" (the cuda backend has no varlen kernel yet).
+
+    The caller guarantees, for CUDA tensors (checked on CPU ones, where it needs no synchronisation), that the
+    cu_seqlens start at 0, do not decrease, end within the packed rows, and that no sequence is longer than its
+    max_seqlen. The kernels never access memory outside the packed tensors on any input. Query rows past
+    cu_seqlens_q[batch] belong to no sequence and are not written; a query sequence with no keys gives 0 and
+    LSE -inf.
+
+    Returns:
+        out (total_q, heads_q, head_dim) in query's dtype (query's layout where it is dense); or (out, lse).
+    """
+    _check_backend_name(backend)
+    shape = check_varlen_args(query, key, value, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                              causal=causal, softmax_scale=softmax_scale, return_lse=return_lse)
+    module = _varlen_backend_module(backend, query, causal)
+    return module.run_varlen_validated(query, key, value, cu_seqlens_q, cu_seqlens_k, shape, causal=causal,
+                                       return_lse=return_lse)

@@ -301,3 +301,127 @@ def kvcache_entry_point(run_kvcache_validated, backend: str):
     attention_with_kvcache.__doc__ = (f"The {backend} backend against a KV cache; the contract is "
                                       f"flash_attention.attention_with_kvcache's.")
     return attention_with_kvcache
+
+
+# ------------------------------------------------------------------------------------------------ the varlen call
+@dataclass(frozen=True)
+class VarlenShape:
+    """The sizes of one validated ``attention_varlen`` call; ``softmax_scale`` is resolved. ``batch`` counts the
+    sequences (len(cu_seqlens) - 1); ``total_q``/``total_k`` are the packed rows of query and key."""
+
+    batch: int
+    heads_q: int
+    heads_kv: int
+    total_q: int
+    total_k: int
+    head_dim: int
+    max_seqlen_q: int
+    max_seqlen_k: int
+    softmax_scale: float
+
+    @property
+    def group(self) -> int:
+        return self.heads_q // self.heads_kv
+
+
+def _check_packed_tensor(name: str, value) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {_describe(value)}")
+    if value.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{name} must have dtype torch.float16 or torch.bfloat16, got {value.dtype}")
+    if value.dim() != 3:
+        raise ValueError(f"{name} must be 3-D (total_tokens, heads, head_dim), got {value.dim()}-D with shape "
+                         f"{tuple(value.shape)}")
+    if value.stride(-1) != 1 and value.shape[-1] > 1:
+        raise ValueError(f"{name} must have unit stride in its last (head_dim) dimension, got strides "
+                         f"{tuple(value.stride())}; call .contiguous() on it")
+
+
+def _check_max_seqlen(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a Python int (an upper bound on the sequence lengths), got "
+                        f"{_describe(value)}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def _check_cu_seqlens_values(name: str, cu_seqlens: torch.Tensor, total: int, max_seqlen: int,
+                             max_name: str) -> None:
+    """What the caller guarantees about cu_seqlens, checked where reading it is free (CPU tensors)."""
+    values = cu_seqlens.long()
+    lengths = values[1:] - values[:-1]
+    if int(values[0]) != 0:
+        raise ValueError(f"{name} must start at 0, got {int(values[0])}")
+    if bool((lengths < 0).any()):
+        raise ValueError(f"{name} must be non-decreasing, got {values.tolist()}")
+    if int(values[-1]) > total:
+        raise ValueError(f"{name} ends at {int(values[-1])}, past the {total} packed rows of its tensor")
+    longest = int(lengths.max()) if lengths.numel() else 0
+    if longest > max_seqlen:
+        raise ValueError(f"{max_name} ({max_seqlen}) is smaller than the longest sequence of {name} ({longest})")
+
+
+def check_varlen_args(query, key, value, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal,
+                      softmax_scale, return_lse) -> VarlenShape:
+    """Validate one call of ``attention_varlen`` and return its sizes; raises TypeError/ValueError on bad input.
+
+    The values of CUDA index tensors are not read (that would synchronise with the GPU): the kernels clamp them so
+    that no access leaves the packed tensors. On CPU tensors they are checked, since it is free."""
+    for name, tensor in (("query", query), ("key", key), ("value", value)):
+        _check_packed_tensor(name, tensor)
+    check_flag("causal", causal)
+    check_flag("return_lse", return_lse)
+    for name, tensor in (("key", key), ("value", value)):
+        _check_same_kind(name, tensor, query)
+    if key.shape != value.shape:
+        raise ValueError(f"key and value must have the same shape, got {tuple(key.shape)} and {tuple(value.shape)}")
+    total_q, heads_q, head_dim = query.shape
+    total_k, heads_kv, head_dim_k = key.shape
+    if head_dim_k != head_dim:
+        raise ValueError(f"key has head_dim {head_dim_k} but query has {head_dim}")
+    if heads_q < 1 or heads_kv < 1:
+        raise ValueError(f"query and key need at least one head, got query {tuple(query.shape)}, key "
+                         f"{tuple(key.shape)}")
+    if heads_q % heads_kv != 0:
+        raise ValueError(f"query heads ({heads_q}) must be a multiple of key/value heads ({heads_kv}) for "
+                         f"grouped-query attention")
+    if head_dim < 1 or head_dim % HEAD_DIM_MULTIPLE != 0 or head_dim > MAX_HEAD_DIM:
+        raise ValueError(f"head_dim must be a multiple of {HEAD_DIM_MULTIPLE} and at most {MAX_HEAD_DIM}, "
+                         f"got {head_dim}")
+    for name, tensor in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
+        _check_index_tensor(name, tensor, query, 1, "(batch + 1,)")
+        if tensor.shape[0] < 2:
+            raise ValueError(f"{name} must hold batch + 1 >= 2 offsets (0 first), got {tensor.shape[0]}")
+    if cu_seqlens_q.shape[0] != cu_seqlens_k.shape[0]:
+        raise ValueError(f"cu_seqlens_q and cu_seqlens_k must have the same length (batch + 1), got "
+                         f"{cu_seqlens_q.shape[0]} and {cu_seqlens_k.shape[0]}")
+    _check_max_seqlen("max_seqlen_q", max_seqlen_q)
+    _check_max_seqlen("max_seqlen_k", max_seqlen_k)
+    if _values_checkable(cu_seqlens_q):
+        _check_cu_seqlens_values("cu_seqlens_q", cu_seqlens_q, total_q, max_seqlen_q, "max_seqlen_q")
+    if _values_checkable(cu_seqlens_k):
+        _check_cu_seqlens_values("cu_seqlens_k", cu_seqlens_k, total_k, max_seqlen_k, "max_seqlen_k")
+    scale = resolve_softmax_scale(softmax_scale, head_dim)
+    return VarlenShape(cu_seqlens_q.shape[0] - 1, heads_q, heads_kv, total_q, total_k, head_dim, max_seqlen_q,
+                       max_seqlen_k, scale)
+
+
+def empty_varlen_lse(query: torch.Tensor) -> torch.Tensor:
+    """The log-sum-exp of a varlen call: float32, (heads_q, total_q), contiguous (FlashAttention's layout)."""
+    total_q, heads_q, _ = query.shape
+    return _maybe_poison(query.new_empty((heads_q, total_q), dtype=torch.float32))
+
+
+def varlen_entry_point(run_varlen_validated, backend: str):
+    """A backend's public `attention_varlen`: validate, then its `run_varlen_validated`."""
+
+    def attention_varlen(query, key, value, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
+                         causal=False, softmax_scale=None, return_lse=False):
+        shape = check_varlen_args(query, key, value, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                  causal=causal, softmax_scale=softmax_scale, return_lse=return_lse)
+        return run_varlen_validated(query, key, value, cu_seqlens_q, cu_seqlens_k, shape, causal=causal,
+                                    return_lse=return_lse)
+
+    attention_varlen.__doc__ = (f"The {backend} backend on packed variable-length sequences; the contract is "
+                                f"flash_attention.attention_varlen's.")
+    return attention_varlen

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from ._validation import check_attention_args, empty_like_query
+from ._validation import check_attention_args, empty_like_query, varlen_entry_point
 
-__all__ = ["attention", "run_validated", "unavailable_reason"]
+__all__ = ["attention", "run_validated", "attention_varlen", "run_varlen_validated", "unavailable_reason"]
 
 
 def unavailable_reason(query=None) -> str | None:
@@ -122,3 +122,41 @@ def run_kvcache_validated(query, key_cache, value_cache, shape, *, cache_seqlens
     if not return_lse:
         return out
     return out, torch.logsumexp(scores.float(), dim=-1).flatten(1, 2)
+
+
+# ------------------------------------------------------------------------------------------------ the varlen call
+def varlen_visibility(cu_seqlens_q, cu_seqlens_k, total_q: int, total_k: int, causal: bool) -> torch.Tensor:
+    """(total_q, total_k) bool: packed query row i sees packed key j iff both lie in the same sequence b (and,
+    causal, j - k_start <= i - q_start + len_k - len_q, i.e. j <= i + k_end - q_end: bottom-right aligned)."""
+    device = cu_seqlens_q.device
+    cu_q, cu_k = cu_seqlens_q.long(), cu_seqlens_k.long()
+    batch = cu_q.shape[0] - 1
+    # The sequence of each packed row: b with cu[b] <= row < cu[b + 1]; rows past cu[batch] get batch (none).
+    seq_q = torch.searchsorted(cu_q[1:], torch.arange(total_q, device=device), right=True)
+    seq_k = torch.searchsorted(cu_k[1:], torch.arange(total_k, device=device), right=True)
+    visible = (seq_q[:, None] == seq_k[None, :]) & (seq_q[:, None] < batch)
+    if causal:
+        shift = (cu_k[1:] - cu_q[1:])[seq_q.clamp(max=batch - 1)]  # k_end - q_end of each row's sequence
+        rows = torch.arange(total_q, device=device)[:, None]
+        visible = visible & (torch.arange(total_k, device=device)[None, :] <= rows + shift[:, None])
+    return visible
+
+
+def run_varlen_validated(query, key, value, cu_seqlens_q, cu_seqlens_k, shape, *, causal, return_lse):
+    """`attention_varlen` after check_varlen_args: every sequence at once, as one packed (total_q, total_k) score
+    matrix per head with the other sequences' keys masked (memory grows with total_q x total_k; no host sync)."""
+    visible = varlen_visibility(cu_seqlens_q, cu_seqlens_k, shape.total_q, shape.total_k, causal)
+    q = query.permute(1, 0, 2).unflatten(0, (shape.heads_kv, shape.group))  # (Hkv, group, total_q, D)
+    k = key.permute(1, 0, 2).unsqueeze(1)  # (Hkv, 1, total_k, D)
+    v = value.permute(1, 0, 2).unsqueeze(1)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * shape.softmax_scale
+    scores = scores.masked_fill(~visible, float("-inf"))
+    probs = torch.softmax(scores, dim=-1).masked_fill(~visible.any(dim=-1, keepdim=True), 0.0)
+    out = empty_like_query(query)
+    out.copy_(torch.matmul(probs, v).flatten(0, 1).permute(1, 0, 2))
+    if not return_lse:
+        return out
+    return out, torch.logsumexp(scores.float(), dim=-1).flatten(0, 1)
+
+
+attention_varlen = varlen_entry_point(run_varlen_validated, "naive")

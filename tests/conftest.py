@@ -77,7 +77,7 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     params = getattr(getattr(item, "callspec", None), "params", {})
-    name = params.get("backend") or params.get("kernel_backend")
+    name = params.get("backend") or params.get("kernel_backend") or params.get("varlen_backend")
     if report.when == "call" and report.passed and name:
         _passed_per_backend[name] = _passed_per_backend.get(name, 0) + 1
 

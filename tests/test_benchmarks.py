@@ -262,3 +262,17 @@ def test_decode_tables_state_ratios_the_right_way_round():
     peer_table, paged_table = text.split("### TB/s of K/V read")[1].split("### Paged against contiguous")
     assert "3.00" in peer_table.splitlines()[4], peer_table  # the contiguous row: 30 µs / 10 µs
     assert "0.50" in paged_table.splitlines()[4], paged_table
+
+
+def test_varlen_grid_smoke_runs_and_writes_results(tmp_path):
+    """`runtime.py --grid varlen --smoke`: every mix's triton cell is timed and correct, the ragged mixes are read
+    against a dense one, and the results files are written."""
+    result = run_command("runtime.py", "--grid", "varlen", "--smoke", "--markdown", "--mask", "both", "--output",
+                         str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "uniform-5-40 is read against equal-32" in result.stdout
+    written = json.loads((tmp_path / "runtime_smoke-varlen_bf16_both.json").read_text())
+    assert set(PROVENANCE_KEYS) <= set(written["provenance"])
+    if "triton" in MUST_RUN_ON_CPU:
+        triton_rows = [r for r in written["records"] if r["method"] == "triton"]
+        assert len(triton_rows) == 6 and all(r["status"] == "ok" and r["ms"] > 0 for r in triton_rows), triton_rows

@@ -19,7 +19,9 @@ import triton
 
 from .._custom_op import use_registered_op
 from .._device import capability, device_index
-from .._validation import check_attention_args, empty_like_query, empty_lse, kvcache_entry_point
+from .._validation import (
+    check_attention_args, empty_like_query, empty_lse, empty_varlen_lse, kvcache_entry_point, varlen_entry_point,
+)
 from .. import _decode_plan
 from . import _decode
 from ._configs import (
@@ -34,8 +36,8 @@ from ._kernel import attention_fwd_kernel, kernel_scale
 from ._launcher import PlanCache, aligned16, current_stream, direct_launch_available, launch
 
 __all__ = [
-    "attention", "run_validated", "attention_with_kvcache", "run_kvcache_validated", "unavailable_reason",
-    "interpreter_problem",
+    "attention", "run_validated", "attention_with_kvcache", "run_kvcache_validated", "attention_varlen",
+    "run_varlen_validated", "unavailable_reason", "interpreter_problem",
 ]
 
 _INTERPRETED = not hasattr(attention_fwd_kernel, "device_caches")  # InterpretedFunction under TRITON_INTERPRET=1
@@ -78,9 +80,8 @@ def unavailable_reason(query=None) -> str | None:
 TMA_MIN_FLOPS = 2**32
 
 
-def _tma_pays(query, seqlen_k: int) -> bool:
-    batch, heads_q, seqlen_q, head_dim = query.shape
-    return 4 * batch * heads_q * seqlen_q * seqlen_k * head_dim >= TMA_MIN_FLOPS
+def _tma_pays(flops: int) -> bool:
+    return flops >= TMA_MIN_FLOPS
 
 
 def _tma_capable(*tensors) -> bool:
@@ -132,35 +133,52 @@ def _launch(query, key, value, causal: bool, softmax_scale: float):
     plan = None if plan_key is None else _forward_plans.get(plan_key)
     if plan is not None and direct_launch_available():
         with _on_device_of(query):
-            plan(current_stream(query.device.index), query, key, value, out, lse)
+            plan(current_stream(query.device.index), query, key, value, out, lse, lse, lse)
         return out, lse
+    flops = 4 * batch * heads_q * seqlen_q * seqlen_k * head_dim
+    use_tma = _tma_pays(flops) and _tma_capable(query, key, value, out)
+    _first_launch(plan_key, query, key, value, out, lse, None, None, batch=batch, seqlen_q=seqlen_q,
+                  seqlen_k=seqlen_k, causal=causal, softmax_scale=softmax_scale, use_tma=use_tma)
+    return out, lse
+
+
+def _first_launch(plan_key, query, key, value, out, lse, cu_seqlens_q, cu_seqlens_k, *, batch: int, seqlen_q: int,
+                  seqlen_k: int, causal: bool, softmax_scale: float, use_tma: bool) -> None:
+    """A launch of the forward kernel through Triton's own path (autotuning on a configuration's first call), which
+    leaves a launch plan under `plan_key` for the next call. query, key, value and out are 4-D (B, H, N, D) views;
+    with cu_seqlens (varlen) they are the packed tensors as one batch (1, H, total, D), and seqlen_q/seqlen_k the
+    max_seqlen bounds."""
+    varlen = cu_seqlens_q is not None
+    heads_q, head_dim = query.shape[1], query.shape[3]
     head_dim_pad = max(16, triton.next_power_of_2(head_dim))
     qk_scale, positive_scale = kernel_scale(softmax_scale)
-    use_tma = _tma_pays(query, seqlen_k) and _tma_capable(query, key, value, out)
     seqlen_q_bucket, seqlen_k_bucket = _length_bucket(seqlen_q), _length_bucket(seqlen_k)
     if use_tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
 
-        # Placeholder box sizes; each config's pre-hook sets the real ones before launch.
+        # Placeholder box sizes; each config's pre-hook sets the real ones before launch. A packed batch's output
+        # is stored with pointers (a box would cross into the next sequence).
         q_arg, k_arg, v_arg, o_arg = (
             TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, 16, head_dim_pad])
+            if not (varlen and t is out) else t
             for t in (query, key, value, out)
         )
     else:
         q_arg, k_arg, v_arg, o_arg = query, key, value, out
     args = (
         q_arg, k_arg, v_arg, o_arg, lse,
+        cu_seqlens_q if varlen else lse, cu_seqlens_k if varlen else lse,  # unused pointers when dense
         query.stride(0), query.stride(1), query.stride(2),
         key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
-        heads_q, heads_q // heads_kv, seqlen_q, seqlen_k, head_dim, qk_scale,
+        heads_q, heads_q // key.shape[1], seqlen_q, seqlen_k, head_dim, qk_scale,
+        query.shape[2] if varlen else 0, key.shape[2] if varlen else 0,
         seqlen_q_bucket, seqlen_k_bucket,
     )
     flags = dict(
         IS_CAUSAL=causal, POSITIVE_SCALE=positive_scale, IS_BF16=query.dtype == torch.bfloat16,
-        HEAD_DIM_PAD=head_dim_pad, USE_TMA=use_tma,
-        DOT_IN_FP32=_dot_in_fp32(query),
+        HEAD_DIM_PAD=head_dim_pad, USE_TMA=use_tma, DOT_IN_FP32=_dot_in_fp32(query), IS_VARLEN=varlen,
     )
 
     def grid(meta):
@@ -169,24 +187,23 @@ def _launch(query, key, value, causal: bool, softmax_scale: float):
     with _on_device_of(query):
         if _INTERPRETED:
             attention_fwd_kernel[grid](*args, **flags, **INTERPRETER_CONFIG)
-            return out, lse
+            return
         if not AUTOTUNE:
             config = default_config(head_dim_pad, seqlen_q)
         else:
-            tune_key = (device_index(query), head_dim_pad, causal, flags["IS_BF16"], use_tma,
+            tune_key = (device_index(query), head_dim_pad, causal, flags["IS_BF16"], use_tma, varlen,
                         seqlen_q_bucket, seqlen_k_bucket)  # the autotuner's key, per device
             config = _tuned_configs.get(tune_key)
             if config is None:  # first call of this key: tune (the tuner runs the kernel too) and remember
                 _tuned_kernel[grid](*args, **flags)
                 _tuned_configs[tune_key] = _tuned_kernel.best_config.all_kwargs()
-                return out, lse
+                return
         # Known config: launch the kernel itself (not the autotuner), and keep the plan that repeats this launch.
         if use_tma:
             set_descriptor_block_shapes({"Q": q_arg, "K": k_arg, "V": v_arg, "Out": o_arg, **flags, **config})
         fixed_grid = grid({**flags, **config})
-        plan = launch(attention_fwd_kernel, fixed_grid, args, {**flags, **config}, leading=5)
+        plan = launch(attention_fwd_kernel, fixed_grid, args, {**flags, **config}, leading=7)
         _forward_plans.put(plan_key, plan)
-    return out, lse
 
 
 @torch.library.custom_op("flash_attention::triton_fwd", mutates_args=())
@@ -297,3 +314,68 @@ def run_kvcache_validated(query, key_cache, value_cache, shape, *, cache_seqlens
 
 
 attention_with_kvcache = kvcache_entry_point(run_kvcache_validated, "triton")
+
+
+# ------------------------------------------------------------------------------------------------ the varlen call
+def _launch_varlen(query, key, value, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_seqlen_k: int,
+                   causal: bool, softmax_scale: float):
+    """The forward kernel on packed sequences (IS_VARLEN): query (total_q, Hq, D), key/value (total_k, Hkv, D)."""
+    total_q, heads_q, head_dim = query.shape
+    out = empty_like_query(query)
+    lse = empty_varlen_lse(query)
+    batch = cu_seqlens_q.shape[0] - 1
+    if total_q == 0 or max_seqlen_q == 0:
+        return out, lse  # no query row belongs to a sequence
+    plan_key = None
+    if not _INTERPRETED:
+        plan_key = ("varlen", query.device.index, query.dtype, query.shape, query.stride(), key.shape, key.stride(),
+                    value.stride(), batch, max_seqlen_q, max_seqlen_k,
+                    aligned16(query, key, value, cu_seqlens_q, cu_seqlens_k), causal, softmax_scale, AUTOTUNE,
+                    USE_TMA, TMA_MIN_FLOPS)
+        plan = _forward_plans.get(plan_key)
+        if plan is not None and direct_launch_available():
+            with _on_device_of(query):
+                plan(current_stream(query.device.index), query, key, value, out, lse, cu_seqlens_q, cu_seqlens_k)
+            return out, lse
+    # The packed tensors as one batch of total rows: (1, H, total, D) views, no copy.
+    q4, k4, v4, o4 = (t.permute(1, 0, 2).unsqueeze(0) for t in (query, key, value, out))
+    flops = 4 * heads_q * total_q * min(max_seqlen_k, key.shape[0]) * head_dim  # at most this much work
+    use_tma = _tma_pays(flops) and _tma_capable(q4, k4, v4)
+    _first_launch(plan_key, q4, k4, v4, o4, lse, cu_seqlens_q, cu_seqlens_k, batch=batch, seqlen_q=max_seqlen_q,
+                  seqlen_k=max_seqlen_k, causal=causal, softmax_scale=softmax_scale, use_tma=use_tma)
+    return out, lse
+
+
+@torch.library.custom_op("flash_attention::triton_varlen_fwd", mutates_args=())
+def _triton_varlen_fwd(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, causal: bool, softmax_scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _launch_varlen(query, key, value, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
+                          softmax_scale)
+
+
+@_triton_varlen_fwd.register_fake
+def _triton_varlen_fwd_fake(query, key, value, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
+                            softmax_scale):
+    return torch.empty_like(query, memory_format=torch.preserve_format), empty_varlen_lse(query)
+
+
+_triton_varlen_fwd.register_autograd(_forward_only)
+
+
+def run_varlen_validated(query, key, value, cu_seqlens_q, cu_seqlens_k, shape, *, causal, return_lse):
+    """`attention_varlen` after check_varlen_args (which returned `shape`)."""
+    reason = unavailable_reason(query)
+    if reason is not None:
+        raise ValueError(f"backend 'triton' cannot run this input: {reason}")
+    arguments = (query, key, value, cu_seqlens_q, cu_seqlens_k, shape.max_seqlen_q, shape.max_seqlen_k, causal,
+                 shape.softmax_scale)
+    if use_registered_op(query, key, value):
+        out, lse = _triton_varlen_fwd(*arguments)
+    else:
+        out, lse = _launch_varlen(*arguments)
+    return (out, lse) if return_lse else out
+
+
+attention_varlen = varlen_entry_point(run_varlen_validated, "triton")

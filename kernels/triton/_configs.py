@@ -1,14 +1,15 @@
 """Tile configurations for the Triton kernel: the autotuning space, its pruning, and the untuned defaults.
 
-The autotune key is (HEAD_DIM_PAD, IS_CAUSAL, IS_BF16, USE_TMA, seqlen_q_bucket, seqlen_k_bucket), and Triton adds the
-GPU through its per-device cache, so each (head_dim, causal, dtype, GPU) tunes once per power-of-two length bucket.
+The autotune key is (HEAD_DIM_PAD, IS_CAUSAL, IS_BF16, USE_TMA, IS_VARLEN, seqlen_q_bucket, seqlen_k_bucket), and
+Triton adds the GPU through its per-device cache, so each (head_dim, causal, dtype, GPU, packed or not) tunes once per
+power-of-two length bucket (of the longest sequence, for packed batches).
 """
 
 from __future__ import annotations
 
 import triton
 
-AUTOTUNE_KEY = ["HEAD_DIM_PAD", "IS_CAUSAL", "IS_BF16", "USE_TMA", "seqlen_q_bucket", "seqlen_k_bucket"]
+AUTOTUNE_KEY = ["HEAD_DIM_PAD", "IS_CAUSAL", "IS_BF16", "USE_TMA", "IS_VARLEN", "seqlen_q_bucket", "seqlen_k_bucket"]
 
 # Under the interpreter: small tiles keep CPU runs fast, and BLOCK_M != BLOCK_N makes the causal diagonal span
 # several key tiles, which is the case that needs testing.
@@ -21,7 +22,8 @@ def set_descriptor_block_shapes(nargs):
     if not nargs["USE_TMA"]:
         return
     nargs["Q"].block_shape = [1, 1, block_m, head_dim_pad]
-    nargs["Out"].block_shape = [1, 1, block_m, head_dim_pad]
+    if not nargs["IS_VARLEN"]:  # a packed batch's output is stored with pointers (see _kernel.py)
+        nargs["Out"].block_shape = [1, 1, block_m, head_dim_pad]
     nargs["K"].block_shape = [1, 1, block_n, head_dim_pad]
     nargs["V"].block_shape = [1, 1, block_n, head_dim_pad]
 

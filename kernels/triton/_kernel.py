@@ -9,8 +9,13 @@ once, in the epilogue.
 
 Tiles move by TMA (host tensor descriptors over the 4-D (batch, heads, seqlen, head_dim) view, so any strides work)
 where the GPU has it, and by masked pointer loads elsewhere and under the interpreter (Triton 3.9 removed block
-pointers). Both zero-fill out-of-bounds rows and
-the head_dim padding columns (head_dim is padded to a power of two, HEAD_DIM_PAD).
+pointers). Both zero-fill out-of-bounds rows and the head_dim padding columns (head_dim is padded to a power of two,
+HEAD_DIM_PAD).
+
+Packed variable-length batches (`attention_varlen`) run the same kernel (IS_VARLEN): the packed tensors are one batch
+of total rows, and each program reads its sequence's row range from cu_seqlens. A tile's rows past its sequence read
+the next sequence's rows (masked for keys, never stored for queries), so TMA still loads; the output is stored with
+pointers, masked at the sequence's end.
 """
 
 import triton
@@ -53,16 +58,18 @@ def _load_tile(desc, base, off_b, off_h, start, seqlen, stride_n, head_dim,
 
 @triton.jit
 def _attend_tiles(acc, row_sum, row_max, q, K, V, k_base, v_base, off_b, off_kv_head, offs_m, lo, hi,
-                  seqlen_q, seqlen_k, stride_kn, stride_vn, head_dim, qk_scale,
+                  q_end, k_end, stride_kn, stride_vn, head_dim, qk_scale,
                   MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, POSITIVE_SCALE: tl.constexpr,
                   BLOCK_N: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, USE_TMA: tl.constexpr,
                   DOT_IN_FP32: tl.constexpr):
+    """Key tiles [lo, hi) of rows offs_m. Rows and keys are absolute (packed) indices that end at q_end and k_end: a
+    key j is visible to row i iff j < k_end and, causal, j <= i + k_end - q_end (bottom-right aligned)."""
     offs_n = tl.arange(0, BLOCK_N)
     # With a positive scale the max commutes with scaling, so the scale rides in the FMA inside exp2's argument.
     # Any other finite scale (negative, zero) scales first so that the max and the -inf mask stay right.
     exp_scale = qk_scale if POSITIVE_SCALE else 1.0
     for start_n in tl.range(lo, hi, BLOCK_N):
-        k = _load_tile(K, k_base, off_b, off_kv_head, start_n, seqlen_k, stride_kn, head_dim,
+        k = _load_tile(K, k_base, off_b, off_kv_head, start_n, k_end, stride_kn, head_dim,
                        BLOCK_N, HEAD_DIM_PAD, USE_TMA)
         if DOT_IN_FP32:
             k = k.to(tl.float32)
@@ -71,9 +78,9 @@ def _attend_tiles(acc, row_sum, row_max, q, K, V, k_base, v_base, off_b, off_kv_
             qk = qk * qk_scale
         if MASKED:
             cols = start_n + offs_n
-            visible = cols[None, :] < seqlen_k
+            visible = cols[None, :] < k_end
             if IS_CAUSAL:
-                visible = visible & (cols[None, :] <= offs_m[:, None] + (seqlen_k - seqlen_q))
+                visible = visible & (cols[None, :] <= offs_m[:, None] + (k_end - q_end))
             qk = tl.where(visible, qk, float("-inf"))
         new_max = tl.maximum(row_max, tl.max(qk, 1) * exp_scale)
         if MASKED:
@@ -83,7 +90,7 @@ def _attend_tiles(acc, row_sum, row_max, q, K, V, k_base, v_base, off_b, off_kv_
         correction = tl.math.exp2(row_max - new_max)
         row_sum = row_sum * correction + tl.sum(p, 1)
         acc = acc * correction[:, None]
-        v = _load_tile(V, v_base, off_b, off_kv_head, start_n, seqlen_k, stride_vn, head_dim,
+        v = _load_tile(V, v_base, off_b, off_kv_head, start_n, k_end, stride_vn, head_dim,
                        BLOCK_N, HEAD_DIM_PAD, USE_TMA)
         p = p.to(v.dtype)
         if DOT_IN_FP32:
@@ -94,44 +101,69 @@ def _attend_tiles(acc, row_sum, row_max, q, K, V, k_base, v_base, off_b, off_kv_
     return acc, row_sum, row_max
 
 
-@triton.jit(do_not_specialize=["seqlen_q_bucket", "seqlen_k_bucket"])
+@triton.jit
+def _sequence_bounds(cu_seqlens, index, total):
+    """[start, end) of packed sequence `index`, clamped into [0, total] and end >= start whatever cu_seqlens holds
+    (the caller's guarantee on device values cannot be checked without a sync; no access may leave the tensor)."""
+    start = tl.minimum(tl.maximum(tl.load(cu_seqlens + index), 0), total)
+    end = tl.minimum(tl.maximum(tl.load(cu_seqlens + index + 1), start), total)
+    return start, end
+
+
+@triton.jit(do_not_specialize=["seqlen_q_bucket", "seqlen_k_bucket", "total_q", "total_k"])
 def attention_fwd_kernel(
-    Q, K, V, Out, Lse,
+    Q, K, V, Out, Lse, CuSeqlensQ, CuSeqlensK,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_om,
     heads_q, group_size, seqlen_q, seqlen_k, head_dim, qk_scale,
+    total_q, total_k,  # varlen: the packed rows of Q and K (the LSE row length and the clamp for cu_seqlens)
     seqlen_q_bucket, seqlen_k_bucket,  # autotune keys only: a new length bucket retunes
     IS_CAUSAL: tl.constexpr, POSITIVE_SCALE: tl.constexpr, IS_BF16: tl.constexpr,
     HEAD_DIM_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    USE_TMA: tl.constexpr, DOT_IN_FP32: tl.constexpr,
+    USE_TMA: tl.constexpr, DOT_IN_FP32: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
+    """Dense: Q (B, Hq, seqlen_q, D), K/V (B, Hkv, seqlen_k, D). Varlen (IS_VARLEN): the packed (total, H, D)
+    tensors seen as one batch (1, H, total, D), sequence b's rows [CuSeqlensQ[b], CuSeqlensQ[b + 1]) and keys
+    likewise; seqlen_q and seqlen_k are then the callers' max_seqlen bounds. Either way the kernel works on absolute
+    row indices within [q_start, q_end) and [k_start, k_end)."""
     # One flat grid axis (limit 2^31 - 1) so that batch x heads beyond 65,535 needs no y/z dimension.
     pid = tl.program_id(0)
     num_m_blocks = tl.cdiv(seqlen_q, BLOCK_M)
     bh = pid // num_m_blocks
-    m_block = pid % num_m_blocks
-    if IS_CAUSAL:
-        m_block = num_m_blocks - 1 - m_block  # bottom rows see the most keys: start them first
+    m_index = pid % num_m_blocks
     off_b = bh // heads_q
     off_h = bh % heads_q
     off_kv_head = off_h // group_size  # GQA: query heads of a group share one K/V head, never copied
-    start_m = m_block * BLOCK_M
+    if IS_VARLEN:
+        q_start, q_end = _sequence_bounds(CuSeqlensQ, off_b, total_q)
+        k_start, k_end = _sequence_bounds(CuSeqlensK, off_b, total_k)
+        seq_m_blocks = tl.cdiv(q_end - q_start, BLOCK_M)
+        if m_index >= seq_m_blocks:  # the grid covers the longest sequence; shorter ones have fewer tiles
+            return
+        addr_b = tl.zeros_like(off_b)  # every sequence lives in the one packed "batch"
+    else:
+        q_start, q_end, k_start, k_end = 0, seqlen_q, 0, seqlen_k
+        seq_m_blocks = num_m_blocks
+        addr_b = off_b
+    m_block = m_index
+    if IS_CAUSAL:
+        m_block = seq_m_blocks - 1 - m_index  # bottom rows see the most keys: start them first
+    start_m = q_start + m_block * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
 
     # 64-bit base offsets: a (batch, head) slice may start past 2^31 elements.
     q_base = Q
     k_base = K
     v_base = V
-    o_base = Out
+    o_base = Out + addr_b.to(tl.int64) * stride_ob + off_h.to(tl.int64) * stride_oh
     if not USE_TMA:
-        q_base = Q + off_b.to(tl.int64) * stride_qb + off_h.to(tl.int64) * stride_qh
-        k_base = K + off_b.to(tl.int64) * stride_kb + off_kv_head.to(tl.int64) * stride_kh
-        v_base = V + off_b.to(tl.int64) * stride_vb + off_kv_head.to(tl.int64) * stride_vh
-        o_base = Out + off_b.to(tl.int64) * stride_ob + off_h.to(tl.int64) * stride_oh
+        q_base = Q + addr_b.to(tl.int64) * stride_qb + off_h.to(tl.int64) * stride_qh
+        k_base = K + addr_b.to(tl.int64) * stride_kb + off_kv_head.to(tl.int64) * stride_kh
+        v_base = V + addr_b.to(tl.int64) * stride_vb + off_kv_head.to(tl.int64) * stride_vh
 
-    q = _load_tile(Q, q_base, off_b, off_h, start_m, seqlen_q, stride_qm, head_dim,
+    q = _load_tile(Q, q_base, addr_b, off_h, start_m, q_end, stride_qm, head_dim,
                    BLOCK_M, HEAD_DIM_PAD, USE_TMA)
     if DOT_IN_FP32:
         q = q.to(tl.float32)
@@ -140,34 +172,38 @@ def attention_fwd_kernel(
     row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
     row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
 
-    # Key ranges. Unmasked: [0, full_hi); masked: [full_hi, masked_hi); above masked_hi nothing is visible.
-    full_tiles_k = seqlen_k // BLOCK_N
+    # Key ranges. Unmasked: [k_start, full_hi); masked: [full_hi, masked_hi); past masked_hi nothing is visible.
+    full_tiles_k = (k_end - k_start) // BLOCK_N
     if IS_CAUSAL:
-        diagonal = seqlen_k - seqlen_q  # query i sees key j iff j <= i + diagonal
-        first_row_sees = tl.maximum(start_m + diagonal + 1, 0)  # keys visible to the block's first row
-        full_hi = tl.minimum(first_row_sees // BLOCK_N, full_tiles_k) * BLOCK_N
-        masked_hi = tl.minimum(tl.maximum(start_m + BLOCK_M + diagonal, 0), seqlen_k)
+        diagonal = k_end - q_end  # row i sees key j iff j <= i + diagonal
+        first_row_sees = tl.maximum(start_m + diagonal + 1 - k_start, 0)  # keys visible to the block's first row
+        full_hi = k_start + tl.minimum(first_row_sees // BLOCK_N, full_tiles_k) * BLOCK_N
+        masked_hi = tl.minimum(tl.maximum(start_m + BLOCK_M + diagonal, k_start), k_end)
     else:
-        full_hi = full_tiles_k * BLOCK_N
-        masked_hi = seqlen_k
+        full_hi = k_start + full_tiles_k * BLOCK_N
+        masked_hi = k_end
 
     acc, row_sum, row_max = _attend_tiles(
-        acc, row_sum, row_max, q, K, V, k_base, v_base, off_b, off_kv_head, offs_m, 0, full_hi,
-        seqlen_q, seqlen_k, stride_kn, stride_vn, head_dim, qk_scale,
+        acc, row_sum, row_max, q, K, V, k_base, v_base, addr_b, off_kv_head, offs_m, k_start, full_hi,
+        q_end, k_end, stride_kn, stride_vn, head_dim, qk_scale,
         False, IS_CAUSAL, POSITIVE_SCALE, BLOCK_N, HEAD_DIM_PAD, USE_TMA, DOT_IN_FP32)
     acc, row_sum, row_max = _attend_tiles(
-        acc, row_sum, row_max, q, K, V, k_base, v_base, off_b, off_kv_head, offs_m, full_hi, masked_hi,
-        seqlen_q, seqlen_k, stride_kn, stride_vn, head_dim, qk_scale,
+        acc, row_sum, row_max, q, K, V, k_base, v_base, addr_b, off_kv_head, offs_m, full_hi, masked_hi,
+        q_end, k_end, stride_kn, stride_vn, head_dim, qk_scale,
         True, IS_CAUSAL, POSITIVE_SCALE, BLOCK_N, HEAD_DIM_PAD, USE_TMA, DOT_IN_FP32)
 
     # Epilogue. A row that saw no key has row_sum 0: output 0 and LSE -inf (log2(0) = -inf), never NaN.
     lse = (row_max + tl.math.log2(row_sum)) * LN2
     acc = acc / tl.where(row_sum == 0.0, 1.0, row_sum)[:, None]
-    lse_ptrs = Lse + bh.to(tl.int64) * seqlen_q + offs_m
-    tl.store(lse_ptrs, lse, mask=offs_m < seqlen_q)
+    if IS_VARLEN:
+        lse_ptrs = Lse + off_h.to(tl.int64) * total_q + offs_m  # (heads_q, total_q)
+    else:
+        lse_ptrs = Lse + bh.to(tl.int64) * seqlen_q + offs_m  # (batch, heads_q, seqlen_q)
+    tl.store(lse_ptrs, lse, mask=offs_m < q_end)
     out = acc.to(tl.bfloat16 if IS_BF16 else tl.float16)
-    if USE_TMA:
+    if USE_TMA and not IS_VARLEN:
         Out.store([off_b, off_h, start_m, 0], out.reshape(1, 1, BLOCK_M, HEAD_DIM_PAD))
     else:
-        ptrs, in_bounds = _tile_pointers(o_base, start_m, seqlen_q, stride_om, head_dim, BLOCK_M, HEAD_DIM_PAD)
+        # A varlen tile's rows past q_end are the next sequence's: the store stops at q_end (a TMA box would not).
+        ptrs, in_bounds = _tile_pointers(o_base, start_m, q_end, stride_om, head_dim, BLOCK_M, HEAD_DIM_PAD)
         tl.store(ptrs, out, mask=in_bounds)

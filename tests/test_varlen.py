@@ -1,0 +1,275 @@
+"""The contract of `attention_varlen`: packed variable-length batches, for every backend that runs them here.
+
+Each sequence is checked against float64 attention on its own rows and keys (tests/reference.py), with the tolerance
+method of DESIGN.md; the outputs start NaN-poisoned, so a row a kernel skips fails. Runs on CUDA tensors with a GPU,
+and on CPU tensors otherwise (the Triton kernel under TRITON_INTERPRET=1).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import flash_attention
+from conftest import BACKENDS, DEVICE, HAS_GPU, assert_forward_only, requires_gpu
+from reference import assert_attention_close
+
+DTYPES = [torch.float16, torch.bfloat16]
+DTYPE_IDS = ["fp16", "bf16"]
+# The backends with a varlen path (the cuda backend has none yet: it refuses, tested below).
+VARLEN_BACKENDS = [name for name in BACKENDS if hasattr(getattr(flash_attention, name), "run_varlen_validated")]
+
+
+@pytest.fixture(params=VARLEN_BACKENDS)
+def varlen_backend(request):
+    return request.param
+
+
+def cu_seqlens(lengths) -> torch.Tensor:
+    offsets = [0]
+    for length in lengths:
+        offsets.append(offsets[-1] + length)
+    return torch.tensor(offsets, dtype=torch.int32, device=DEVICE)
+
+
+def packed(total, heads, head_dim, dtype, *, layout="packed"):
+    """(total, heads, head_dim) fresh normal values: contiguous, or a slice of a fused QKV projection's output
+    (total, 3, heads, head_dim), whose row stride is three times its own size."""
+    if layout == "qkv":
+        return torch.randn(total, 3, heads, head_dim, device=DEVICE).to(dtype)[:, 1]
+    return torch.randn(total, heads, head_dim, device=DEVICE).to(dtype)
+
+
+def check_sequences(out, lse, query, key, value, lengths_q, lengths_k, *, causal, softmax_scale=None):
+    """Each sequence b against float64 attention over its own keys; a sequence without keys gives 0 and LSE -inf."""
+    cu_q, cu_k = cu_seqlens(lengths_q).tolist(), cu_seqlens(lengths_k).tolist()
+    assert lse.shape == (query.shape[1], query.shape[0]) and lse.dtype == torch.float32
+    for b in range(len(lengths_q)):
+        rows, keys = slice(cu_q[b], cu_q[b + 1]), slice(cu_k[b], cu_k[b + 1])
+        if lengths_q[b] == 0:
+            continue
+        seq_out, seq_lse = out[rows].transpose(0, 1)[None], lse[:, rows][None]
+        if lengths_k[b] == 0:
+            assert torch.equal(seq_out, torch.zeros_like(seq_out)) and seq_lse.isneginf().all()
+            continue
+        assert_attention_close(seq_out, seq_lse, query[rows].transpose(0, 1)[None],
+                               key[keys].transpose(0, 1)[None], value[keys].transpose(0, 1)[None], causal=causal,
+                               softmax_scale=softmax_scale)
+
+
+def run_and_check(backend, lengths_q, lengths_k, heads_q, heads_kv, head_dim, dtype, *, causal, layout="packed",
+                  softmax_scale=None):
+    query = packed(sum(lengths_q), heads_q, head_dim, dtype, layout=layout)
+    key = packed(sum(lengths_k), heads_kv, head_dim, dtype, layout=layout)
+    value = packed(sum(lengths_k), heads_kv, head_dim, dtype, layout=layout)
+    out, lse = flash_attention.attention_varlen(
+        query, key, value, cu_seqlens(lengths_q), cu_seqlens(lengths_k), max(lengths_q), max(lengths_k),
+        causal=causal, softmax_scale=softmax_scale, return_lse=True, backend=backend)
+    assert out.shape == query.shape and out.dtype == dtype
+    check_sequences(out, lse, query, key, value, lengths_q, lengths_k, causal=causal, softmax_scale=softmax_scale)
+    return out
+
+
+# Sequence lengths: equal ones, ragged ones around the tile sizes, empty sequences (of queries, of keys), more queries
+# than keys (causal rows that see nothing), one long sequence among short ones.
+LENGTHS = {
+    "equal": ([64, 64, 64], [64, 64, 64]),
+    "ragged": ([1, 17, 33, 90], [1, 17, 33, 90]),
+    "chunked": ([16, 3, 40], [70, 9, 40]),
+    "empty": ([0, 12, 5, 7], [4, 0, 5, 30]),
+    "more_queries": ([40, 9], [7, 9]),
+    "skewed": ([150, 2, 3, 1, 5], [150, 2, 3, 1, 5]),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("lengths", list(LENGTHS.values()), ids=list(LENGTHS))
+@pytest.mark.parametrize("heads_q,heads_kv", [(4, 1), (4, 2), (2, 2)], ids=["mqa", "gqa", "mha"])
+def test_matches_reference(varlen_backend, dtype, causal, lengths, heads_q, heads_kv):
+    run_and_check(varlen_backend, *lengths, heads_q, heads_kv, 32, dtype, causal=causal)
+
+
+@pytest.mark.parametrize("head_dim", [8, 64, 72, 128, 256])
+def test_head_dims(varlen_backend, head_dim):
+    if not HAS_GPU and head_dim > 64:
+        pytest.skip("large head dims only on the GPU (the interpreter is slow)")
+    run_and_check(varlen_backend, [33, 100, 1], [50, 100, 7], 4, 2, head_dim, torch.float16, causal=True)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_slices_of_a_fused_qkv_projection(varlen_backend, causal):
+    """query/key/value as views into a (total, 3, heads, head_dim) projection output: no copy is needed, and the
+    output is dense (total, heads, head_dim)."""
+    out = run_and_check(varlen_backend, [20, 45, 3], [20, 45, 3], 4, 4, 64, torch.bfloat16, causal=causal,
+                        layout="qkv")
+    assert out.is_contiguous()
+
+
+def test_softmax_scale(varlen_backend):
+    run_and_check(varlen_backend, [9, 30], [9, 30], 2, 1, 32, torch.float16, causal=False, softmax_scale=-0.3)
+
+
+def test_equals_attention_on_a_dense_batch(varlen_backend):
+    """A batch of equal lengths packed is the dense batch: the same output as attention() on (B, H, N, D)."""
+    batch, heads, seqlen, head_dim = 3, 4, 37, 32
+    query, key, value = (torch.randn(batch, seqlen, heads, head_dim, device=DEVICE).half() for _ in range(3))
+    lengths = cu_seqlens([seqlen] * batch)
+    out = flash_attention.attention_varlen(query.flatten(0, 1), key.flatten(0, 1), value.flatten(0, 1), lengths,
+                                           lengths, seqlen, seqlen, causal=True, backend=varlen_backend)
+    dense = flash_attention.attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
+                                      causal=True, backend=varlen_backend)
+    torch.testing.assert_close(out, dense.transpose(1, 2).flatten(0, 1), atol=2e-3, rtol=0)
+
+
+def test_max_seqlen_larger_than_needed(varlen_backend):
+    """max_seqlen is an upper bound: a looser one computes the same."""
+    lengths = [30, 5]
+    query, key, value = (packed(35, 2, 32, torch.float16) for _ in range(3))
+    cu = cu_seqlens(lengths)
+    tight = flash_attention.attention_varlen(query, key, value, cu, cu, 30, 30, causal=True, backend=varlen_backend)
+    loose = flash_attention.attention_varlen(query, key, value, cu, cu, 200, 999, causal=True,
+                                             backend=varlen_backend)
+    assert torch.equal(tight, loose)
+
+
+def test_forward_only_backward_raises(varlen_backend):
+    query, key, value = (packed(12, 2, 32, torch.float16) for _ in range(3))
+    query.requires_grad_(True)
+    cu = cu_seqlens([5, 7])
+    out = flash_attention.attention_varlen(query, key, value, cu, cu, 7, 7, backend=varlen_backend)
+    assert_forward_only(out, query, varlen_backend)
+
+
+def test_backend_modules_take_the_call_directly(varlen_backend):
+    module = getattr(flash_attention, varlen_backend)
+    query, key, value = (packed(12, 2, 32, torch.float16) for _ in range(3))
+    cu = cu_seqlens([5, 7])
+    out, lse = module.attention_varlen(query, key, value, cu, cu, 7, 7, return_lse=True)
+    check_sequences(out, lse, query, key, value, [5, 7], [5, 7], causal=False)
+    with pytest.raises(TypeError, match=r"cu_seqlens_q must have dtype torch\.int32"):
+        module.attention_varlen(query, key, value, cu.long(), cu, 7, 7)
+
+
+def test_cuda_backend_says_it_has_no_varlen_kernel():
+    query, key, value = (packed(12, 2, 32, torch.float16) for _ in range(3))
+    cu = cu_seqlens([5, 7])
+    with pytest.raises(ValueError, match=r"backend 'cuda' does not run attention_varlen"):
+        flash_attention.attention_varlen(query, key, value, cu, cu, 7, 7, backend="cuda")
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def good_call():
+    query, key, value = (packed(12, 4, 32, torch.float16) for _ in range(3))
+    key, value = key[:, :2], value[:, :2]
+    cu = cu_seqlens([5, 7])
+    return dict(query=query, key=key, value=value, cu_seqlens_q=cu, cu_seqlens_k=cu.clone(), max_seqlen_q=7,
+                max_seqlen_k=7)
+
+
+ERROR_CASES = [
+    ("query_4d", lambda a: {"query": a["query"][None]}, ValueError, r"query must be 3-D \(total_tokens, heads"),
+    ("float32", lambda a: {"key": a["key"].float()}, TypeError, r"key must have dtype torch\.float16 or"),
+    ("dtype_mismatch", lambda a: {"value": a["value"].bfloat16()}, TypeError, r"value has dtype torch\.bfloat16"),
+    ("kv_shapes", lambda a: {"value": a["value"][:10]}, ValueError, r"key and value must have the same shape"),
+    ("head_dim", lambda a: {"key": a["key"][..., :16], "value": a["value"][..., :16]}, ValueError,
+     r"key has head_dim 16 but query has 32"),
+    ("heads", lambda a: {"key": a["key"][:, :1].expand(12, 3, 32), "value": a["value"][:, :1].expand(12, 3, 32)},
+     ValueError, r"query heads \(4\) must be a multiple of key/value heads \(3\)"),
+    ("cu_int64", lambda a: {"cu_seqlens_q": a["cu_seqlens_q"].long()}, TypeError,
+     r"cu_seqlens_q must have dtype torch\.int32"),
+    ("cu_2d", lambda a: {"cu_seqlens_k": a["cu_seqlens_k"][None]}, ValueError, r"cu_seqlens_k must be 1-D"),
+    ("cu_short", lambda a: {"cu_seqlens_q": a["cu_seqlens_q"][:1], "cu_seqlens_k": a["cu_seqlens_k"][:1]},
+     ValueError, r"cu_seqlens_q must hold batch \+ 1 >= 2 offsets"),
+    ("cu_lengths_differ", lambda a: {"cu_seqlens_k": a["cu_seqlens_k"][:2]}, ValueError,
+     r"cu_seqlens_q and cu_seqlens_k must have the same length"),
+    ("cu_list", lambda a: {"cu_seqlens_q": [0, 5, 12]}, TypeError, r"cu_seqlens_q must be a torch\.Tensor"),
+    ("max_float", lambda a: {"max_seqlen_q": 7.0}, TypeError, r"max_seqlen_q must be a Python int"),
+    ("max_bool", lambda a: {"max_seqlen_k": True}, TypeError, r"max_seqlen_k must be a Python int"),
+    ("max_negative", lambda a: {"max_seqlen_k": -1}, ValueError, r"max_seqlen_k must be >= 0"),
+    ("scale_nan", lambda a: {"softmax_scale": float("nan")}, ValueError, r"softmax_scale must be finite"),
+    ("causal_int", lambda a: {"causal": 1}, TypeError, r"causal must be a bool"),
+]
+
+
+@pytest.mark.parametrize("changes,error,message", [case[1:] for case in ERROR_CASES],
+                         ids=[case[0] for case in ERROR_CASES])
+def test_bad_input_is_refused_clearly(backend, changes, error, message):
+    args = good_call()
+    args.update(changes(args))
+    with pytest.raises(error, match=message):
+        flash_attention.attention_varlen(**args, backend=backend)
+
+
+@pytest.mark.skipif(HAS_GPU, reason="values are checked only on CPU tensors (on the GPU that would synchronise)")
+@pytest.mark.parametrize("cu_q,max_q,message", [
+    ([1, 5, 12], 7, r"cu_seqlens_q must start at 0, got 1"),
+    ([0, 8, 5], 8, r"cu_seqlens_q must be non-decreasing"),
+    ([0, 5, 13], 8, r"cu_seqlens_q ends at 13, past the 12 packed rows"),
+    ([0, 5, 12], 6, r"max_seqlen_q \(6\) is smaller than the longest sequence of cu_seqlens_q \(7\)"),
+])
+def test_cpu_values_are_checked(cu_q, max_q, message):
+    args = good_call()
+    args.update(cu_seqlens_q=torch.tensor(cu_q, dtype=torch.int32), max_seqlen_q=max_q)
+    with pytest.raises(ValueError, match=message):
+        flash_attention.attention_varlen(**args)
+
+
+# ------------------------------------------------------------------------------------------------ GPU only
+@requires_gpu
+def test_out_of_range_offsets_stay_inside_the_tensors(varlen_backend):
+    """cu_seqlens that break the caller's guarantee (decreasing, past the totals, negative) and a max_seqlen below
+    the real lengths: the call finishes and writes no row outside the output (the sanitizer run checks the
+    accesses). The valid sequence is still right."""
+    if varlen_backend == "naive":
+        pytest.skip("the reference path masks with the given offsets; the kernels are what this checks")
+    storage = torch.randn(3 * 64, 2, 64, device=DEVICE).half()
+    guard = storage.clone()
+    query, key, value = storage[64:128], storage[:64], storage[128:]
+    cu_q = torch.tensor([0, 20, 1 << 30, -5, 64], dtype=torch.int32, device=DEVICE)
+    cu_k = torch.tensor([0, 20, -(1 << 30), 1 << 20, 3], dtype=torch.int32, device=DEVICE)
+    out, lse = flash_attention.attention_varlen(query, key, value, cu_q, cu_k, 64, 64, causal=True, return_lse=True,
+                                                backend=varlen_backend)
+    torch.cuda.synchronize()
+    assert torch.equal(storage, guard), "the inputs must not be written"
+    check_sequences(out[:20], lse[:, :20], query[:20], key[:20], value[:20], [20], [20], causal=True)
+
+
+@requires_gpu
+def test_cuda_graph_replay_with_changed_lengths(varlen_backend):
+    if varlen_backend == "naive":
+        pytest.skip("graphs are for the kernel backends")
+    query, key, value = (packed(300, 4, 128, torch.bfloat16) for _ in range(3))
+    cu = cu_seqlens([100, 100, 100])
+    kwargs = dict(causal=True, return_lse=True, backend=varlen_backend)
+    flash_attention.attention_varlen(query, key, value, cu, cu, 300, 300, **kwargs)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out, lse = flash_attention.attention_varlen(query, key, value, cu, cu, 300, 300, **kwargs)
+    for lengths in ([300, 0, 0], [1, 150, 149], [7, 290, 3]):
+        cu.copy_(cu_seqlens(lengths))
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        check_sequences(out, lse, query, key, value, lengths, lengths, causal=True)
+
+
+@requires_gpu
+def test_torch_compile_fullgraph(varlen_backend):
+    query, key, value = (packed(96, 4, 64, torch.float16) for _ in range(3))
+    cu = cu_seqlens([40, 50, 6])
+
+    def layer(q, k, v, cu_q, cu_k):
+        return flash_attention.attention_varlen(q, k, v, cu_q, cu_k, 50, 50, causal=True, backend=varlen_backend) * 2
+
+    expected = layer(query, key, value, cu, cu)
+    compiled = torch.compile(layer, fullgraph=True)(query, key, value, cu, cu)
+    torch.testing.assert_close(compiled, expected)
+
+
+@requires_gpu
+def test_auto_takes_a_kernel_on_the_gpu():
+    query, key, value = (packed(64, 2, 64, torch.float16) for _ in range(3))
+    cu = cu_seqlens([64])
+    out, lse = flash_attention.attention_varlen(query, key, value, cu, cu, 64, 64, return_lse=True)
+    check_sequences(out, lse, query, key, value, [64], [64], causal=False)
