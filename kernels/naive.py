@@ -131,9 +131,10 @@ def varlen_visibility(cu_seqlens_q, cu_seqlens_k, total_q: int, total_k: int, ca
     device = cu_seqlens_q.device
     cu_q, cu_k = cu_seqlens_q.long(), cu_seqlens_k.long()
     batch = cu_q.shape[0] - 1
-    # The sequence of each packed row: b with cu[b] <= row < cu[b + 1]; rows past cu[batch] get batch (none).
-    seq_q = torch.searchsorted(cu_q[1:], torch.arange(total_q, device=device), right=True)
-    seq_k = torch.searchsorted(cu_k[1:], torch.arange(total_k, device=device), right=True)
+    # The sequence of each packed row: b with cu[b] <= row < cu[b + 1]; rows past cu[batch] get batch (none). A
+    # comparison count rather than searchsorted, which Inductor cannot lower on the slice cu[1:].
+    seq_q = (torch.arange(total_q, device=device)[:, None] >= cu_q[None, 1:]).sum(dim=1)
+    seq_k = (torch.arange(total_k, device=device)[:, None] >= cu_k[None, 1:]).sum(dim=1)
     visible = (seq_q[:, None] == seq_k[None, :]) & (seq_q[:, None] < batch)
     if causal:
         shift = (cu_k[1:] - cu_q[1:])[seq_q.clamp(max=batch - 1)]  # k_end - q_end of each row's sequence
