@@ -157,7 +157,9 @@ def attention_fwd_kernel(
     q_base = Q
     k_base = K
     v_base = V
-    o_base = Out + addr_b.to(tl.int64) * stride_ob + off_h.to(tl.int64) * stride_oh
+    o_base = Out
+    if not USE_TMA or IS_VARLEN:  # stored with pointers (see the epilogue)
+        o_base = Out + addr_b.to(tl.int64) * stride_ob + off_h.to(tl.int64) * stride_oh
     if not USE_TMA:
         q_base = Q + addr_b.to(tl.int64) * stride_qb + off_h.to(tl.int64) * stride_qh
         k_base = K + addr_b.to(tl.int64) * stride_kb + off_kv_head.to(tl.int64) * stride_kh
