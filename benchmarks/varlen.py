@@ -214,9 +214,9 @@ def _fa4_method():
         return None, lambda inputs: reason
 
     def run(inputs: VarlenInputs, causal: bool):
-        result = flash_attn_varlen_func(inputs.query, inputs.key, inputs.value, inputs.cu_seqlens, inputs.cu_seqlens,
-                                        max_seqlen_q=inputs.max_seqlen, max_seqlen_k=inputs.max_seqlen,
-                                        causal=causal)
+        result = flash_attn_varlen_func(inputs.query, inputs.key, inputs.value, cu_seqlens_q=inputs.cu_seqlens,
+                                        cu_seqlens_k=inputs.cu_seqlens, max_seqlen_q=inputs.max_seqlen,
+                                        max_seqlen_k=inputs.max_seqlen, causal=causal)
         return result[0] if isinstance(result, tuple) else result
 
     def unavailable(inputs: VarlenInputs):
