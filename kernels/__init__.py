@@ -200,7 +200,7 @@ def _varlen_backend_module(name: str, query, causal: bool):
     if name != "auto":
         module = _backend_module(name)
         if not hasattr(module, "run_varlen_validated"):
-            raise ValueError(f"backend {name!r} does not run attention_varlen; use 'triton' or 'naive'")
+            raise ValueError(f"backend {name!r} does not run attention_varlen")
         reason = module.unavailable_reason(query)
         if reason is not None:
             raise ValueError(f"backend {name!r} cannot run this input: {reason}")
@@ -231,7 +231,8 @@ def attention_varlen(query, key, value, cu_seqlens_q, cu_seqlens_k, max_seqlen_q
         causal: bottom-right aligned within each sequence: its query i sees its key j iff j <= i + len_k - len_q.
         softmax_scale: default 1 / sqrt(head_dim). return_lse: also return the log-sum-exp, float32
             (heads_q, total_q) (FlashAttention's layout).
-        backend: "auto", "triton" or "naive" (the cuda backend has no varlen kernel yet).
+        backend: "auto", "cuda" (its Hopper family: compute capability 9.0, head dims 40-64, 104-128, 200-256),
+            "triton" or "naive".
 
     The caller guarantees, for CUDA tensors (checked on CPU ones, where it needs no synchronisation), that the
     cu_seqlens start at 0, do not decrease, end within the packed rows, and that no sequence is longer than its

@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Compile every CUDA kernel translation unit with nvcc (no GPU needed) and check what ptxas and the SASS say.
 
-For each kernels/cuda/csrc/*.cu this builds a cubin, for one SM arch (the SM80 family and the decode family,
-default sm_80) or for sm_90a (the fwd_sm90_* files), then prints a markdown table of registers, shared memory, stack frame and spill bytes per
-kernel, and the count of tensor-core instructions in its SASS: HMMA (mma.sync) with LDSM (ldmatrix) and LDGSTS
-(cp.async) for the SM80 and decode families (the decode family's combine and append kernels have no MMA), HGMMA (warpgroup MMA) with UTMALDG (TMA loads) for the SM90 family. The torch binding
-(binding.cpp) gets a syntax check with the host compiler. Exit status 1 if any file fails to compile, any kernel
-spills (beyond the explicit per-kernel budget in SPILL_BUDGET_BYTES, which lists the measured spills of today's SM80
-kernels; the SM90 kernels have none), or any kernel lacks its family's tensor-core instruction.
+For each kernels/cuda/csrc/*.cu this builds an object as the loader does (device code for one SM arch: sm_80 by
+default for the SM80 and decode families, sm_90a for the fwd_sm90_* files; host code by the host compiler), then
+prints a markdown table of registers, shared memory, stack frame and spill bytes per kernel, and the count of
+tensor-core instructions in its SASS: HMMA (mma.sync) with LDSM (ldmatrix) and LDGSTS (cp.async) for the SM80 and
+decode families, HGMMA (warpgroup MMA) with UTMALDG (TMA loads) for the SM90 family (the decode family's combine and
+append kernels and the varlen tile list have no MMA). The torch binding (binding.cpp) gets a syntax check with the
+host compiler. Exit status 1 if any file fails to compile, any kernel spills (beyond the explicit per-kernel budget
+in SPILL_BUDGET_BYTES, which lists the measured spills of today's SM80 kernels; the SM90 kernels have none), or any
+kernel lacks its family's tensor-core instruction.
 
     python scripts/check_cuda_compile.py [--arch 80] [--jobs 2] [files...]
 """
@@ -116,12 +118,17 @@ def short_name(demangled: str) -> str:
         role = {"kernel": "decode", "combine_kernel": "decode combine", "append_kernel": "decode append"}[role]
         parts = (role, f"d{d}" if d else "", {"0": "fp16", "1": "bf16"}.get(dtype, ""), f"{stages}st" if stages else "")
         return " ".join(part for part in parts if part)
-    m = re.search(r"Sm90FwdTraits<(\d+), (\d+), (\d+), (\d+), cutlass::(\w+)(?:, (\d+))?>, (true|false)", demangled)
+    m = re.search(r"Sm90FwdTraits<(\d+), (\d+), (\d+), (\d+), cutlass::(\w+)(?:, (\d+))?>, (true|false), "
+                  r"(true|false)", demangled)
     if m:
-        d, bm, bn, stages, t, cluster, causal = m.groups()
+        d, bm, bn, stages, t, cluster, causal, varlen = m.groups()
         t = {"half_t": "fp16", "bfloat16_t": "bf16"}.get(t, t)
         pair = f" cluster{cluster}" if cluster not in (None, "1") else ""
-        return f"sm90 d{d} {t} {bm}x{bn} {stages}st{pair}" + (" causal" if causal == "true" else "")
+        return (f"sm90 d{d} {t} {bm}x{bn} {stages}st{pair}" + (" causal" if causal == "true" else "")
+                + (" varlen" if varlen == "true" else ""))
+    m = re.search(r"varlen_tile_list_kernel<(\d+), (\d+), (true|false)>", demangled)
+    if m:
+        return f"varlen tile list {m[1]}-row tiles" + (" causal" if m[3] == "true" else "")
     m = re.search(r"FwdKernelTraits<(\d+), (\d+), (\d+), (\d+), cutlass::(\w+)>, (true|false)", demangled)
     if not m:
         return demangled[:80]
@@ -135,17 +142,20 @@ def is_sm90_file(cu: Path) -> bool:
 
 
 def needs_mma(kernel: str) -> bool:
-    """Every attention kernel must use the tensor cores; the decode family's combine and append move bytes only."""
-    return not kernel.startswith(("decode combine", "decode append"))
+    """Every attention kernel must use the tensor cores; the decode family's combine and append move bytes only, and
+    the varlen tile list writes a packed batch's tile list."""
+    return not kernel.startswith(("decode combine", "decode append", "varlen tile list"))
 
 
 def compile_one(nvcc: str, cuobjdump: str, cu: Path, arch: str, include: Path, outdir: Path) -> dict:
     if is_sm90_file(cu):
         arch = "90a"
-    cubin = outdir / (cu.stem + ".cubin")
+    # An object, as the loader builds: the host half (launchers, exported entries) is compiled too, by the host
+    # compiler, and cuobjdump reads the SASS out of the object's embedded cubin.
+    obj = outdir / (cu.stem + ".o")
     cmd = [nvcc, "-std=c++17", "-O3", "--use_fast_math", "--expt-relaxed-constexpr", "-lineinfo",
-           f"-gencode=arch=compute_{arch},code=sm_{arch}", "-cubin", "-Xptxas", "-v",
-           "-I", str(include), "-I", str(CSRC), "-o", str(cubin), str(cu)]
+           f"-gencode=arch=compute_{arch},code=sm_{arch}", "-c", "-Xcompiler", "-fPIC", "-Xptxas", "-v",
+           "-I", str(include), "-I", str(CSRC), "-o", str(obj), str(cu)]
     start = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     result = {"file": cu.name, "seconds": time.time() - start, "ok": proc.returncode == 0, "kernels": {},
@@ -161,7 +171,7 @@ def compile_one(nvcc: str, cuobjdump: str, cu: Path, arch: str, include: Path, o
             result["kernels"][current].update(stack=int(m[1]), spill_st=int(m[2]), spill_ld=int(m[3]))
         elif current and (m := PTXAS_USAGE.search(line)):
             result["kernels"][current]["regs"] = int(m[1])
-    sass = subprocess.run([cuobjdump, "--dump-sass", str(cubin)], capture_output=True, text=True)
+    sass = subprocess.run([cuobjdump, "--dump-sass", str(obj)], capture_output=True, text=True)
     if sass.returncode != 0:
         result["ok"] = False
         result["log"] += sass.stderr

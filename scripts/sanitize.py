@@ -115,6 +115,59 @@ def run_kvcache_cases(backend: str, generator) -> int:
     return failures
 
 
+# attention_varlen, for backends with a varlen kernel: (heads_q, heads_kv, head_dim, dtype, causal, query lengths, key
+# lengths, cu_seqlens_q override or None). Ragged sequences around the tile heights (a last tile that ends inside
+# the tile, whose rows the SM90 epilogue copies out instead of storing by TMA), empty sequences, more tiles than an
+# H100 has SMs, causal rows that see no key; the last carries offsets a caller must not pass (decreasing, past the
+# total, negative): the kernels must stay inside the tensors.
+VARLEN_CASES = [
+    (4, 2, 64, "float16", False, [1, 130, 0, 77], [1, 130, 5, 77], None),
+    (4, 1, 128, "bfloat16", True, [300, 64, 129, 2], [300, 100, 64, 2], None),
+    (8, 8, 128, "bfloat16", True, [2000, 5, 700, 1], [2000, 5, 700, 1], None),
+    (2, 2, 256, "float16", True, [90, 10], [50, 10], None),
+    (4, 2, 64, "bfloat16", True, [60, 60, 60], [60, 60, 60], [0, 60, 1 << 30, -4]),
+]
+
+
+def run_varlen_cases(backend: str, generator) -> int:
+    """The varlen cases; the valid ones checked against the naive path on CPU copies. Returns the failures."""
+    import torch
+
+    import flash_attention
+
+    failures = 0
+    for case in VARLEN_CASES:
+        heads_q, heads_kv, head_dim, dtype_name, causal, lengths_q, lengths_k, broken = case
+        dtype = getattr(torch, dtype_name)
+
+        def packed(total, heads):
+            return torch.randn(total, heads, head_dim, generator=generator, device="cuda").to(dtype)
+
+        def offsets(lengths):
+            return torch.tensor([0] + [sum(lengths[:i + 1]) for i in range(len(lengths))], dtype=torch.int32,
+                                device="cuda")
+
+        query = packed(sum(lengths_q), heads_q)
+        key, value = packed(sum(lengths_k), heads_kv), packed(sum(lengths_k), heads_kv)
+        cu_q, cu_k = offsets(lengths_q), offsets(lengths_k)
+        if broken is not None:
+            cu_q = torch.tensor(broken, dtype=torch.int32, device="cuda")
+        args = (query, key, value, cu_q, cu_k, max(lengths_q), max(lengths_k))
+        out, lse = flash_attention.attention_varlen(*args, causal=causal, return_lse=True, backend=backend)
+        torch.cuda.synchronize()
+        if broken is not None:
+            continue  # only that it stayed inside the tensors, which the sanitizer judges
+        cpu = [t.cpu() if isinstance(t, torch.Tensor) else t for t in args]
+        expected, expected_lse = flash_attention.attention_varlen(*cpu, causal=causal, return_lse=True,
+                                                                  backend="naive")
+        rows = int(cu_q[-1])
+        error = (out[:rows].cpu().float() - expected[:rows].float()).abs().max().item()
+        if not (error <= 2e-2 and torch.equal(lse[:, :rows].cpu().isneginf(), expected_lse[:, :rows].isneginf())):
+            failures += 1
+            print(f"wrong varlen result for {case}: max error {error:.3g}", flush=True)
+    return failures
+
+
 def find_sanitizer() -> str | None:
     candidates = [shutil.which("compute-sanitizer")]
     for root in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
@@ -163,6 +216,11 @@ def run_worker(backend: str) -> int:
         print(f"worker {backend}: {len(KVCACHE_CASES) - kvcache_failures}/{len(KVCACHE_CASES)} KV-cache calls "
               f"correct or inside the cache", flush=True)
         failures += kvcache_failures
+    if hasattr(flash_attention._MODULES.get(backend), "run_varlen_validated"):
+        varlen_failures = run_varlen_cases(backend, generator)
+        print(f"worker {backend}: {len(VARLEN_CASES) - varlen_failures}/{len(VARLEN_CASES)} varlen calls correct or "
+              f"inside the tensors", flush=True)
+        failures += varlen_failures
     return 1 if failures else 0
 
 

@@ -47,7 +47,9 @@ def test_cache_dir_follows_environment(monkeypatch, tmp_path):
     assert _loader.cache_root() == tmp_path / "xdg" / "flash_attention"
 
 
-_EXPORT = re.compile(r"FLASH_EXPORT_KERNEL\((\w+), (kSm80|kSm90), (kFloat16|kBFloat16), (\d+), (true|false), (\w+)\)")
+_EXPORT = re.compile(r"FLASH_EXPORT_KERNEL\((\w+), (kSm80), (kFloat16|kBFloat16), (\d+), (true|false), (\w+)\)")
+# An SM90 unit instantiates the dense and the packed (varlen) kernel and exports both (sm90_tile_config.h).
+_SM90_INSTANTIATION = re.compile(r"FLASH_SM90_INSTANTIATION\((\w+), (kFloat16|kBFloat16), (\d+), (true|false)\)")
 
 
 def test_one_kernel_library_per_translation_unit_each_exporting_its_entry():
@@ -74,15 +76,18 @@ def test_one_kernel_library_per_translation_unit_each_exporting_its_entry():
             assert f"FLASH_EXPORT_DECODE_KERNEL({stem}, {dtype_name}, {head_dim})" in text, stem
             assert f"run_decode<flash::DType::{dtype_name}, {head_dim}>" in text, stem
             continue
-        exports = _EXPORT.findall(text)
-        assert len(exports) == 1, stem
-        name, family, dtype, head_dim, causal, launcher = exports[0]
-        sm90 = stem.startswith("fwd_sm90_")
-        assert name == stem and family == ("kSm90" if sm90 else "kSm80")
-        assert launcher == ("run_fwd_sm90" if sm90 else "run_fwd")
+        if stem.startswith("fwd_sm90_"):
+            instantiations = _SM90_INSTANTIATION.findall(text)
+            assert len(instantiations) == 1 and not _EXPORT.findall(text), stem
+            name, dtype, head_dim, causal = instantiations[0]
+        else:
+            exports = _EXPORT.findall(text)
+            assert len(exports) == 1, stem
+            name, _, dtype, head_dim, causal, launcher = exports[0]
+            assert launcher == "run_fwd" and f"{launcher}<DType::{dtype}, {head_dim}, {causal}>" in text, stem
+        assert name == stem
         assert f"hdim{head_dim}_{'fp16' if dtype == 'kFloat16' else 'bf16'}" in stem
         assert (causal == "true") == stem.endswith("_causal")
-        assert f"{launcher}<DType::{dtype}, {head_dim}, {causal}>" in text, stem
     # Kernel translation units must compile without torch (CI builds them with nvcc + CUTLASS only).
     for path in _loader.CSRC.iterdir():
         if path.suffix in (".cu", ".h", ".cuh") and path.name != "binding.cpp":
@@ -309,11 +314,16 @@ def test_check_cuda_compile_script_is_importable():
         "void flash::flash_fwd_sm80_kernel<flash::FwdKernelTraits<64, 128, 128, 4, cutlass::half_t>, true>(x)"
     ) == "d64 fp16 128x128 4w causal"
     assert module.short_name(
-        "void flash::flash_fwd_sm90_kernel<flash::Sm90FwdTraits<128, 128, 128, 2, cutlass::half_t, 2>, false, P>(x)"
-    ) == "sm90 d128 fp16 128x128 2st cluster2"
+        "void flash::flash_fwd_sm90_kernel<flash::Sm90FwdTraits<128, 128, 128, 2, cutlass::half_t, 2>, false, false, "
+        "P>(x)") == "sm90 d128 fp16 128x128 2st cluster2"
     assert module.short_name(
-        "void flash::flash_fwd_sm90_kernel<flash::Sm90FwdTraits<64, 192, 128, 3, cutlass::bfloat16_t, 1>, true, P>(x)"
-    ) == "sm90 d64 bf16 192x128 3st causal"
+        "void flash::flash_fwd_sm90_kernel<flash::Sm90FwdTraits<64, 192, 128, 3, cutlass::bfloat16_t, 1>, true, "
+        "false, P>(x)") == "sm90 d64 bf16 192x128 3st causal"
+    assert module.short_name(
+        "void flash::flash_fwd_sm90_kernel<flash::Sm90FwdTraits<256, 128, 64, 2, cutlass::half_t, 1>, true, true, "
+        "P>(x)") == "sm90 d256 fp16 128x64 2st causal varlen"
+    assert module.short_name("void flash::varlen_tile_list_kernel<192, 64, false>(flash::FwdParams)") == \
+        "varlen tile list 192-row tiles"
 
 
 _CONCURRENT_LOADER = """

@@ -16,8 +16,19 @@ from reference import assert_attention_close
 
 DTYPES = [torch.float16, torch.bfloat16]
 DTYPE_IDS = ["fp16", "bf16"]
-# The backends with a varlen path (the cuda backend has none yet: it refuses, tested below).
-VARLEN_BACKENDS = [name for name in BACKENDS if hasattr(getattr(flash_attention, name), "run_varlen_validated")]
+# The head dim of most cases: 64 on the GPU (the cuda backend's varlen kernels are the Hopper family's, which serve
+# 40-64, 104-128 and 200-256), 32 under the interpreter (fast).
+HEAD_DIM = 64 if HAS_GPU else 32
+
+
+def _runs_varlen(name: str) -> bool:
+    if name != "cuda":
+        return True
+    probe = torch.empty(1, 1, 64, device=DEVICE, dtype=torch.float16)
+    return flash_attention.cuda.varlen_unsupported_reason(probe) is None
+
+
+VARLEN_BACKENDS = [name for name in BACKENDS if _runs_varlen(name)]
 
 
 @pytest.fixture(params=VARLEN_BACKENDS)
@@ -87,13 +98,15 @@ LENGTHS = {
 @pytest.mark.parametrize("lengths", list(LENGTHS.values()), ids=list(LENGTHS))
 @pytest.mark.parametrize("heads_q,heads_kv", [(4, 1), (4, 2), (2, 2)], ids=["mqa", "gqa", "mha"])
 def test_matches_reference(varlen_backend, dtype, causal, lengths, heads_q, heads_kv):
-    run_and_check(varlen_backend, *lengths, heads_q, heads_kv, 32, dtype, causal=causal)
+    run_and_check(varlen_backend, *lengths, heads_q, heads_kv, HEAD_DIM, dtype, causal=causal)
 
 
-@pytest.mark.parametrize("head_dim", [8, 64, 72, 128, 256])
+@pytest.mark.parametrize("head_dim", [8, 48, 64, 72, 112, 128, 208, 256])
 def test_head_dims(varlen_backend, head_dim):
     if not HAS_GPU and head_dim > 64:
         pytest.skip("large head dims only on the GPU (the interpreter is slow)")
+    if varlen_backend == "cuda" and not flash_attention.cuda.sm90_family_covers(head_dim):
+        pytest.skip("the cuda backend's varlen kernels serve head dims 40-64, 104-128 and 200-256")
     run_and_check(varlen_backend, [33, 100, 1], [50, 100, 7], 4, 2, head_dim, torch.float16, causal=True)
 
 
@@ -106,13 +119,15 @@ def test_slices_of_a_fused_qkv_projection(varlen_backend, causal):
     assert out.is_contiguous()
 
 
-def test_softmax_scale(varlen_backend):
-    run_and_check(varlen_backend, [9, 30], [9, 30], 2, 1, 32, torch.float16, causal=False, softmax_scale=-0.3)
+@pytest.mark.parametrize("softmax_scale", [0.05, -0.3, 0.0])
+def test_softmax_scale(varlen_backend, softmax_scale):
+    run_and_check(varlen_backend, [9, 30], [9, 30], 2, 1, HEAD_DIM, torch.float16, causal=False,
+                  softmax_scale=softmax_scale)
 
 
 def test_equals_attention_on_a_dense_batch(varlen_backend):
     """A batch of equal lengths packed is the dense batch: the same output as attention() on (B, H, N, D)."""
-    batch, heads, seqlen, head_dim = 3, 4, 37, 32
+    batch, heads, seqlen, head_dim = 3, 4, 37, HEAD_DIM
     query, key, value = (torch.randn(batch, seqlen, heads, head_dim, device=DEVICE).half() for _ in range(3))
     lengths = cu_seqlens([seqlen] * batch)
     out = flash_attention.attention_varlen(query.flatten(0, 1), key.flatten(0, 1), value.flatten(0, 1), lengths,
@@ -125,7 +140,7 @@ def test_equals_attention_on_a_dense_batch(varlen_backend):
 def test_max_seqlen_larger_than_needed(varlen_backend):
     """max_seqlen is an upper bound: a looser one computes the same."""
     lengths = [30, 5]
-    query, key, value = (packed(35, 2, 32, torch.float16) for _ in range(3))
+    query, key, value = (packed(35, 2, HEAD_DIM, torch.float16) for _ in range(3))
     cu = cu_seqlens(lengths)
     tight = flash_attention.attention_varlen(query, key, value, cu, cu, 30, 30, causal=True, backend=varlen_backend)
     loose = flash_attention.attention_varlen(query, key, value, cu, cu, 200, 999, causal=True,
@@ -134,7 +149,7 @@ def test_max_seqlen_larger_than_needed(varlen_backend):
 
 
 def test_forward_only_backward_raises(varlen_backend):
-    query, key, value = (packed(12, 2, 32, torch.float16) for _ in range(3))
+    query, key, value = (packed(12, 2, HEAD_DIM, torch.float16) for _ in range(3))
     query.requires_grad_(True)
     cu = cu_seqlens([5, 7])
     out = flash_attention.attention_varlen(query, key, value, cu, cu, 7, 7, backend=varlen_backend)
@@ -143,7 +158,7 @@ def test_forward_only_backward_raises(varlen_backend):
 
 def test_backend_modules_take_the_call_directly(varlen_backend):
     module = getattr(flash_attention, varlen_backend)
-    query, key, value = (packed(12, 2, 32, torch.float16) for _ in range(3))
+    query, key, value = (packed(12, 2, HEAD_DIM, torch.float16) for _ in range(3))
     cu = cu_seqlens([5, 7])
     out, lse = module.attention_varlen(query, key, value, cu, cu, 7, 7, return_lse=True)
     check_sequences(out, lse, query, key, value, [5, 7], [5, 7], causal=False)
@@ -151,11 +166,17 @@ def test_backend_modules_take_the_call_directly(varlen_backend):
         module.attention_varlen(query, key, value, cu.long(), cu, 7, 7)
 
 
-def test_cuda_backend_says_it_has_no_varlen_kernel():
+def test_cuda_backend_says_where_it_cannot_run():
+    """On CPU tensors, on GPUs other than Hopper, and for head dims its Hopper family does not serve, backend='cuda'
+    says why (and auto takes another backend)."""
     query, key, value = (packed(12, 2, 32, torch.float16) for _ in range(3))
     cu = cu_seqlens([5, 7])
-    with pytest.raises(ValueError, match=r"backend 'cuda' does not run attention_varlen"):
+    message = (r"backend 'cuda' cannot run this input: .*(needs CUDA tensors|compute capability 9\.0|head dims 40-64)"
+               if "cuda" in BACKENDS or not HAS_GPU else r"backend 'cuda' cannot run this input")
+    with pytest.raises(ValueError, match=message):
         flash_attention.attention_varlen(query, key, value, cu, cu, 7, 7, backend="cuda")
+    out, lse = flash_attention.attention_varlen(query, key, value, cu, cu, 7, 7, return_lse=True)
+    check_sequences(out, lse, query, key, value, [5, 7], [5, 7], causal=False)
 
 
 # ------------------------------------------------------------------------------------------------ bad input
@@ -218,15 +239,15 @@ def test_cpu_values_are_checked(cu_q, max_q, message):
 # ------------------------------------------------------------------------------------------------ GPU only
 @requires_gpu
 def test_out_of_range_offsets_stay_inside_the_tensors(varlen_backend):
-    """cu_seqlens that break the caller's guarantee (decreasing, past the totals, negative) and a max_seqlen below
-    the real lengths: the call finishes and writes no row outside the output (the sanitizer run checks the
-    accesses). The valid sequence is still right."""
+    """cu_seqlens that break the caller's guarantee (decreasing, past the totals, negative): the call finishes and
+    writes nothing outside the output (the sanitizer run checks the accesses). The valid first sequence, whose rows no
+    broken one overlaps, is still right."""
     if varlen_backend == "naive":
         pytest.skip("the reference path masks with the given offsets; the kernels are what this checks")
     storage = torch.randn(3 * 64, 2, 64, device=DEVICE).half()
     guard = storage.clone()
     query, key, value = storage[64:128], storage[:64], storage[128:]
-    cu_q = torch.tensor([0, 20, 1 << 30, -5, 64], dtype=torch.int32, device=DEVICE)
+    cu_q = torch.tensor([0, 20, 1 << 30, 30, 64], dtype=torch.int32, device=DEVICE)
     cu_k = torch.tensor([0, 20, -(1 << 30), 1 << 20, 3], dtype=torch.int32, device=DEVICE)
     out, lse = flash_attention.attention_varlen(query, key, value, cu_q, cu_k, 64, 64, causal=True, return_lse=True,
                                                 backend=varlen_backend)

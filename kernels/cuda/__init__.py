@@ -10,7 +10,8 @@ automatic selection never starts a surprise build.
 
 The kernel is the op ``torch.ops.flash_attention.cuda_fwd(q, k, v, causal, softmax_scale) -> (out, lse)``: its schema,
 fake implementation (for torch.compile / FakeTensor) and autograd rule live here, its CUDA implementation in
-``csrc/binding.cpp``. Forward only: backward raises NotImplementedError.
+``csrc/binding.cpp``; likewise ``cuda_varlen_fwd`` (packed variable-length batches, the Hopper family's varlen kernels)
+and the KV-cache ops ``cuda_decode`` and ``cuda_kvcache_append``. Forward only: backward raises NotImplementedError.
 """
 
 from __future__ import annotations
@@ -23,16 +24,19 @@ from .. import _decode_plan
 from .._custom_op import use_registered_op
 from .._device import capability, device_index
 from .._validation import (
-    cache_geometry, check_attention_args, check_cuda_tensor, empty_like_query, kvcache_entry_point,
+    cache_geometry, check_attention_args, check_cuda_tensor, empty_like_query, empty_varlen_lse, kvcache_entry_point,
+    varlen_entry_point,
 )
 from . import _loader
 
 __all__ = [
     "attention", "run_validated", "attention_with_kvcache", "run_kvcache_validated", "kvcache_unsupported_reason",
-    "unavailable_reason", "auto_eligible", "sm90_family_covers", "kernel_stem", "decode_kernel_stem", "load_kernel",
+    "attention_varlen", "run_varlen_validated", "varlen_unsupported_reason", "unavailable_reason", "auto_eligible",
+    "sm90_family_covers", "kernel_stem", "decode_kernel_stem", "load_kernel",
 ]
 
 _OP_NAME = "flash_attention::cuda_fwd"
+_VARLEN_OP_NAME = "flash_attention::cuda_varlen_fwd"
 _DECODE_OP_NAME = "flash_attention::cuda_decode"
 _APPEND_OP_NAME = "flash_attention::cuda_kvcache_append"
 _CUDA_KERNEL_ONLY = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
@@ -68,6 +72,19 @@ def _define_op() -> None:
         )
 
     torch.library.register_autograd(_OP_NAME, _backward, setup_context=_setup_context)
+
+    # Packed variable-length batches (the SM90 family's varlen kernels): out (total_q, Hq, D), lse (Hq, total_q).
+    _LIBRARY.define(
+        "cuda_varlen_fwd(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, int max_seqlen_q, "
+        "int max_seqlen_k, bool causal, float softmax_scale) -> (Tensor, Tensor)")
+
+    @torch.library.register_fake(_VARLEN_OP_NAME)
+    def _cuda_varlen_fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
+                              softmax_scale):
+        _load_varlen_while_tracing(q)
+        return empty_like_query(q), empty_varlen_lse(q)
+
+    torch.library.register_autograd(_VARLEN_OP_NAME, _backward, setup_context=_setup_context)
 
     # The KV-cache call is two ops: an append that writes the caches in place (no outputs, so nothing to
     # differentiate), and a functional decode whose backward raises like cuda_fwd's. kernel_head_dim names the
@@ -368,3 +385,67 @@ def run_kvcache_validated(query, key_cache, value_cache, shape, *, cache_seqlens
 
 
 attention_with_kvcache = kvcache_entry_point(run_kvcache_validated, "cuda")
+
+
+# ------------------------------------------------------------------------------------------------ varlen
+def _varlen_stem(query, causal: bool) -> str:
+    """The SM90 library that holds the varlen kernel of a packed call (each SM90 file holds the dense and the varlen
+    kernel of its head dim, dtype and mask)."""
+    return f"fwd_sm90_hdim{_padded_head_dim(query.shape[-1])}_{_DTYPE_NAMES[query.dtype]}{'_causal' if causal else ''}"
+
+
+def varlen_unsupported_reason(query) -> str | None:
+    """Why this backend cannot run a (validated) varlen call of `query`, or None: its varlen kernels are the Hopper
+    family's (compute capability 9.0, head dims 40-64, 104-128, 200-256)."""
+    if capability(query) != (9, 0):
+        major, minor = capability(query)
+        return f"its varlen kernels run on compute capability 9.0 (Hopper), this GPU has {major}.{minor}"
+    if not sm90_family_covers(query.shape[-1]):
+        return f"its varlen kernels serve head dims 40-64, 104-128 and 200-256, got {query.shape[-1]}"
+    return None
+
+
+def varlen_auto_eligible(query, causal: bool = False) -> bool:
+    """Whether `auto` should take this backend for a varlen call: where its varlen kernel runs, once built."""
+    if unavailable_reason(query) is not None or varlen_unsupported_reason(query) is not None:
+        return False
+    return _loader.is_built("90", (_varlen_stem(query, causal),))
+
+
+def _ensure_varlen_kernel_loaded(query, causal: bool) -> None:
+    key = ("varlen", query.device, query.dtype, query.shape[-1], bool(causal))
+    if key in _ready_kernels:
+        return
+    _loader.load(query.device, kernels=(_varlen_stem(query, causal),))
+    _ready_kernels.add(key)
+
+
+def _load_varlen_while_tracing(query) -> None:
+    """As _load_while_tracing, for the varlen kernels (both masks: the fake implementation does not know which)."""
+    head_dim = query.shape[-1]
+    if query.device.type != "cuda" or not isinstance(head_dim, int) or not torch.cuda.is_available():
+        return
+    if query.dtype not in _DTYPE_NAMES or varlen_unsupported_reason(query) is not None:
+        return
+    try:
+        for causal in (False, True):
+            _ensure_varlen_kernel_loaded(query, causal)
+    except (RuntimeError, ValueError):
+        pass
+
+
+def run_varlen_validated(query, key, value, cu_seqlens_q, cu_seqlens_k, shape, *, causal, return_lse):
+    """`attention_varlen` after check_varlen_args (which returned `shape`)."""
+    check_cuda_tensor("cuda", query)
+    reason = varlen_unsupported_reason(query)
+    if reason is not None:
+        raise ValueError(f"backend 'cuda' cannot run this input: {reason}; use backend='triton'")
+    if not torch.compiler.is_compiling():
+        _ensure_varlen_kernel_loaded(query, causal)
+    query, softmax_scale = _with_positive_scale(query, shape.softmax_scale)
+    out, lse = _call(torch.ops.flash_attention.cuda_varlen_fwd, query, key, value, cu_seqlens_q, cu_seqlens_k,
+                     shape.max_seqlen_q, shape.max_seqlen_k, causal, softmax_scale)
+    return (out, lse) if return_lse else out
+
+
+attention_varlen = varlen_entry_point(run_varlen_validated, "cuda")

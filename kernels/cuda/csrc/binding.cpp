@@ -1,6 +1,7 @@
 // The torch-facing side of the CUDA backend (the only file that includes torch): the CUDA implementation of
-// flash_attention::cuda_fwd, whose schema, fake (meta) implementation and autograd rule are defined in Python
-// (kernels/cuda/__init__.py), and flash_attention::cuda_load_kernel, which files the launcher of a kernel library.
+// flash_attention::cuda_fwd (and cuda_varlen_fwd, cuda_decode, cuda_kvcache_append), whose schemas, fake (meta)
+// implementations and autograd rules are defined in Python (kernels/cuda/__init__.py), and
+// flash_attention::cuda_load_kernel, which files the launchers of a kernel library.
 // Inputs were validated in Python; the checks here guard direct torch.ops calls.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
@@ -10,6 +11,7 @@
 
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
@@ -44,6 +46,7 @@ int64_t used_stride(const at::Tensor& t, int dim) { return t.size(dim) == 1 ? 0 
 // read without one on every call.
 constexpr int kNumHeadDims = 7;  // FLASH_FOR_EACH_HEADDIM
 std::atomic<flash::FwdLaunchFn> g_launchers[2][2][kNumHeadDims][2];  // [family][dtype][head dim][causal]
+std::atomic<flash::FwdLaunchFn> g_varlen_launchers[2][kNumHeadDims][2];  // SM90 packed batches: [dtype][hd][causal]
 std::mutex g_load_mutex;
 
 int head_dim_slot(int padded) {
@@ -83,14 +86,22 @@ const Entry* open_kernel_entry(const std::string& path, const std::string& stem)
 }
 
 // flash_attention::cuda_load_kernel(path, stem): dlopen a kernel library and file the launcher it exports as
-// flash_attention_<stem>. Called by the loader once per library and process; loading one twice is harmless.
+// flash_attention_<stem>, and an SM90 library's packed-batch launcher, flash_attention_<stem>_varlen. Called by the
+// loader once per library and process; loading one twice is harmless.
 void cuda_load_kernel(const std::string& path, const std::string& stem) {
   std::lock_guard<std::mutex> lock(g_load_mutex);
   const auto* entry = open_kernel_entry<flash::KernelEntry, flash::FwdParams>(path, stem);
-  TORCH_CHECK(head_dim_slot(entry->head_dim) >= 0 &&
+  TORCH_CHECK(head_dim_slot(entry->head_dim) >= 0 && !entry->varlen &&
                   kernel_stem(entry->family, entry->dtype, entry->head_dim, entry->causal) == stem,
               "flash_attention cuda: the entry of ", path, " describes another kernel than ", stem);
   launcher_slot(entry->family, entry->dtype, entry->head_dim, entry->causal).store(entry->launch);
+  if (entry->family != flash::KernelFamily::kSm90) return;
+  const auto* varlen = open_kernel_entry<flash::KernelEntry, flash::FwdParams>(path, stem + "_varlen");
+  TORCH_CHECK(varlen->varlen && varlen->dtype == entry->dtype && varlen->head_dim == entry->head_dim &&
+                  varlen->causal == entry->causal,
+              "flash_attention cuda: the varlen entry of ", path, " describes another kernel than ", stem);
+  g_varlen_launchers[static_cast<int>(varlen->dtype)][head_dim_slot(varlen->head_dim)][varlen->causal].store(
+      varlen->launch);
 }
 
 // The Hopper kernel family serves compute capability 9.0 and the head dims it instantiates (64, 128, 256, and the
@@ -230,6 +241,121 @@ std::tuple<at::Tensor, at::Tensor> cuda_fwd(const at::Tensor& q_in, const at::Te
               "directly, call flash_attention.cuda.load_kernel(query, causal)");
   const cudaError_t err = launch(p, stream);
   C10_CUDA_CHECK(err);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (!out_aligned.is_same(out)) out.copy_(out_aligned);
+  return {out, lse};
+}
+
+// ------------------------------------------------------------------------------------------------ varlen
+// A packed (total, heads, head_dim) operand as the kernels address it: one batch (batch stride unused) with the
+// 16-byte copyable base and strides TMA needs (else a copy).
+at::Tensor packed_for_16_byte_loads(const at::Tensor& t) {
+  const bool ok = reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 && (t.size(0) == 1 || t.stride(0) % 8 == 0) &&
+                  (t.size(1) == 1 || t.stride(1) % 8 == 0);
+  return ok ? t : t.contiguous();
+}
+
+// Smallest tile height of the SM90 family (one consumer warpgroup): it bounds the tile list's length.
+constexpr int64_t kVarlenListRowsPerTile = 64;
+
+// flash_attention::cuda_varlen_fwd: query (total_q, heads_q, D), key/value (total_k, heads_kv, D), the sequences'
+// offsets cu_seqlens_q/k (int32, batch + 1), max_seqlen_q/k the caller's bounds. Functional: allocates and returns
+// (out, lse (heads_q, total_q)). SM90 only; flash_attention.cuda says where it runs.
+std::tuple<at::Tensor, at::Tensor> cuda_varlen_fwd(const at::Tensor& q_in, const at::Tensor& k_in,
+                                                   const at::Tensor& v_in, const at::Tensor& cu_seqlens_q,
+                                                   const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q,
+                                                   int64_t max_seqlen_k, bool causal, double softmax_scale) {
+  TORCH_CHECK_VALUE(q_in.is_cuda() && k_in.is_cuda() && v_in.is_cuda(), "flash_attention cuda: inputs must be CUDA");
+  TORCH_CHECK_VALUE(q_in.dim() == 3 && k_in.dim() == 3 && v_in.dim() == 3,
+                    "flash_attention cuda: packed inputs must be 3-D (total, heads, head_dim)");
+  const auto dtype = q_in.scalar_type();
+  TORCH_CHECK_TYPE(dtype == at::kHalf || dtype == at::kBFloat16, "flash_attention cuda: dtype must be fp16 or bf16");
+  TORCH_CHECK_TYPE(k_in.scalar_type() == dtype && v_in.scalar_type() == dtype, "flash_attention cuda: dtype mismatch");
+  TORCH_CHECK_VALUE(q_in.stride(-1) == 1 && k_in.stride(-1) == 1 && v_in.stride(-1) == 1,
+                    "flash_attention cuda: head_dim must have unit stride");
+  const int64_t total_q = q_in.size(0), heads_q = q_in.size(1), head_dim = q_in.size(2);
+  const int64_t total_k = k_in.size(0), heads_kv = k_in.size(1);
+  TORCH_CHECK_VALUE(k_in.sizes() == v_in.sizes() && k_in.size(2) == head_dim,
+                    "flash_attention cuda: key/value shapes do not match query");
+  TORCH_CHECK_VALUE(heads_kv > 0 && heads_q % heads_kv == 0, "flash_attention cuda: heads_q % heads_kv != 0");
+  TORCH_CHECK_VALUE(head_dim % 8 == 0 && head_dim <= 256,
+                    "flash_attention cuda: head_dim must be a multiple of 8 <= 256");
+  for (const at::Tensor* cu : {&cu_seqlens_q, &cu_seqlens_k}) {
+    TORCH_CHECK_VALUE(cu->is_cuda() && cu->scalar_type() == at::kInt && cu->dim() == 1 && cu->stride(0) == 1 &&
+                          cu->size(0) == cu_seqlens_q.size(0) && cu->size(0) >= 2,
+                      "flash_attention cuda: cu_seqlens must be contiguous int32 (batch + 1,), alike");
+  }
+  const int64_t batch = cu_seqlens_q.size(0) - 1;
+  TORCH_CHECK_VALUE(max_seqlen_q >= 0 && max_seqlen_k >= 0, "flash_attention cuda: max_seqlen must be >= 0");
+  // The tile list holds at most heads_q x (total_q / 64 + batch) tiles of 64 or more rows each.
+  const int64_t capacity = heads_q * ((total_q + kVarlenListRowsPerTile - 1) / kVarlenListRowsPerTile + batch);
+  TORCH_CHECK_VALUE(total_q < (int64_t(1) << 31) && total_k < (int64_t(1) << 31) && capacity < (int64_t(1) << 31),
+                    "flash_attention cuda: sizes too large");
+  TORCH_CHECK_VALUE(std::isfinite(softmax_scale) && softmax_scale > 0, "flash_attention cuda: softmax_scale must be "
+                    "positive here (flash_attention.cuda folds other scales into the query)");
+
+  c10::cuda::CUDAGuard guard(q_in.device());
+  const at::Tensor q = packed_for_16_byte_loads(q_in);
+  const at::Tensor k = packed_for_16_byte_loads(k_in);
+  const at::Tensor v = packed_for_16_byte_loads(v_in);
+  at::Tensor out = at::empty_like(q_in, at::MemoryFormat::Preserve);
+  at::Tensor out_aligned = packed_for_16_byte_loads(out);
+  at::Tensor lse = at::empty({heads_q, total_q}, q_in.options().dtype(at::kFloat));
+  if (total_q == 0 || max_seqlen_q == 0) return {out, lse};  // no query row belongs to a sequence
+
+  const int device = q_in.device().index();
+  int major = 0, minor = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  TORCH_CHECK_VALUE(major == 9 && minor == 0, "flash_attention cuda: the varlen kernel runs on compute capability "
+                    "9.0 only");
+  const int padded = flash::padded_head_dim(static_cast<int>(head_dim));
+  TORCH_CHECK_VALUE(padded == 64 || padded == 128 || padded == 256,
+                    "flash_attention cuda: the varlen kernel serves head dims 40-64, 104-128 and 200-256");
+  const flash::DType kernel_dtype = dtype == at::kHalf ? flash::DType::kFloat16 : flash::DType::kBFloat16;
+  const flash::FwdLaunchFn launch =
+      g_varlen_launchers[static_cast<int>(kernel_dtype)][head_dim_slot(padded)][causal].load();
+  TORCH_CHECK(launch != nullptr, "flash_attention cuda: the varlen kernel of ",
+              kernel_stem(flash::KernelFamily::kSm90, kernel_dtype, padded, causal),
+              " is not loaded: flash_attention.attention_varlen builds and loads it on first use");
+
+  flash::FwdParams p{};
+  p.q_ptr = q.data_ptr();
+  p.k_ptr = k.data_ptr();
+  p.v_ptr = v.data_ptr();
+  p.o_ptr = out_aligned.data_ptr();
+  p.lse_ptr = lse.data_ptr<float>();
+  p.q_head_stride = used_stride(q, 1), p.q_row_stride = used_stride(q, 0);
+  p.k_head_stride = used_stride(k, 1), p.k_row_stride = used_stride(k, 0);
+  p.v_head_stride = used_stride(v, 1), p.v_row_stride = used_stride(v, 0);
+  p.o_head_stride = used_stride(out_aligned, 1), p.o_row_stride = used_stride(out_aligned, 0);
+  p.batch = static_cast<int>(batch);
+  p.heads_q = static_cast<int>(heads_q);
+  p.heads_kv = static_cast<int>(heads_kv);
+  p.group = static_cast<int>(heads_q / heads_kv);
+  p.seqlen_q = static_cast<int>(std::min<int64_t>(max_seqlen_q, total_q));
+  p.seqlen_k = static_cast<int>(std::min<int64_t>(max_seqlen_k, total_k));
+  p.head_dim = static_cast<int>(head_dim);
+  p.softmax_scale = static_cast<float>(softmax_scale);
+  p.scale_log2 = static_cast<float>(softmax_scale * M_LOG2E);
+  p.causal = causal;
+  p.cu_seqlens_q = cu_seqlens_q.data_ptr<int>();
+  p.cu_seqlens_k = cu_seqlens_k.data_ptr<int>();
+  p.total_q = static_cast<int>(total_q);
+  p.total_k = static_cast<int>(total_k);
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&p.max_smem_per_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&p.num_sms, cudaDevAttrMultiProcessorCount, device));
+  // The tile list: its count, then its entries (flash::VarlenTile, 8 ints each), written by the list kernel.
+  constexpr int64_t kEntryInts = sizeof(flash::VarlenTile) / sizeof(int32_t);
+  at::Tensor tile_list = at::empty({kEntryInts + capacity * kEntryInts}, q_in.options().dtype(at::kInt));
+  p.varlen_tiles.num_tiles = tile_list.data_ptr<int>();
+  p.varlen_tiles.tiles = reinterpret_cast<flash::VarlenTile*>(tile_list.data_ptr<int>() + kEntryInts);
+  p.varlen_tiles.capacity = static_cast<int>(capacity);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  at::Tensor graph_tile_counter;
+  p.sm90_schedule = flash::Sm90Schedule::kDynamic;
+  p.tile_counter = tile_counter_for(stream, q_in.options(), graph_tile_counter);
+  C10_CUDA_CHECK(launch(p, stream));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (!out_aligned.is_same(out)) out.copy_(out_aligned);
   return {out, lse};
@@ -405,6 +531,7 @@ TORCH_LIBRARY_FRAGMENT(flash_attention, m) {
 }
 TORCH_LIBRARY_IMPL(flash_attention, CUDA, m) {
   m.impl("cuda_fwd", &cuda_fwd);
+  m.impl("cuda_varlen_fwd", &cuda_varlen_fwd);
   m.impl("cuda_decode", &cuda_decode);
   m.impl("cuda_kvcache_append", &cuda_kvcache_append);
 }

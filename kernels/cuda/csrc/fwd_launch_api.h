@@ -19,6 +19,10 @@ cudaError_t run_fwd(const FwdParams& params, cudaStream_t stream);
 template <DType kDType, int kHeadDim, bool kCausal>
 cudaError_t run_fwd_sm90(const FwdParams& params, cudaStream_t stream);
 
+// The SM90a kernel on a packed variable-length batch (FwdParams::cu_seqlens_q set); in the same files.
+template <DType kDType, int kHeadDim, bool kCausal>
+cudaError_t run_fwd_sm90_varlen(const FwdParams& params, cudaStream_t stream);
+
 using FwdLaunchFn = cudaError_t (*)(const FwdParams&, cudaStream_t);
 
 enum class KernelFamily : int { kSm80 = 0, kSm90 = 1 };
@@ -32,6 +36,7 @@ struct KernelEntry {
   int head_dim;
   bool causal;
   FwdLaunchFn launch;
+  bool varlen;  // runs packed variable-length batches (exported as flash_attention_<stem>_varlen)
 };
 
 }  // namespace flash
@@ -41,4 +46,10 @@ struct KernelEntry {
 #define FLASH_EXPORT_KERNEL(STEM, FAMILY, DTYPE, HEADDIM, CAUSAL, LAUNCHER)                               \
   extern "C" __attribute__((visibility("default"))) const ::flash::KernelEntry flash_attention_##STEM = {  \
       static_cast<int>(sizeof(::flash::FwdParams)), ::flash::KernelFamily::FAMILY, ::flash::DType::DTYPE, \
-      HEADDIM, CAUSAL, &::flash::LAUNCHER<::flash::DType::DTYPE, HEADDIM, CAUSAL>};
+      HEADDIM, CAUSAL, &::flash::LAUNCHER<::flash::DType::DTYPE, HEADDIM, CAUSAL>, false};
+
+// Beside it, for the packed (varlen) kernel of the same file: flash_attention_<STEM>_varlen.
+#define FLASH_EXPORT_VARLEN_KERNEL(STEM, DTYPE, HEADDIM, CAUSAL, LAUNCHER)                                    \
+  extern "C" __attribute__((visibility("default"))) const ::flash::KernelEntry flash_attention_##STEM##_varlen = { \
+      static_cast<int>(sizeof(::flash::FwdParams)), ::flash::KernelFamily::kSm90, ::flash::DType::DTYPE,      \
+      HEADDIM, CAUSAL, &::flash::LAUNCHER<::flash::DType::DTYPE, HEADDIM, CAUSAL>, true};

@@ -1,12 +1,5 @@
-// Instantiation: SM90a kernel, head_dim 64, fp16, no mask.
+// Instantiation: SM90a kernels (dense and packed varlen), head_dim 64, fp16.
 // One file per (family, head_dim, dtype, causal): the loader builds each as its own library on first use.
 #include "sm90_tile_config.h"
 
-namespace flash {
-template <>
-cudaError_t run_fwd_sm90<DType::kFloat16, 64, false>(const FwdParams& params, cudaStream_t stream) {
-  return run_fwd_sm90_for_headdim<64, element_t<DType::kFloat16>, false>(params, stream);
-}
-}  // namespace flash
-
-FLASH_EXPORT_KERNEL(fwd_sm90_hdim64_fp16, kSm90, kFloat16, 64, false, run_fwd_sm90)
+FLASH_SM90_INSTANTIATION(fwd_sm90_hdim64_fp16, kFloat16, 64, false)

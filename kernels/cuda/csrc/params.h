@@ -19,6 +19,26 @@ struct TileCounter {
   unsigned int finished;
 };
 
+// One query tile of a packed variable-length batch, as the tile-list kernel writes it (varlen_tiles.h): which
+// head, which of its sequence's rows, and where the sequence lies in the packed tensors. Two 16-byte words.
+struct VarlenTile {
+  int head;       // query head
+  int first_row;  // the tile's rows [first_row, end_row) of its sequence (end_row may pass seqlen_q)
+  int end_row;
+  int q_offset;   // the sequence's first packed query row, and its length
+  int seqlen_q;
+  int k_offset;   // the sequence's first packed key row, and its length
+  int seqlen_k;
+  int unused;
+};
+
+// A packed batch's tiles: written by the tile-list kernel ahead of the attention kernel on the same stream.
+struct VarlenTileList {
+  int* num_tiles;     // how many entries of `tiles` are real (at most `capacity`)
+  VarlenTile* tiles;
+  int capacity;
+};
+
 struct FwdParams {
   // Element pointers (fp16 or bf16) and strides in elements for batch / head / row; the last dim has unit stride.
   const void* __restrict__ q_ptr;
@@ -55,6 +75,16 @@ struct FwdParams {
   // SM90, head dim 128: pairs of CTAs that share each K/V tile (sm90_pairs_apply says where); false holds every call
   // to single CTAs (FLASH_ATTENTION_SM90_CLUSTER=off).
   bool sm90_allow_pairs;
+
+  // Packed variable-length batches (the varlen kernels; null for dense calls). q/k/v/o are then (total, heads, D)
+  // tensors seen as one batch (batch strides unused), `batch` counts sequences, seqlen_q/seqlen_k are the caller's
+  // max_seqlen bounds, LSE is (heads_q, total_q), and sequence b spans rows [cu_seqlens_q[b], cu_seqlens_q[b + 1]).
+  // No offset is trusted: the tile-list kernel clamps each into [0, total] (no access can leave the tensors).
+  const int* cu_seqlens_q;
+  const int* cu_seqlens_k;
+  int total_q;
+  int total_k;
+  VarlenTileList varlen_tiles;
 };
 
 }  // namespace flash

@@ -2,7 +2,8 @@
 // walking a list of tiles (PersistentTileScheduler). A CTA is a producer warpgroup (TMA loads) and kBlockM / 64
 // consumer warpgroups (warpgroup MMAs and softmax), which meet on the mbarriers of two kStages-deep pipelines, one
 // for K and one for V, and on a full/empty pair per Q buffer; pipeline states and barrier phases run on across a
-// CTA's tiles, so the next tile's loads start while the current one finishes.
+// CTA's tiles, so the next tile's loads start while the current one finishes. kVarlen: the tiles of a packed
+// variable-length batch, drawn from the list varlen_tiles.h writes (the producer passes each entry on).
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -32,7 +33,7 @@ struct Sm90FwdParams {
   TmaO tma_o;
 };
 
-template <typename Traits, bool kCausal, typename Params>
+template <typename Traits, bool kCausal, bool kVarlen, typename Params>
 __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(const __grid_constant__ Params params) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using SharedStorage = typename Traits::SharedStorage;
@@ -84,11 +85,21 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
   // so the K/V/Q barrier phases agree. With a static deal each role computes the order itself; with a dynamic one
   // the producer draws each next tile and passes it on: the i-th tile goes through slot i % 2, whose full barrier
   // completes for the i/2-th time when it is written and whose empty barrier when every consumer has read it. The
-  // index past the end is passed on too: it stops the consumers.
+  // index past the end is passed on too: it stops the consumers. A packed batch's tiles are entries of its list
+  // (their count is known only here, on the device), and the producer passes each entry on with its index.
+  static_assert(!kVarlen || Traits::kClusterM == 1, "a packed batch's tiles are drawn one CTA at a time");
+  auto tile_count = [&] { return kVarlen ? *args.varlen_tiles.num_tiles : params.scheduler.num_tiles; };
   auto run_tile = [&](int t, auto&& body) {
     const TileCoord tile = persistent_tile<kCausal>(params.scheduler, args, t);
     const TileRows rows = tile_rows(params.scheduler, tile.m_block, kBlockM);
-    body(tile, rows, key_tile_range_of_rows<kCausal, kBlockN>(rows.first, rows.end, args.seqlen_q, args.seqlen_k));
+    body(tile, rows, key_tile_range_of_rows<kCausal, kBlockN>(rows.first, rows.end, args.seqlen_q, args.seqlen_k),
+         TileSequence<false>{});
+  };
+  auto run_varlen_tile = [&](const VarlenTile& entry, auto&& body) {
+    const TileSequence<true> seq{entry.q_offset, entry.seqlen_q, entry.k_offset, entry.seqlen_k};
+    const TileRows rows{entry.first_row, entry.end_row};
+    body(varlen_tile_coord(args, entry), rows,
+         key_tile_range_of_rows<kCausal, kBlockN>(rows.first, rows.end, seq.q_len, seq.k_len), seq);
   };
 
   if (warp_group == 0) {
@@ -101,22 +112,27 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
       cute::prefetch_tma_descriptor(params.tma_q.get_tma_descriptor());
       cute::prefetch_tma_descriptor(params.tma_k.get_tma_descriptor());
       cute::prefetch_tma_descriptor(params.tma_v.get_tma_descriptor());
-      const bool dynamic = Traits::kClusterM == 1 && params.scheduler.counter != nullptr;
-      const int num_tiles = params.scheduler.num_tiles;
+      const bool dynamic = kVarlen || (Traits::kClusterM == 1 && params.scheduler.counter != nullptr);
+      const int num_tiles = tile_count();
       typename Traits::PipelineState state = cutlass::make_producer_start_state<Pipeline>();
       int t = blockIdx.x;
       int loads = 0;  // tiles loaded so far (tiles whose rows see no key load nothing)
       // Waits on an "empty" barrier use the parity of the use before (a fresh barrier counts its phase -1 as done),
       // so the first uses pass at once without a branch: the producer has 24 registers.
       for (int i = 0;; ++i) {
+        VarlenTile entry{};
         if (dynamic) {
           const int slot = i & 1;
+          if constexpr (kVarlen) {
+            if (t < num_tiles) entry = args.varlen_tiles.tiles[t];
+          }
           storage.barrier_tile_empty[slot].wait(((i >> 1) & 1) ^ 1);  // the index it held before was read
           storage.tile_slot[slot] = t;
+          if constexpr (kVarlen) storage.varlen_slot[slot] = entry;
           storage.barrier_tile_full[slot].arrive();
         }
         if (t >= num_tiles) break;
-        run_tile(t, [&](const TileCoord& tile, const TileRows& rows, const KeyTileRange& range) {
+        auto load_tile = [&](const TileCoord& tile, const TileRows& rows, const KeyTileRange& range, auto seq) {
           if (range.n_block_max > 0) {
             // The load's Q buffer must have been released by its previous load. Tiles that load nothing leave the
             // Q barriers alone: the consumers pass them without waiting, so they could complete an empty barrier's
@@ -124,10 +140,15 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
             const int q_stage = Traits::q_stage(loads);
             storage.barrier_q_empty[q_stage].wait((Traits::q_use(loads) & 1) ^ 1);
             sm90_load<Traits>(params, storage, pipeline_k, pipeline_v, state, tile, rows.first, range.n_block_max,
-                              q_stage);
+                              q_stage, seq);
             ++loads;
           }
-        });
+        };
+        if constexpr (kVarlen) {
+          run_varlen_tile(entry, load_tile);
+        } else {
+          run_tile(t, load_tile);
+        }
         t = next_tile(params.scheduler, t);
       }
       if (dynamic) finish_draws(params.scheduler.counter);
@@ -137,8 +158,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
     const int consumer = warp_group - 1;
     Pipeline pipeline_k(storage.pipeline_k, pipeline_params(false), ClusterShape{}, cute::false_type{});
     Pipeline pipeline_v(storage.pipeline_v, pipeline_params(false), ClusterShape{}, cute::false_type{});
-    const bool dynamic = Traits::kClusterM == 1 && params.scheduler.counter != nullptr;
-    const int num_tiles = params.scheduler.num_tiles;
+    const bool dynamic = kVarlen || (Traits::kClusterM == 1 && params.scheduler.counter != nullptr);
+    const int num_tiles = tile_count();
     typename Traits::PipelineState state_k, state_v;
     Sm90PingPong<Traits::kNumConsumers> ping_pong(consumer);
     int q_phases = 0;  // bit s: the phase that Q buffer s's next load completes
@@ -146,20 +167,22 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
     ping_pong.start();
     int t = blockIdx.x;
     for (int i = 0;; ++i) {
+      VarlenTile entry{};
       if (dynamic) {
         const int slot = i & 1;
         storage.barrier_tile_full[slot].wait((i >> 1) & 1);
         t = storage.tile_slot[slot];
+        if constexpr (kVarlen) entry = storage.varlen_slot[slot];
         storage.barrier_tile_empty[slot].arrive();
       }
       if (t >= num_tiles) break;
-      run_tile(t, [&](const TileCoord& tile, const TileRows& rows, const KeyTileRange& range) {
+      auto compute_tile = [&](const TileCoord& tile, const TileRows& rows, const KeyTileRange& range, auto seq) {
         // This warpgroup's 64 rows. An end-aligned causal first tile holds fewer rows than its warpgroups cover: the
         // rows of the later ones are the next tile's, and those warpgroups store nothing.
         const int first_row = rows.first + consumer * Traits::kRowsPerConsumer;
-        const bool has_rows = first_row < min(rows.end, args.seqlen_q);
+        const bool has_rows = first_row < min(rows.end, seq.seqlen_q(args));
         if (range.n_block_max <= 0) {  // no Q load to wait for or release (straight to global memory)
-          if (has_rows) sm90_store_empty_rows<Traits>(args, tile.batch, tile.head, first_row);
+          if (has_rows) sm90_store_empty_rows<Traits>(args, tile.batch, tile.head, first_row, seq);
           return;
         }
         const int q_stage = Traits::q_stage(loads++);
@@ -173,13 +196,18 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
         };
         sm90_mma<Traits, kCausal>(args, storage, pipeline_k, pipeline_v, state_k, state_v, q_stage,
                                   (q_phases >> q_stage) & 1, ping_pong, acc_o, lse, consumer, first_row, rows.end,
-                                  range, release_q);
+                                  range, seq, release_q);
         q_phases ^= 1 << q_stage;
         if (has_rows) {
-          sm90_store_output<Traits>(params, storage, acc_o, lse, consumer, tile.batch, tile.head, first_row);
+          sm90_store_output<Traits>(params, storage, acc_o, lse, consumer, tile.batch, tile.head, first_row, seq);
         }
         if constexpr (!Traits::kSeparateO) storage.barrier_q_empty[q_stage].arrive();  // the store read O out of Q
-      });
+      };
+      if constexpr (kVarlen) {
+        run_varlen_tile(entry, compute_tile);
+      } else {
+        run_tile(t, compute_tile);
+      }
       if (!dynamic) t += grid_size();
     }
     ping_pong.finish();

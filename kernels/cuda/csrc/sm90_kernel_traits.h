@@ -13,6 +13,8 @@
 
 #include <type_traits>
 
+#include "params.h"
+
 namespace flash {
 
 using namespace cute;
@@ -115,6 +117,7 @@ struct Sm90FwdTraits {
     int tile_slot[2];
     cutlass::arch::ClusterBarrier barrier_tile_full[2];
     cutlass::arch::ClusterBarrier barrier_tile_empty[2];
+    VarlenTile varlen_slot[2];  // a packed batch's tile entries, passed on with their indices
   };
   static constexpr int kSmemSize = int(sizeof(SharedStorage));
   static_assert(kSmemSize <= kSmemLimit, "tiles do not fit in shared memory");

@@ -12,6 +12,8 @@
 #include <cute/tensor.hpp>
 #include <cutlass/arch/barrier.h>
 
+#include <type_traits>
+
 #include "mask.h"
 #include "params.h"
 #include "softmax.h"
@@ -79,15 +81,15 @@ __forceinline__ __device__ void warpgroup_gemm(TiledMma& tiled_mma, TensorA& tCr
   if constexpr (kRegisterA) warpgroup_fence_operand(tCrA);
 }
 
-// Producer, one tile: Q rows [first_row, first_row + kBlockM) into buffer q_stage, then K[n] and V[n] for
-// n = n_block_max - 1 down to 0 (the consumers' order: masked tiles first). `state` carries on from the CTA's
-// previous tile.
-template <typename Traits, typename Params>
+// Producer, one tile: Q rows [first_row, first_row + kBlockM) of the tile's sequence into buffer q_stage, then K[n]
+// and V[n] for n = n_block_max - 1 down to 0 (the consumers' order: masked tiles first). `state` carries on from the
+// CTA's previous tile.
+template <typename Traits, typename Params, typename Sequence>
 __forceinline__ __device__ void sm90_load(const Params& params, typename Traits::SharedStorage& storage,
                                           typename Traits::Pipeline& pipeline_k,
                                           typename Traits::Pipeline& pipeline_v,
                                           typename Traits::PipelineState& state, const TileCoord& tile,
-                                          int first_row, int n_block_max, int q_stage) {
+                                          int first_row, int n_block_max, int q_stage, const Sequence& seq) {
   const int batch = tile.batch, head = tile.head, head_kv = tile.head_kv;
   using Pipeline = typename Traits::Pipeline;
   constexpr int kBlockM = Traits::kBlockM;
@@ -101,14 +103,28 @@ __forceinline__ __device__ void sm90_load(const Params& params, typename Traits:
   Tensor sV = make_tensor(make_smem_ptr(storage.v.data()), typename Traits::SmemLayoutV{});
 
   // TMA views of the whole tensors, (rows, head_dim, heads, batch); rows and head-dim columns past the end arrive
-  // as zeros, which the mask (rows of K) and the zero columns (head_dim) make harmless.
-  Tensor mQ = params.tma_q.get_tma_tensor(make_shape(args.seqlen_q, args.head_dim, args.heads_q, args.batch));
-  Tensor mK = params.tma_k.get_tma_tensor(make_shape(args.seqlen_k, args.head_dim, args.heads_kv, args.batch));
-  Tensor mV = params.tma_v.get_tma_tensor(make_shape(args.seqlen_k, args.head_dim, args.heads_kv, args.batch));
-  Tensor gQ = local_tile(domain_offset(make_coord(first_row, _0{}), mQ(_, _, head, batch)),
+  // as zeros, which the mask (rows of K) and the zero columns (head_dim) make harmless. A packed batch is one batch
+  // of total rows: a tile's rows past its sequence are the next sequence's (its keys masked, its queries' rows
+  // never stored).
+  constexpr bool kPacked = !std::is_same_v<Sequence, TileSequence<false>>;
+  const int batches = kPacked ? 1 : args.batch;
+  Tensor mQ = params.tma_q.get_tma_tensor(
+      make_shape(kPacked ? args.total_q : args.seqlen_q, args.head_dim, args.heads_q, batches));
+  Tensor mK = params.tma_k.get_tma_tensor(
+      make_shape(kPacked ? args.total_k : args.seqlen_k, args.head_dim, args.heads_kv, batches));
+  Tensor mV = params.tma_v.get_tma_tensor(
+      make_shape(kPacked ? args.total_k : args.seqlen_k, args.head_dim, args.heads_kv, batches));
+  Tensor gQ = local_tile(domain_offset(make_coord(seq.q_offset() + first_row, _0{}), mQ(_, _, head, batch)),
                          Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(_0{}, _0{}));
-  Tensor gK = local_tile(mK(_, _, head_kv, batch), Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(_, _0{}));
-  Tensor gV = local_tile(mV(_, _, head_kv, batch), Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(_, _0{}));
+  auto key_rows = [&](auto const& m) {
+    if constexpr (kPacked) {
+      return domain_offset(make_coord(seq.k_offset(), _0{}), m(_, _, head_kv, batch));
+    } else {
+      return m(_, _, head_kv, batch);
+    }
+  };
+  Tensor gK = local_tile(key_rows(mK), Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(_, _0{}));
+  Tensor gV = local_tile(key_rows(mV), Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(_, _0{}));
 
   auto [tQgQ, tQsQ] = tma_partition(params.tma_q, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sQ),
                                     group_modes<0, 2>(gQ));
@@ -145,7 +161,8 @@ __forceinline__ __device__ void sm90_load(const Params& params, typename Traits:
 // Consumer, one tile: this warpgroup's 64 query rows from row_offset (in Q buffer q_stage, whose load completes
 // phase q_phase; the tile's rows end at end_row) against every key tile. Returns with acc_o normalised and lse
 // filled; calls release_q() once no GEMM of this tile will read Q again. The pipeline states carry on across tiles.
-template <typename Traits, bool kCausal, typename PingPong, typename TensorO, int kRows, typename ReleaseQ>
+template <typename Traits, bool kCausal, typename PingPong, typename TensorO, int kRows, typename Sequence,
+          typename ReleaseQ>
 __forceinline__ __device__ void sm90_mma(const FwdParams& args, typename Traits::SharedStorage& storage,
                                          typename Traits::Pipeline& pipeline_k,
                                          typename Traits::Pipeline& pipeline_v,
@@ -153,7 +170,7 @@ __forceinline__ __device__ void sm90_mma(const FwdParams& args, typename Traits:
                                          typename Traits::PipelineState& state_v, int q_stage, int q_phase,
                                          const PingPong& ping_pong, TensorO& acc_o, float (&lse)[kRows],
                                          int consumer, int row_offset, int end_row, KeyTileRange range,
-                                         ReleaseQ&& release_q) {
+                                         const Sequence& seq, ReleaseQ&& release_q) {
   using Element = typename Traits::Element;
   constexpr int kBlockN = Traits::kBlockN;
   constexpr int kHeadDim = Traits::kHeadDim;
@@ -186,9 +203,9 @@ __forceinline__ __device__ void sm90_mma(const FwdParams& args, typename Traits:
   // a key tile, rows past the end of the tile or of the queries, causal rows that see no key). For each key tile it
   // does not need, it takes its turn without a GEMM and releases K and V once they have landed: a release before the
   // load would count towards the stage's previous use. A warpgroup that needs none ends with O = 0 and LSE = -inf.
-  const int last_row = min(row_offset + kRowsPerConsumer, min(end_row, args.seqlen_q)) - 1;
-  int visible_end = args.seqlen_k;  // keys [0, visible_end) are visible to some row of this warpgroup
-  if constexpr (kCausal) visible_end = min(visible_end, last_row + args.seqlen_k - args.seqlen_q + 1);
+  const int last_row = min(row_offset + kRowsPerConsumer, min(end_row, seq.seqlen_q(args))) - 1;
+  int visible_end = seq.seqlen_k(args);  // keys [0, visible_end) are visible to some row of this warpgroup
+  if constexpr (kCausal) visible_end = min(visible_end, last_row + seq.seqlen_k(args) - seq.seqlen_q(args) + 1);
   const int n_block_max =
       last_row < row_offset || visible_end <= 0 ? 0 : min(range.n_block_max, ceil_div(visible_end, kBlockN));
   for (int n = range.n_block_max - 1; n >= n_block_max; --n) {
@@ -236,7 +253,7 @@ __forceinline__ __device__ void sm90_mma(const FwdParams& args, typename Traits:
     CUTE_UNROLL
     for (int i = 0; i < size(acc); ++i) acc_s(i) = acc(i);
     if (n_block >= range.n_block_unmasked_end) {  // always so for a left-half tile
-      apply_mask<kCausal>(acc_s, tScS, row_offset, n_block * kBlockN, args.seqlen_q, args.seqlen_k);
+      apply_mask<kCausal>(acc_s, tScS, row_offset, n_block * kBlockN, seq.seqlen_q(args), seq.seqlen_k(args));
     }
     constexpr int kThreadCols = decltype(size<1>(acc_rowcol_layout(acc_s.layout())))::value;
     softmax.template exponentiate<true, kThreadCols * kCols / kBlockN>(acc_s, args.scale_log2, correction);
@@ -264,7 +281,7 @@ __forceinline__ __device__ void sm90_mma(const FwdParams& args, typename Traits:
     pipeline_k.consumer_release(state_k);
     ++state_k;
     if constexpr (decltype(needs_mask)::value) {
-      apply_mask<kCausal>(acc_s, tScS, row_offset, n * kBlockN, args.seqlen_q, args.seqlen_k);
+      apply_mask<kCausal>(acc_s, tScS, row_offset, n * kBlockN, seq.seqlen_q(args), seq.seqlen_k(args));
     }
     softmax.template exponentiate<false>(acc_s, args.scale_log2, correction);
     warpgroup_wait<0>();  // P V done: rP and V's stage are free

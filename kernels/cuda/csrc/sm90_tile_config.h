@@ -11,6 +11,20 @@
 
 namespace flash {
 
+// A packed variable-length batch: the tile of the dense call of the same head dim (tiles of one sequence at a time,
+// dealt dynamically; no CTA pairs, whose tiles must be equal).
+template <int kHeadDim, typename Element, bool kCausal>
+cudaError_t run_fwd_sm90_varlen_for_headdim(const FwdParams& params, cudaStream_t stream) {
+  static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256, "SM90 head dims: 64, 128, 256");
+  if constexpr (kHeadDim == 64) {
+    return launch_fwd_sm90<Sm90FwdTraits<64, 192, 128, 3, Element>, kCausal, true>(params, stream);
+  } else if constexpr (kHeadDim == 128) {
+    return launch_fwd_sm90<Sm90FwdTraits<128, 128, 128, 2, Element>, kCausal, true>(params, stream);
+  } else {
+    return launch_fwd_sm90<Sm90FwdTraits<256, 128, 64, 2, Element>, kCausal, true>(params, stream);
+  }
+}
+
 template <int kHeadDim, typename Element, bool kCausal>
 cudaError_t run_fwd_sm90_for_headdim(const FwdParams& params, cudaStream_t stream) {
   static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256, "SM90 head dims: 64, 128, 256");
@@ -35,3 +49,20 @@ cudaError_t run_fwd_sm90_for_headdim(const FwdParams& params, cudaStream_t strea
 }
 
 }  // namespace flash
+
+// One SM90 instantiation file: the dense and the packed (varlen) kernel of a (dtype, head dim, mask), exported as
+// flash_attention_<STEM> and flash_attention_<STEM>_varlen.
+#define FLASH_SM90_INSTANTIATION(STEM, DTYPE, HEADDIM, CAUSAL)                                                 \
+  namespace flash {                                                                                            \
+  template <>                                                                                                  \
+  cudaError_t run_fwd_sm90<DType::DTYPE, HEADDIM, CAUSAL>(const FwdParams& params, cudaStream_t stream) {     \
+    return run_fwd_sm90_for_headdim<HEADDIM, element_t<DType::DTYPE>, CAUSAL>(params, stream);              \
+  }                                                                                                            \
+  template <>                                                                                                  \
+  cudaError_t run_fwd_sm90_varlen<DType::DTYPE, HEADDIM, CAUSAL>(const FwdParams& params,                     \
+                                                                 cudaStream_t stream) {                        \
+    return run_fwd_sm90_varlen_for_headdim<HEADDIM, element_t<DType::DTYPE>, CAUSAL>(params, stream);       \
+  }                                                                                                            \
+  }                                                                                                            \
+  FLASH_EXPORT_KERNEL(STEM, kSm90, DTYPE, HEADDIM, CAUSAL, run_fwd_sm90)                                       \
+  FLASH_EXPORT_VARLEN_KERNEL(STEM, DTYPE, HEADDIM, CAUSAL, run_fwd_sm90_varlen)

@@ -131,6 +131,50 @@ __forceinline__ __device__ TileCoord persistent_tile(const PersistentTileSchedul
   return make_tile<kCausal>(params, index_t(t / s.num_m_blocks), t % s.num_m_blocks, s.num_m_blocks);
 }
 
+// Where one tile's sequence lies in the tensors, and its lengths. Dense calls: all of batch element `batch`, whose
+// lengths are the call's (read from its parameters, as every dense kernel always did). Packed variable-length
+// batches: a sequence's query rows [q_offset, + seqlen_q) and key rows [k_offset, + seqlen_k) of the one-batch
+// packed tensors. Row and key indices inside the kernel are the sequence's own; only addresses add the offsets.
+template <bool kVarlen>
+struct TileSequence {
+  __forceinline__ __device__ int seqlen_q(const FwdParams& args) const { return args.seqlen_q; }
+  __forceinline__ __device__ int seqlen_k(const FwdParams& args) const { return args.seqlen_k; }
+  __forceinline__ __device__ int q_offset() const { return 0; }
+  __forceinline__ __device__ int k_offset() const { return 0; }
+};
+
+template <>
+struct TileSequence<true> {
+  int q_begin, q_len, k_begin, k_len;
+  __forceinline__ __device__ int seqlen_q(const FwdParams&) const { return q_len; }
+  __forceinline__ __device__ int seqlen_k(const FwdParams&) const { return k_len; }
+  __forceinline__ __device__ int q_offset() const { return q_begin; }
+  __forceinline__ __device__ int k_offset() const { return k_begin; }
+};
+
+// A packed batch's tiles come from a list that a small kernel writes ahead of the attention kernel (varlen_tiles.h):
+// their count is known only on the device, so the host sizes the persistent grid by the list's capacity and every
+// CTA draws from the dynamic deal's counter until the count the list states.
+inline bool make_varlen_scheduler(const FwdParams& params, PersistentTileScheduler& s) {
+  s.num_tiles = params.varlen_tiles.capacity;
+  s.num_m_blocks = 1;
+  s.row_shift = 0;
+  s.persistent = true;
+  s.counter = params.tile_counter;
+  return s.num_tiles > 0 && s.counter != nullptr && params.varlen_tiles.tiles != nullptr;
+}
+
+__forceinline__ __device__ TileCoord varlen_tile_coord(const FwdParams& params, const VarlenTile& entry) {
+  TileCoord tile;
+  tile.valid = true;
+  tile.bh = 0;
+  tile.batch = 0;  // every sequence lives in the one packed batch
+  tile.head = entry.head;
+  tile.head_kv = entry.head / params.group;
+  tile.m_block = 0;  // the rows are the entry's
+  return tile;
+}
+
 // gridDim.x read where it is used: ptxas otherwise hoists it out of the producer's loop into a register and, on the
 // producer's 24, spills it.
 __forceinline__ __device__ int grid_size() {
