@@ -3,8 +3,9 @@
 // longest sequence setting the grid, a batch of one 8k sequence and 64 of 128 tokens would otherwise hold 133k
 // (sequence, head, tile) slots for 4k real tiles, each skipped slot a dependent global load on the producer.
 //
-// Order: sequence by sequence as packed, each sequence's heads in turn, each head's tiles with the longest rows first
-// when causal (as the dense order). Causal tiles end at the sequence's last query, so a partial tile is the first
+// Order: sequence by sequence, the longest first where the batch has at most 1024 sequences (the short tiles then
+// fill the dynamic deal's tail), else as packed; each sequence's heads in turn; each head's tiles with the longest
+// rows first when causal (as the dense order). Causal tiles end at the sequence's last query, so a partial tile is the first
 // and shortest (tile_scheduler.h, the same rule as dense calls). The offsets in cu_seqlens are clamped into
 // [0, total] and each end to at least its start, so no tile can address rows outside the tensors whatever they hold;
 // entries past the list's capacity (possible only for offsets that break the caller's guarantee, as overlapping
@@ -27,21 +28,47 @@ __forceinline__ __device__ void sequence_bounds(const int* cu_seqlens, int b, in
 template <int kBlockM, int kRowsPerConsumer, bool kCausal>
 __global__ void __launch_bounds__(kVarlenListThreads, 1) varlen_tile_list_kernel(const FwdParams args) {
   constexpr int kWarps = kVarlenListThreads / 32;
-  __shared__ int tiles_of[kVarlenListThreads];  // tiles per head of each sequence of the chunk
-  __shared__ int first_of[kVarlenListThreads];  // tiles per head of the sequences before it (all chunks)
+  // Per slot of the chunk: its sequence, that sequence's tiles per head, and the tiles per head of every slot
+  // listed before it (all chunks).
+  __shared__ int sequence_of[kVarlenListThreads];
+  __shared__ int tiles_of[kVarlenListThreads];
+  __shared__ int first_of[kVarlenListThreads];
   __shared__ int warp_total[kWarps];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const VarlenTileList list = args.varlen_tiles;
+  // A batch that fits one chunk is listed longest sequence first, so that the short tiles fill the tail of the
+  // dynamic deal; a larger one in its own order.
+  const bool longest_first = args.batch <= kVarlenListThreads;
   long long before = 0;  // tiles per head of the chunks already listed
   for (int chunk = 0; chunk < args.batch; chunk += kVarlenListThreads) {
-    const int b = chunk + threadIdx.x;
+    int sequence = chunk + threadIdx.x;
     int tiles = 0;
-    if (b < args.batch) {
+    if (sequence < args.batch) {
       int begin, length;
-      sequence_bounds(args.cu_seqlens_q, b, args.total_q, begin, length);
+      sequence_bounds(args.cu_seqlens_q, sequence, args.total_q, begin, length);
       tiles = (length + kBlockM - 1) / kBlockM;
     }
-    // An exclusive scan of `tiles` over the chunk: within each warp by shuffles, then over the warps' totals.
+    if (longest_first) {  // slot = rank by tiles, descending, ties in batch order
+      tiles_of[threadIdx.x] = tiles;
+      __syncthreads();
+      int rank = 0;
+      for (int j = 0; j < args.batch; ++j) {
+        const int other = tiles_of[j];
+        rank += other > tiles || (other == tiles && j < sequence);
+      }
+      __syncthreads();
+      if (sequence < args.batch) {
+        sequence_of[rank] = sequence;
+        tiles_of[rank] = tiles;
+      } else {
+        sequence_of[threadIdx.x] = sequence;  // past the batch: the slots past the ranks
+        tiles_of[threadIdx.x] = 0;
+      }
+      __syncthreads();
+      sequence = sequence_of[threadIdx.x];
+      tiles = tiles_of[threadIdx.x];
+    }
+    // An exclusive scan of `tiles` over the chunk's slots: within each warp by shuffles, then over the warps' totals.
     int inclusive = tiles;
     for (int step = 1; step < 32; step *= 2) {
       const int from = __shfl_up_sync(0xffffffffu, inclusive, step);
@@ -59,17 +86,18 @@ __global__ void __launch_bounds__(kVarlenListThreads, 1) varlen_tile_list_kernel
     }
     __syncthreads();
     const int warp_before = warp == 0 ? 0 : warp_total[warp - 1];
+    sequence_of[threadIdx.x] = sequence;
     tiles_of[threadIdx.x] = tiles;
     first_of[threadIdx.x] = static_cast<int>(before) + warp_before + inclusive - tiles;
     const int chunk_total = warp_total[kWarps - 1];
     __syncthreads();
-    // One warp per sequence writes its heads x tiles entries.
-    for (int j = warp; j < kVarlenListThreads && chunk + j < args.batch; j += kWarps) {
+    // One warp per slot writes its sequence's heads x tiles entries.
+    for (int j = warp; j < kVarlenListThreads; j += kWarps) {
       const int tiles_per_head = tiles_of[j];
       if (tiles_per_head == 0) continue;
       VarlenTile entry;
-      sequence_bounds(args.cu_seqlens_q, chunk + j, args.total_q, entry.q_offset, entry.seqlen_q);
-      sequence_bounds(args.cu_seqlens_k, chunk + j, args.total_k, entry.k_offset, entry.seqlen_k);
+      sequence_bounds(args.cu_seqlens_q, sequence_of[j], args.total_q, entry.q_offset, entry.seqlen_q);
+      sequence_bounds(args.cu_seqlens_k, sequence_of[j], args.total_k, entry.k_offset, entry.seqlen_k);
       entry.unused = 0;
       const int spare_rows = (kBlockM - entry.seqlen_q % kBlockM) % kBlockM;
       const int row_shift = kCausal ? spare_rows / kRowsPerConsumer * kRowsPerConsumer : 0;
@@ -88,7 +116,7 @@ __global__ void __launch_bounds__(kVarlenListThreads, 1) varlen_tile_list_kernel
       }
     }
     before += chunk_total;
-    __syncthreads();  // tiles_of / first_of / warp_total are rewritten by the next chunk
+    __syncthreads();  // the slots are rewritten by the next chunk
   }
   if (threadIdx.x == 0) *list.num_tiles = static_cast<int>(min(before * args.heads_q, (long long)list.capacity));
 }
