@@ -68,7 +68,7 @@ def implementation(request):
 @pytest.fixture
 def kernel_calls(monkeypatch):
     """Counts the calls that reach flash_attention's entry points, so a test sees the model used them."""
-    counts = {"attention": 0, "attention_with_kvcache": 0}
+    counts = {"attention": 0, "attention_with_kvcache": 0, "attention_varlen": 0}
     for entry in counts:
         original = getattr(fa_hf, entry)
 
@@ -168,14 +168,56 @@ def test_batched_prompts_of_equal_length_pass_with_their_mask(implementation):
                         _logits(model, "sdpa", tokens, attention_mask=mask))
 
 
-def test_padded_batch_is_refused_naming_varlen(implementation):
+def _padded(tokens, side: str) -> torch.Tensor:
+    """A mask that pads the prompts of a batch to one length: row b loses 3 * b tokens on `side`."""
+    mask = torch.ones_like(tokens)
+    for b in range(tokens.shape[0]):
+        if side == "left":
+            mask[b, :3 * b] = 0
+        else:
+            mask[b, tokens.shape[1] - 3 * b:] = 0
+    return mask
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_batch_prefill_matches_eager_on_real_tokens(side, implementation, kernel_calls):
+    """Prompts of unequal length padded to one: every layer runs attention_varlen over the padded rows, and the
+    logits at real tokens are eager's."""
+    model, tokens = _model("llama"), _tokens(batch=3, length=PROMPT)
+    mask = _padded(tokens, side)
+    ours = _logits(model, implementation, tokens, attention_mask=mask)
+    assert kernel_calls["attention_varlen"] == model.config.num_hidden_layers
+    real = mask.bool()
+    assert_logits_close(ours[real], _logits(model, "eager", tokens, attention_mask=mask)[real],
+                        _logits(model, "sdpa", tokens, attention_mask=mask)[real])
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_padded_batch_generate_matches_eager(cache, implementation):
+    """generate() on left-padded prompts (prefill and decode steps through attention_varlen) scores each token as the
+    eager model scores the padded generated sequence in one forward."""
+    model, prompt = _model("llama"), _tokens(batch=3, length=PROMPT)
+    mask = _padded(prompt, "left")
+    model.set_attn_implementation(implementation)
+    result = model.generate(prompt, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False,
+                            cache_implementation=cache, output_logits=True, return_dict_in_generate=True,
+                            pad_token_id=0)
+    ours = torch.stack(result.logits).float()  # (NEW_TOKENS, batch, vocab)
+    sequence = result.sequences
+    full_mask = torch.cat([mask, torch.ones_like(sequence[:, PROMPT:])], dim=1)
+
+    def scored(implementation_name):
+        logits = _logits(model, implementation_name, sequence[:, :-1], attention_mask=full_mask[:, :-1])
+        return logits[:, PROMPT - 1:].transpose(0, 1)
+
+    assert_logits_close(ours, scored("eager"), scored("sdpa"))
+
+
+def test_a_padding_mask_with_holes_is_refused(implementation):
     model, tokens = _model("llama"), _tokens(length=PROMPT)
     mask = torch.ones_like(tokens)
-    mask[0, :3] = 0  # left padding: the first prompt is three tokens shorter
-    model.set_attn_implementation(implementation)
-    with pytest.raises(NotImplementedError, match="padded batch.*attention_varlen"):
-        model.generate(tokens, attention_mask=mask, max_new_tokens=2, do_sample=False, pad_token_id=0)
-    with pytest.raises(NotImplementedError, match="padded batch"):
+    mask[0, 5] = 0  # a hole in the middle: not padding
+    with pytest.raises(NotImplementedError, match="not one run per row"):
         _logits(model, implementation, tokens, attention_mask=mask)
 
 

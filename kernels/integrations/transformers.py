@@ -10,17 +10,24 @@ query (B, Hq, Nq, D) and the layer's keys/values (B, Hkv, Nk, D), GQA unexpanded
 of the keys: exactly `flash_attention.attention`'s bottom-right causal mask. What the kernels do not compute is
 refused with an error that names it, never approximated:
 
-- A mask that is not the plain causal (or bidirectional) pattern over the cached keys: a padded batch (it needs
-  `attention_varlen`, not built yet), packed sequences, a sliding window shorter than the keys, a model's own mask
-  (image tokens, prefix-LM). The registered mask function checks HF's own boolean mask against the plain pattern, once
-  per forward: eagerly with a host synchronisation, as HF's FlashAttention path does; under torch.compile with a
-  device-side assert instead, which stops the program.
+- A mask that is not the plain causal (or bidirectional) pattern over the cached keys, other than padding: packed
+  sequences, a sliding window shorter than the keys, a model's own mask (image tokens, prefix-LM), a padding mask
+  with holes. The registered mask function checks HF's own boolean mask against the plain pattern, once per forward:
+  eagerly with a host synchronisation, as HF's FlashAttention path does; under torch.compile with a device-side
+  assert instead, which stops the program (a padded batch included: its key ranges would need that check too).
 - Attention dropout while training, a logit softcap, attention sinks, returned attention weights.
 
-The mask function hands the attention function either None (every key of the layer is visible, bottom-right causal)
-or, for a static cache whose tail is not filled yet, the count of keys each sequence holds as an int32 (B, 1, 1, 1)
-tensor (4-D, because transformers passes a 4-D mask on as already prepared: `generate` makes the static cache's masks
-once, ahead of the forward), which runs as `flash_attention.attention_with_kvcache` on the static cache's tensors.
+The mask function hands the attention function one of:
+- None: every key of the layer is visible (bottom-right causal): `flash_attention.attention`;
+- for a static cache whose tail is not filled yet, the count of keys each sequence holds as an int32 (B, 1, 1, 1)
+  tensor (4-D, because transformers passes a 4-D mask on as already prepared: `generate` makes the static cache's
+  masks once, ahead of the forward): `flash_attention.attention_with_kvcache` on the static cache's tensors;
+- for a padded batch (eager only), each sequence's real keys as an int32 (B, 1, 1, 3) tensor: [start, end) of its
+  padded row (left or right padding: one run of real tokens) and the keys the layer holds (the queries are the last
+  rows of those; a static cache holds fewer than its length): `flash_attention.attention_varlen` over the padded rows,
+  each cut into its leading padding, its real tokens and its trailing padding (the padding rows attend among
+  themselves, finite and unused, as HF's own FlashAttention path leaves them unused). K/V are copied into packed rows
+  on each call, as HF's FlashAttention path gathers them.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import functools
 
 import torch
 
-from .. import _check_backend_name, attention, attention_with_kvcache
+from .. import _check_backend_name, attention, attention_varlen, attention_with_kvcache
 
 # transformers treats every attention implementation whose name contains "flash" as its own FlashAttention path
 # (`is_flash_attention_requested` is a substring test) and would apply that path's rules to these kernels.
@@ -37,8 +44,8 @@ DEFAULT_NAME = "fa_kernels"
 
 _UNSUPPORTED_MASK = (
     "the attention mask is not the plain {pattern} pattern over the layer's keys{cause}; this attention "
-    "implementation runs that pattern only. Padded batches need flash_attention.attention_varlen (not built yet): "
-    "pass prompts of equal length, or use attn_implementation='sdpa' for this batch"
+    "implementation runs that pattern, and padded batches (one run of real tokens per row) outside torch.compile, "
+    "where flash_attention.attention_varlen takes them; use attn_implementation='sdpa' for this batch"
 )
 
 
@@ -87,11 +94,14 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     elif _is_key_counts(attention_mask, query.shape[0]):
         out = attention_with_kvcache(query, key, value, cache_seqlens=attention_mask.view(-1), causal=causal,
                                      softmax_scale=scaling, backend=backend)
+    elif _is_key_ranges(attention_mask, query.shape[0]):
+        return _padded_attention(query, key, value, attention_mask, causal=causal, scaling=scaling,
+                                 backend=backend), None
     else:
         raise TypeError(
-            "attention_mask must be None or the int32 (batch, 1, 1, 1) key counts that this integration's mask "
-            f"function makes, got {_describe_mask(attention_mask)}; the model built its mask without "
-            "transformers' AttentionMaskInterface, which this attention implementation needs")
+            "attention_mask must be None, or the int32 (batch, 1, 1, 1) key counts or (batch, 1, 1, 3) key ranges "
+            f"that this integration's mask function makes, got {_describe_mask(attention_mask)}; the model built its "
+            "mask without transformers' AttentionMaskInterface, which this attention implementation needs")
     # The kernels write out in query's memory layout; HF's projections make (B, N, H, D) storage, so this transpose
     # is the contiguous tensor the model reshapes next.
     return out.transpose(1, 2), None
@@ -99,6 +109,36 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
 
 def _is_key_counts(mask, batch: int) -> bool:
     return isinstance(mask, torch.Tensor) and mask.dtype == torch.int32 and tuple(mask.shape) == (batch, 1, 1, 1)
+
+
+def _is_key_ranges(mask, batch: int) -> bool:
+    return isinstance(mask, torch.Tensor) and mask.dtype == torch.int32 and tuple(mask.shape) == (batch, 1, 1, 3)
+
+
+def _padded_attention(query, key, value, key_ranges, *, causal: bool, scaling, backend: str) -> torch.Tensor:
+    """A padded batch through attention_varlen: row b of the padded keys is cut into [0, start), [start, end) and
+    [end, seqlen_k), its queries (the last seqlen_q of the keys held) at the same positions, so each real run attends
+    only to itself (bottom-right causal inside it: its queries and keys end together). Returns (B, Nq, Hq, D)."""
+    batch, heads_q, seqlen_q, head_dim = query.shape
+    seqlen_k = key.shape[2]
+    starts, ends, held = key_ranges[:, 0, 0, 0], key_ranges[:, 0, 0, 1], key_ranges[:, 0, 0, 2]
+    first_query = held - seqlen_q  # the key position of query row 0
+
+    def offsets(begin, end, length):
+        base = torch.arange(batch, device=begin.device, dtype=torch.int32) * length
+        cuts = torch.stack([base, base + begin, base + end], dim=1).flatten()
+        return torch.cat([cuts, cuts.new_full((1,), batch * length)])
+
+    cu_seqlens_q = offsets((starts - first_query).clamp(0, seqlen_q), (ends - first_query).clamp(0, seqlen_q),
+                           seqlen_q)
+    cu_seqlens_k = offsets(starts, ends, seqlen_k)
+
+    def packed(tensor):  # (B, H, N, D) -> (B * N, H, D): a view of HF's (B, N, H, D) projections, a copy of a cache
+        return tensor.transpose(1, 2).reshape(-1, tensor.shape[1], tensor.shape[3])
+
+    out = attention_varlen(packed(query), packed(key), packed(value), cu_seqlens_q, cu_seqlens_k, seqlen_q, seqlen_k,
+                           causal=causal, softmax_scale=scaling, backend=backend)
+    return out.view(batch, seqlen_q, heads_q, head_dim)
 
 
 def _describe_mask(mask) -> str:
@@ -121,8 +161,10 @@ def key_lengths_mask(batch_size: int, q_length: int, kv_length: int, q_offset=0,
     keys_held = q_offset + q_length - kv_offset if causal else kv_length
     plain_function = mask_function is causal_mask_function or mask_function is bidirectional_mask_function
     if attention_mask is not None or not plain_function:
-        _check_plain(batch_size, q_length, kv_length, q_offset, kv_offset, mask_function, attention_mask, causal,
-                     keys_held, plain_function, kwargs)
+        key_ranges = _check_plain(batch_size, q_length, kv_length, q_offset, kv_offset, mask_function, attention_mask,
+                                  causal, keys_held, plain_function, kwargs)
+        if key_ranges is not None:
+            return key_ranges
     if isinstance(keys_held, int) and keys_held == kv_length:
         return None
     device = kwargs.get("device", attention_mask.device if attention_mask is not None else None)
@@ -132,8 +174,9 @@ def key_lengths_mask(batch_size: int, q_length: int, kv_length: int, q_offset=0,
 
 
 def _check_plain(batch_size, q_length, kv_length, q_offset, kv_offset, mask_function, attention_mask, causal,
-                 keys_held, plain_function, kwargs) -> None:
-    """Raise (eager) or assert on the device (compiling) unless HF's mask equals the plain pattern over keys_held keys."""
+                 keys_held, plain_function, kwargs):
+    """None if HF's mask equals the plain pattern over keys_held keys; in eager mode the key ranges of a padded batch
+    (see _padding_ranges); else raise (eager) or assert on the device (compiling)."""
     device = kwargs.get("device", attention_mask.device if attention_mask is not None else "cpu")
     key_index = torch.arange(kv_length, device=device)
     if plain_function:
@@ -144,7 +187,9 @@ def _check_plain(batch_size, q_length, kv_length, q_offset, kv_offset, mask_func
         padding = prepare_padding_mask(attention_mask, kv_length, kv_offset)[:, kv_offset:kv_offset + kv_length]
         padding = padding.to(device=device, dtype=torch.bool)
         expected = (key_index < keys_held).expand(batch_size, kv_length)
-        cause = " (the attention_mask pads some sequences: a padded batch)"
+        cause = (" (the attention_mask pads some sequences: a padded batch, which runs outside torch.compile only)"
+                 if torch.compiler.is_compiling() else
+                 " (the attention_mask's real tokens are not one run per row, as padding would make them)")
     else:
         from transformers.masking_utils import sdpa_mask
 
@@ -166,4 +211,24 @@ def _check_plain(batch_size, q_length, kv_length, q_offset, kv_offset, mask_func
     if torch.compiler.is_compiling():
         torch._assert_async(same, message)
     elif not bool(same):
-        raise NotImplementedError(message)
+        key_ranges = _padding_ranges(padding, keys_held) if plain_function else None
+        if key_ranges is None:
+            raise NotImplementedError(message)
+        return key_ranges
+    return None
+
+
+def _padding_ranges(padding: torch.Tensor, keys_held) -> torch.Tensor | None:
+    """[start, end) of each row's real keys and the keys held, as int32 (B, 1, 1, 3), if every row's real keys
+    (within the keys held) are one run, as left or right padding makes them; else None. Reads the mask on the host
+    (eager mode only)."""
+    key_index = torch.arange(padding.shape[1], device=padding.device)
+    real = padding & (key_index < keys_held)
+    counts = real.sum(dim=1)
+    starts = torch.where(counts > 0, real.int().argmax(dim=1), 0)
+    ends = starts + counts
+    inside = (key_index[None, :] >= starts[:, None]) & (key_index[None, :] < ends[:, None])
+    if not bool((inside == real).all()):
+        return None
+    held = torch.as_tensor(keys_held, device=starts.device).expand_as(starts)
+    return torch.stack([starts, ends, held], dim=1).to(torch.int32).view(-1, 1, 1, 3)
