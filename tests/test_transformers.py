@@ -195,13 +195,14 @@ def test_padded_batch_prefill_matches_eager_on_real_tokens(side, implementation,
 @pytest.mark.parametrize("cache", ["dynamic", "static"])
 def test_padded_batch_generate_matches_eager(cache, implementation):
     """generate() on left-padded prompts (prefill and decode steps through attention_varlen) scores each token as the
-    eager model scores the padded generated sequence in one forward."""
+    eager model scores the padded generated sequence in one forward. On a GPU transformers compiles static-cache
+    decode steps unless told not to, and a padded batch runs in eager mode only."""
     model, prompt = _model("llama"), _tokens(batch=3, length=PROMPT)
     mask = _padded(prompt, "left")
     model.set_attn_implementation(implementation)
     result = model.generate(prompt, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False,
                             cache_implementation=cache, output_logits=True, return_dict_in_generate=True,
-                            pad_token_id=0)
+                            pad_token_id=0, disable_compile=True)
     ours = torch.stack(result.logits).float()  # (NEW_TOKENS, batch, vocab)
     sequence = result.sequences
     full_mask = torch.cat([mask, torch.ones_like(sequence[:, PROMPT:])], dim=1)
