@@ -73,20 +73,12 @@ def _int_list(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(",") if part)
 
 
-def _heads_list(text: str) -> tuple[tuple[int, int], ...]:
-    pairs = []
-    for part in text.split(","):
-        query_heads, _, kv_heads = part.partition("/")
-        pairs.append((int(query_heads), int(kv_heads or query_heads)))
-    return tuple(pairs)
-
-
 def parse_args(argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="runtime.py --grid decode", description=__doc__.splitlines()[0])
     parser.add_argument("--grid", choices=("decode",), default="decode")
     parser.add_argument("--batches", type=_int_list, help="comma-separated batch sizes (overrides the grid)")
     parser.add_argument("--keys", type=_int_list, help="comma-separated cache lengths (overrides the grid)")
-    parser.add_argument("--heads", type=_heads_list, help="query/kv head pairs, e.g. 32/8,64/8,32/32")
+    parser.add_argument("--heads", type=harness.parse_heads, help="query/kv head pairs, e.g. 32/8,64/8,32/32")
     parser.add_argument("--query-lens", type=_int_list, help="query rows per sequence, e.g. 1,4")
     parser.add_argument("--head-dims", type=_int_list, help="e.g. 64,128")
     parser.add_argument("--cache", choices=("contiguous", "paged", "both"), default=None)
@@ -260,31 +252,14 @@ def reference_error(inputs: DecodeInputs, output: torch.Tensor, causal: bool) ->
 
 def run_shape(shape: DecodeShape, methods: dict, args, device) -> list[dict]:
     inputs = make_inputs(shape, device)
-    rows, calls = [], {}
-    for name, (run, unavailable) in methods.items():
-        row = dict(asdict(shape), method=name, status="ok", note="")
-        rows.append(row)
-        reason = unavailable(inputs)
-        if reason is not None:
-            row.update(status="unavailable", note=reason)
-            continue
-        try:
-            output = run(inputs, args.causal)  # also the warm-up: compiles and tunes before timing
-            error, tolerance = reference_error(inputs, output, args.causal)
-            row.update(max_error=error, tolerance=tolerance, status="ok" if error <= tolerance else "wrong")
-            calls[name] = lambda run=run, inputs=inputs: run(inputs, args.causal)
-        except Exception as failure:  # one method's failure stays its own
-            row.update(status="oom" if isinstance(failure, torch.OutOfMemoryError) else "error",
-                       note=harness._first_line(failure))
-    if calls:
-        timings = harness.time_calls(calls, device, args.warmup_ms, args.rep_ms)
-        host = harness.host_times(calls, device) if args.host else {}
-        for row in rows:
-            if row["method"] in timings:
-                timing = timings[row["method"]]
-                row.update(us=timing["median_ms"] * 1e3, tbps=shape.kv_bytes / (timing["median_ms"] * 1e-3) / 1e12)
-            if row["method"] in host:
-                row["host_us"] = host[row["method"]]
+    rows, timings, host = harness.check_and_time(methods, inputs, asdict(shape), args.causal, reference_error, args,
+                                                 device)
+    for row in rows:
+        if row["method"] in timings:
+            median_ms = timings[row["method"]]["median_ms"]
+            row.update(us=median_ms * 1e3, tbps=shape.kv_bytes / (median_ms * 1e-3) / 1e12)
+        if row["method"] in host:
+            row["host_us"] = host[row["method"]]
     del inputs
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -293,14 +268,6 @@ def run_shape(shape: DecodeShape, methods: dict, args, device) -> list[dict]:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Reporting
-
-
-def _cell(row, key, fmt) -> str:
-    if row is None:
-        return "—"
-    if row["status"] not in ("ok", "wrong") or key not in row:
-        return row["status"]
-    return fmt(row[key]) + (harness.WRONG if row["status"] == "wrong" else "")
 
 
 def report(args, info, rows, ceiling, device) -> str:
@@ -332,19 +299,20 @@ def report(args, info, rows, ceiling, device) -> str:
         return min(timed, key=lambda r: r["us"]) if timed else None
 
     document.table("µs per call (median)", headers + methods,
-                   [shape_cells(s) + [_cell(c.get(m), "us", harness.format_number) for m in methods]
+                   [shape_cells(s) + [harness.row_cell(c.get(m), "us", harness.format_number) for m in methods]
                     for s, c in by_shape.items()])
     ceiling_columns = [f"{m} % copy" for m in ours] if ceiling else []
     document.table("TB/s of K/V read; ours against the copy ceiling and the best peer (ratio > 1: ours faster)",
                    headers + methods + ceiling_columns + [f"{m}/best peer" for m in ours],
-                   [shape_cells(s) + [_cell(c.get(m), "tbps", lambda v: f"{v:.2f}") for m in methods]
-                    + [_cell(c.get(m), "tbps", lambda v: f"{100 * v / ceiling:.0f}%") for m in ours if ceiling]
+                   [shape_cells(s) + [harness.row_cell(c.get(m), "tbps", lambda v: f"{v:.2f}") for m in methods]
+                    + [harness.row_cell(c.get(m), "tbps", lambda v: f"{100 * v / ceiling:.0f}%")
+                       for m in ours if ceiling]
                     + [ratio(c.get(m), best_peer(c)) for m in ours]
                     for s, c in by_shape.items()])
     if args.host:
         document.table("Host time per call (µs), back-to-back loop",
                        headers + methods,
-                       [shape_cells(s) + [_cell(c.get(m), "host_us", harness.format_number) for m in methods]
+                       [shape_cells(s) + [harness.row_cell(c.get(m), "host_us", harness.format_number) for m in methods]
                         for s, c in by_shape.items()])
     paged_pairs = []
     for shape, cells in by_shape.items():
@@ -405,16 +373,7 @@ def plot(path: Path, title: str, info, rows, ceiling) -> None:
 
 
 def write_outputs(folder: Path, stem: str, text: str, info, rows, ceiling) -> None:
-    import json
-
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{stem}.md").write_text(text, encoding="utf-8")
-    (folder / f"{stem}.json").write_text(json.dumps({"provenance": info, "records": rows}, indent=1,
-                                                    default=harness._json_number), encoding="utf-8")
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    lines = [f"# {line}" for line in harness.provenance_lines(info)] + [",".join(columns)]
-    lines += [",".join(str(row.get(c, "")) for c in columns) for row in rows]
-    (folder / f"{stem}.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    harness.write_rows(folder, stem, text, info, rows)
     plot(folder / f"{stem}.png", text.splitlines()[0].lstrip("# "), info, rows, ceiling)
 
 

@@ -810,6 +810,67 @@ class Report:
         pyplot.close(figure)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Parts of the grids with their own sweep and tables (decode.py, varlen.py): a row of results per (shape, method).
+
+
+def parse_heads(text: str) -> tuple[tuple[int, int], ...]:
+    """'32/8,64/8,16' -> ((32, 8), (64, 8), (16, 16)): query/kv head pairs."""
+    pairs = []
+    for part in text.split(","):
+        query_heads, _, kv_heads = part.partition("/")
+        pairs.append((int(query_heads), int(kv_heads or query_heads)))
+    return tuple(pairs)
+
+
+def check_and_time(methods: dict, inputs, base_row: dict, causal: bool, reference_error: Callable, args,
+                   device: torch.device) -> tuple[list[dict], dict[str, dict], dict[str, float]]:
+    """One shape of such a grid: each method `(run, unavailable)` called once (its warm-up: compiles and tunes) and
+    checked by `reference_error(inputs, output, causal) -> (error, tolerance)`, then every method that ran timed
+    together (time_calls), and its host time where args.host. Returns the rows (base_row plus method, status, note,
+    max_error, tolerance), the timings and the host times by method. One method's failure stays its own."""
+    rows, calls = [], {}
+    for name, (run, unavailable) in methods.items():
+        row = dict(base_row, method=name, status="ok", note="")
+        rows.append(row)
+        reason = unavailable(inputs)
+        if reason is not None:
+            row.update(status="unavailable", note=reason)
+            continue
+        try:
+            output = run(inputs, causal)
+            error, tolerance = reference_error(inputs, output, causal)
+            row.update(max_error=error, tolerance=tolerance, status="ok" if error <= tolerance else "wrong")
+            calls[name] = lambda run=run: run(inputs, causal)
+        except Exception as failure:
+            row.update(status="oom" if isinstance(failure, torch.OutOfMemoryError) else "error",
+                       note=_first_line(failure))
+    timings = time_calls(calls, device, args.warmup_ms, args.rep_ms) if calls else {}
+    host = host_times(calls, device) if calls and getattr(args, "host", False) else {}
+    return rows, timings, host
+
+
+def row_cell(row: dict | None, key: str, fmt: Callable) -> str:
+    """A row's value formatted, ✗ appended if its answer was wrong; its status where it has no value; "—" if none."""
+    if row is None:
+        return "—"
+    if row["status"] not in ("ok", "wrong") or key not in row:
+        return row["status"]
+    return fmt(row[key]) + (WRONG if row["status"] == "wrong" else "")
+
+
+def write_rows(folder: Path, stem: str, text: str, info: dict, rows: list[dict]) -> None:
+    """The report as markdown, and its rows as JSON (with the provenance) and CSV (provenance as comments)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stem}.md").write_text(text, encoding="utf-8")
+    (folder / f"{stem}.json").write_text(json.dumps({"provenance": info, "records": rows}, indent=1,
+                                                    default=_json_number), encoding="utf-8")
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    lines = [f"# {line}" for line in provenance_lines(info)] + [",".join(columns)]
+    lines += [",".join(str(row.get(column, "")) for column in columns) for row in rows]
+    (folder / f"{stem}.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
 def _json_number(value):
     return None if isinstance(value, float) and not math.isfinite(value) else str(value)
 

@@ -89,20 +89,12 @@ GRIDS = {
 }
 
 
-def _heads_list(text: str) -> tuple[tuple[int, int], ...]:
-    pairs = []
-    for part in text.split(","):
-        query_heads, _, kv_heads = part.partition("/")
-        pairs.append((int(query_heads), int(kv_heads or query_heads)))
-    return tuple(pairs)
-
-
 def parse_args(argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="runtime.py --grid varlen", description=__doc__.splitlines()[0])
     parser.add_argument("--grid", choices=("varlen",), default="varlen")
     parser.add_argument("--mixes", help="comma-separated mixes: equal-N, uniform-A-B, skewed-L-S")
     parser.add_argument("--tokens", type=lambda t: tuple(int(p) for p in t.split(",")), help="tokens per batch")
-    parser.add_argument("--heads", type=_heads_list, help="query/kv head pairs, e.g. 32/8,16/16")
+    parser.add_argument("--heads", type=harness.parse_heads, help="query/kv head pairs, e.g. 32/8,16/16")
     parser.add_argument("--head-dims", type=lambda t: tuple(int(p) for p in t.split(",")), help="e.g. 64,128")
     parser.add_argument("--mask", choices=("none", "causal", "both"), default="causal")
     parser.add_argument("--dtype", choices=tuple(harness.DTYPES), default="bf16")
@@ -259,28 +251,12 @@ def reference_error(inputs: VarlenInputs, output: torch.Tensor, causal: bool) ->
 
 def run_shape(shape: VarlenShape, methods: dict, args, device) -> list[dict]:
     inputs = make_inputs(shape, device)
-    rows, calls = [], {}
-    for name, (run, unavailable) in methods.items():
-        row = dict(asdict(shape), method=name, sequences=len(inputs.lengths), status="ok", note="")
-        rows.append(row)
-        reason = unavailable(inputs)
-        if reason is not None:
-            row.update(status="unavailable", note=reason)
-            continue
-        try:
-            output = run(inputs, shape.causal)  # also the warm-up: compiles and tunes before timing
-            error, tolerance = reference_error(inputs, output, shape.causal)
-            row.update(max_error=error, tolerance=tolerance, status="ok" if error <= tolerance else "wrong")
-            calls[name] = lambda run=run, inputs=inputs: run(inputs, shape.causal)
-        except Exception as failure:  # one method's failure stays its own
-            row.update(status="oom" if isinstance(failure, torch.OutOfMemoryError) else "error",
-                       note=harness._first_line(failure))
-    if calls:
-        timings = harness.time_calls(calls, device, args.warmup_ms, args.rep_ms)
-        for row in rows:
-            if row["method"] in timings:
-                median_ms = timings[row["method"]]["median_ms"]
-                row.update(ms=median_ms, tflops=shape.flops / (median_ms * 1e-3) / 1e12)
+    base_row = dict(asdict(shape), sequences=len(inputs.lengths))
+    rows, timings, _ = harness.check_and_time(methods, inputs, base_row, shape.causal, reference_error, args, device)
+    for row in rows:
+        if row["method"] in timings:
+            median_ms = timings[row["method"]]["median_ms"]
+            row.update(ms=median_ms, tflops=shape.flops / (median_ms * 1e-3) / 1e12)
     del inputs
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -289,14 +265,6 @@ def run_shape(shape: VarlenShape, methods: dict, args, device) -> list[dict]:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Reporting
-
-
-def _cell(row, key, fmt) -> str:
-    if row is None:
-        return "—"
-    if row["status"] not in ("ok", "wrong") or key not in row:
-        return row["status"]
-    return fmt(row[key]) + (harness.WRONG if row["status"] == "wrong" else "")
 
 
 def report(args, info, rows, device) -> str:
@@ -333,13 +301,13 @@ def report(args, info, rows, device) -> str:
         return max(fitting, key=lambda s: s.lengths[0]) if fitting else None
 
     document.table("Median runtime (ms)", headers + methods,
-                   [shape_cells(s, c) + [_cell(c.get(m), "ms", harness.format_number) for m in methods]
+                   [shape_cells(s, c) + [harness.row_cell(c.get(m), "ms", harness.format_number) for m in methods]
                     for s, c in by_shape.items()])
     dense_columns = [f"{m} / dense" for m in ours]
     document.table("TFLOPS; ours against each peer (ratio > 1: ours faster) and against our own dense batch of the "
                    "same tokens (the equal mix named in the note)",
                    headers + methods + [f"{o}/{p}" for o in ours for p in peers] + dense_columns,
-                   [shape_cells(s, c) + [_cell(c.get(m), "tflops", lambda v: f"{v:.0f}") for m in methods]
+                   [shape_cells(s, c) + [harness.row_cell(c.get(m), "tflops", lambda v: f"{v:.0f}") for m in methods]
                     + [ratio(c.get(o), c.get(p)) for o in ours for p in peers]
                     + [_dense_ratio(c.get(m), by_shape.get(dense_twin(s), {}).get(m)) for m in ours]
                     for s, c in by_shape.items()])
@@ -364,19 +332,6 @@ def _dense_ratio(row, dense_row) -> str:
     return f"{row['tflops'] / dense_row['tflops']:.2f}"
 
 
-def write_outputs(folder: Path, stem: str, text: str, info, rows) -> None:
-    import json
-
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{stem}.md").write_text(text, encoding="utf-8")
-    (folder / f"{stem}.json").write_text(json.dumps({"provenance": info, "records": rows}, indent=1,
-                                                    default=harness._json_number), encoding="utf-8")
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    lines = [f"# {line}" for line in harness.provenance_lines(info)] + [",".join(columns)]
-    lines += [",".join(str(row.get(c, "")) for c in columns) for row in rows]
-    (folder / f"{stem}.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
@@ -396,7 +351,7 @@ def main(argv=None) -> int:
     sys.stdout.write(text)
     if args.output is not None:
         stem = f"runtime_{'smoke-varlen' if args.smoke else 'varlen'}_{args.dtype}_{args.mask}"
-        write_outputs(args.output, stem, text, info, rows)
+        harness.write_rows(args.output, stem, text, info, rows)
     return 0
 
 
