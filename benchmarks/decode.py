@@ -1,7 +1,7 @@
 """Decode runtime: a few query rows against a long KV cache, in µs per call and TB/s of K/V read.
 
     python benchmarks/runtime.py --grid decode --markdown --output results/
-    python benchmarks/runtime.py --grid decode --smoke        # CPU too (TRITON_INTERPRET=1); numbers meaningless
+    python benchmarks/runtime.py --grid decode --smoke        # CPU too (the Triton interpreter); numbers meaningless
 
 Every sequence's cache is full (cache_seqlens = keys), so each method reads the same B x Hkv x keys x D x 2 K/V
 elements and the peers, which take plain (B, H, N, D) tensors, compute the same function. TB/s counts those bytes once

@@ -134,7 +134,8 @@ def parse_args(command: str, description: str, argv: list[str] | None) -> argpar
     parser.add_argument("--markdown", action="store_true", help="markdown tables on stdout (default: plain text)")
     parser.add_argument("--output", type=Path, help="also write .md, .json, .csv and .png into this folder")
     parser.add_argument("--smoke", action="store_true",
-                        help="tiny shapes that also run on CPU (TRITON_INTERPRET=1); the numbers mean nothing")
+                        help="tiny shapes that also run on CPU (the Triton kernel under its interpreter: "
+                             "TRITON_INTERPRET=1 is set for you); the numbers mean nothing")
     parser.add_argument("--warmup-ms", type=float, default=25.0, help="GPU timing: warm-up per method and shape")
     parser.add_argument("--rep-ms", type=float, default=200.0, help="GPU timing: time spent repeating per cell")
     parser.add_argument("--host", action="store_true", help=HOST_HELP)
@@ -176,7 +177,7 @@ def pick_device(args) -> torch.device:
     print(
         f"error: no CUDA GPU found (torch.cuda.is_available() is False, torch {torch.__version__}).\n"
         f"These benchmarks measure GPU kernels. Run on a machine with an NVIDIA GPU, or pass --smoke to run the "
-        f"whole path on CPU with tiny shapes (with TRITON_INTERPRET=1 for the triton backend; numbers meaningless).",
+        f"whole path on CPU with tiny shapes (the triton backend under its interpreter; numbers meaningless).",
         file=sys.stderr,
     )
     sys.exit(2)
@@ -741,12 +742,39 @@ def provenance(device: torch.device) -> dict[str, str]:
         "cuda": torch.version.cuda or "n/a (CPU build of torch)",
         "torch": torch.__version__,
         "triton": triton_version,
-        "cudnn": str(cudnn) if cudnn else "n/a",
+        "cudnn": cudnn_version_text(cudnn) if cudnn else "n/a",
         "python": platform.python_version(),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "commit": git_commit(),
         "command": " ".join(["python", *sys.argv]),
     }
+
+
+def cudnn_version_text(version: int) -> str:
+    """torch.backends.cudnn.version()'s integer as major.minor.patch: cuDNN 9 encodes 9.19.0 as 91900 (major x 10000),
+    cuDNN 8 encoded 8.9.2 as 8902 (major x 1000)."""
+    if version >= 90000:
+        return f"{version // 10000}.{version // 100 % 100}.{version % 100}"
+    return f"{version // 1000}.{version // 100 % 10}.{version % 100}"
+
+
+def strict_json(value):
+    """`value` with every non-finite float as None, for json.dumps(..., allow_nan=False): JSON has no NaN or Infinity
+    (Python's json writes them, and strict parsers refuse the file)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(item) for item in value]
+    return value
+
+
+def prepare_smoke_environment(argv: list[str]) -> None:
+    """A --smoke run on a machine without a GPU runs the Triton kernel under its interpreter: set TRITON_INTERPRET=1
+    (unless the caller set it) before anything imports triton, which picks the interpreter at decoration time."""
+    if "--smoke" in argv and not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def provenance_lines(info: dict[str, str]) -> list[str]:
@@ -777,8 +805,9 @@ class Report:
         markdown_path, json_path, csv_path, png_path = paths
         markdown_path.write_text(self.document(markdown=True), encoding="utf-8")
         rows = [record.flat() for record in self.records]
-        json_path.write_text(json.dumps({"title": self.title, "provenance": self.info, "records": rows}, indent=1,
-                                        default=_json_number), encoding="utf-8")
+        document = {"title": self.title, "provenance": self.info, "records": rows}
+        json_path.write_text(json.dumps(strict_json(document), indent=1, allow_nan=False, default=_json_fallback),
+                             encoding="utf-8")
         csv_path.write_text(self._csv(rows), encoding="utf-8")
         self._png(png_path)
         return paths
@@ -863,16 +892,18 @@ def write_rows(folder: Path, stem: str, text: str, info: dict, rows: list[dict])
     """The report as markdown, and its rows as JSON (with the provenance) and CSV (provenance as comments)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{stem}.md").write_text(text, encoding="utf-8")
-    (folder / f"{stem}.json").write_text(json.dumps({"provenance": info, "records": rows}, indent=1,
-                                                    default=_json_number), encoding="utf-8")
+    document = {"provenance": info, "records": rows}
+    (folder / f"{stem}.json").write_text(json.dumps(strict_json(document), indent=1, allow_nan=False,
+                                                    default=_json_fallback), encoding="utf-8")
     columns = list(dict.fromkeys(key for row in rows for key in row))
     lines = [f"# {line}" for line in provenance_lines(info)] + [",".join(columns)]
     lines += [",".join(str(row.get(column, "")) for column in columns) for row in rows]
     (folder / f"{stem}.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def _json_number(value):
-    return None if isinstance(value, float) and not math.isfinite(value) else str(value)
+def _json_fallback(value):
+    """JSON for values json cannot write (numpy scalars, paths): their text."""
+    return str(value)
 
 
 def plot_by_head_dim(figure, records: list[Record], value_key: str, ylabel: str, log_y: bool = False) -> None:

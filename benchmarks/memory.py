@@ -3,7 +3,7 @@ the fused kernels' O(N)), and the absolute peak.
 
     python benchmarks/memory.py                             # pixi run bench-memory
     python benchmarks/memory.py --grid paper --markdown --output results/
-    TRITON_INTERPRET=1 python benchmarks/memory.py --smoke --markdown    # CPU: the table renders, figures are n/a
+    python benchmarks/memory.py --smoke --markdown          # CPU: the table renders, figures are n/a
 """
 
 from __future__ import annotations
@@ -96,4 +96,5 @@ def _inputs_mib(shape) -> float:
 
 
 if __name__ == "__main__":
+    harness.prepare_smoke_environment(sys.argv[1:])
     sys.exit(harness.main("memory", __doc__.splitlines()[0], measure, make_report))

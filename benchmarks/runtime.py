@@ -4,7 +4,7 @@
     python benchmarks/runtime.py --grid paper --mask both --output results/
     python benchmarks/runtime.py --grid decode --markdown   # KV-cache decoding: µs and TB/s (benchmarks/decode.py)
     python benchmarks/runtime.py --grid varlen --markdown   # packed ragged batches (benchmarks/varlen.py)
-    TRITON_INTERPRET=1 python benchmarks/runtime.py --smoke --markdown   # CPU, tiny shapes, numbers meaningless
+    python benchmarks/runtime.py --smoke --markdown         # CPU too (the Triton interpreter), numbers meaningless
 """
 
 from __future__ import annotations
@@ -123,6 +123,7 @@ def _own_module_grid(argv: list[str]) -> str | None:
 
 
 if __name__ == "__main__":
+    harness.prepare_smoke_environment(sys.argv[1:])
     grid_module = _own_module_grid(sys.argv[1:])
     if grid_module is not None:
         import importlib

@@ -2,7 +2,7 @@
 and, on batches of equal lengths, SDPA on the same sequences as a dense (B, H, N, D) batch.
 
     python benchmarks/runtime.py --grid varlen --markdown --output results/
-    python benchmarks/runtime.py --grid varlen --smoke        # CPU too (TRITON_INTERPRET=1); numbers meaningless
+    python benchmarks/runtime.py --grid varlen --smoke        # CPU too (the Triton interpreter); numbers meaningless
 
 Each row packs sequences of the lengths its mix names into one stream of about `tokens` rows, the same lengths for
 queries and keys (self-attention of a prefill or a packed training batch). A mix of equal lengths is the dense batch

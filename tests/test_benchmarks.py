@@ -276,3 +276,30 @@ def test_varlen_grid_smoke_runs_and_writes_results(tmp_path):
     if "triton" in MUST_RUN_ON_CPU:
         triton_rows = [r for r in written["records"] if r["method"] == "triton"]
         assert len(triton_rows) == 6 and all(r["status"] == "ok" and r["ms"] > 0 for r in triton_rows), triton_rows
+
+
+def test_smoke_runs_set_the_interpreter_themselves_and_write_strict_json(tmp_path):
+    """`--smoke` on a machine without a GPU needs no TRITON_INTERPRET from the caller, and the JSON has no NaN or
+    Infinity (a strict parser reads it)."""
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "runtime.py"), "--smoke", "--markdown", "--methods",
+                             "baseline,triton", "--head-dims", "32", "--tokens", "16", "--output", str(tmp_path)],
+                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=150)
+    assert result.returncode == 0, result.stderr
+    text = (tmp_path / "runtime_smoke-custom_fp16.json").read_text()
+
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    records = json.loads(text, parse_constant=refuse)["records"]
+    if "triton" in MUST_RUN_ON_CPU:
+        assert any(r["method"] == "triton" and r["status"] == "ok" for r in records), records
+
+
+def test_strict_json_and_the_cudnn_version():
+    assert harness.strict_json({"a": [1.0, float("inf")], "b": (float("nan"), "x")}) == {"a": [1.0, None],
+                                                                                          "b": [None, "x"]}
+    assert harness.cudnn_version_text(91900) == "9.19.0"
+    assert harness.cudnn_version_text(90100) == "9.1.0"
+    assert harness.cudnn_version_text(8902) == "8.9.2"
