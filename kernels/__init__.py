@@ -10,6 +10,9 @@ multiple of heads_kv. See README.md for the whole contract.
 from __future__ import annotations
 
 import importlib
+from typing import Union
+
+import torch
 
 from ._device import capability
 from ._merge import merge_attention_states
@@ -71,7 +74,7 @@ def _backend_module(name: str):
     return _MODULES[name]
 
 
-def backend_unavailable_reason(name: str, query=None) -> str | None:
+def backend_unavailable_reason(name: str, query: torch.Tensor | None = None) -> str | None:
     """None if backend `name` can run on `query`'s device (here, now), else a sentence saying why not."""
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {name!r}")
@@ -80,7 +83,7 @@ def backend_unavailable_reason(name: str, query=None) -> str | None:
     return _MODULES[name].unavailable_reason(query)
 
 
-def available_backends(query=None) -> list[str]:
+def available_backends(query: torch.Tensor | None = None) -> list[str]:
     """The backends that can run on `query` (or, without it, on this machine's default device)."""
     return [name for name in BACKENDS if backend_unavailable_reason(name, query) is None]
 
@@ -112,7 +115,12 @@ def _check_backend_name(backend) -> None:
         raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
 
 
-def attention(query, key, value, *, causal=False, softmax_scale=None, return_lse=False, backend="auto"):
+# What the attention calls return: the output, or (output, log-sum-exp) with return_lse=True.
+AttentionResult = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
+
+
+def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *, causal: bool = False,
+              softmax_scale: float | None = None, return_lse: bool = False, backend: str = "auto") -> AttentionResult:
     """Scaled dot-product attention, forward only.
 
     Args:
@@ -156,9 +164,11 @@ def _kvcache_backend_module(name: str, query, key_cache, value_cache):
     return _MODULES["naive"]
 
 
-def attention_with_kvcache(query, key_cache, value_cache, *, cache_seqlens=None, block_table=None, key=None,
-                           value=None, causal=False, softmax_scale=None, return_lse=False, num_splits=None,
-                           backend="auto"):
+def attention_with_kvcache(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, *,
+                           cache_seqlens: torch.Tensor | None = None, block_table: torch.Tensor | None = None,
+                           key: torch.Tensor | None = None, value: torch.Tensor | None = None, causal: bool = False,
+                           softmax_scale: float | None = None, return_lse: bool = False,
+                           num_splits: int | None = None, backend: str = "auto") -> AttentionResult:
     """Attention of a few new query rows against a KV cache (decoding), contiguous or paged, with an in-place append.
 
     Args:
@@ -216,8 +226,10 @@ def _varlen_backend_module(name: str, query, causal: bool):
     return _MODULES["naive"]
 
 
-def attention_varlen(query, key, value, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal=False,
-                     softmax_scale=None, return_lse=False, backend="auto"):
+def attention_varlen(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                     cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, *, causal: bool = False,
+                     softmax_scale: float | None = None, return_lse: bool = False,
+                     backend: str = "auto") -> AttentionResult:
     """Attention over a batch of sequences of different lengths, packed one after another (no padding).
 
     Args:

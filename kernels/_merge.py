@@ -8,6 +8,8 @@ sequence's suffix, ring attention).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 __all__ = ["merge_attention_states"]
@@ -28,7 +30,8 @@ def _stacked(name: str, parts) -> torch.Tensor:
     return torch.stack(list(parts))
 
 
-def merge_attention_states(outs, lses):
+def merge_attention_states(outs: Sequence[torch.Tensor] | torch.Tensor,
+                           lses: Sequence[torch.Tensor] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Combine partial attention results over disjoint key sets into the result over all of them.
 
     Args:

@@ -92,3 +92,16 @@ def test_the_folder_imported_as_kernels_registers_no_op_twice():
             "assert kernels._MODULES['triton'] is flash_attention._MODULES['triton']; "
             "assert not [name for name in sys.modules if name in ('kernels.triton', 'kernels.cuda', 'kernels.naive')]")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, env={**os.environ, "TRITON_INTERPRET": "1"})
+
+
+def test_license_and_types_ship_with_the_package():
+    """The MIT license pyproject names is a file, and the package marks itself typed (PEP 561) and ships the marker."""
+    assert "MIT License" in (ROOT / "LICENSE").read_text()
+    assert tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license"] == {"text": "MIT"}
+    assert (ROOT / "kernels" / "py.typed").is_file()
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert "py.typed" in package_data["flash_attention"]
+    import flash_attention
+
+    annotations = flash_attention.attention.__annotations__
+    assert annotations["return"] == "AttentionResult" and annotations["query"] == "torch.Tensor"
