@@ -118,9 +118,11 @@ def _method_list(text: str) -> tuple[str, ...]:
 
 def parse_args(command: str, description: str, argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=f"{command}.py", description=description)
+    timing = command == "runtime"  # memory.py measures allocations: no timing options
+    grids_of_their_own = " (also --grid decode and --grid varlen, each with its own options)" if timing else ""
     parser.add_argument("--grid", choices=("seed", "paper"), default="seed",
-                        help="seed: the original repo's grid (emb_dim 512); paper: 16k tokens per batch, hidden 2048 "
-                             "(runtime.py also takes --grid decode and --grid varlen, each with its own options)")
+                        help="seed: the original repo's grid (emb_dim 512); paper: 16k tokens per batch, hidden "
+                             f"2048{grids_of_their_own}")
     parser.add_argument("--head-dims", type=_int_list, help="comma-separated, e.g. 64,128 (overrides the grid)")
     parser.add_argument("--tokens", type=_int_list, help="comma-separated sequence lengths (overrides the grid)")
     parser.add_argument("--batch", type=int, help="fixed batch size (default: 16384 // tokens)")
@@ -136,10 +138,14 @@ def parse_args(command: str, description: str, argv: list[str] | None) -> argpar
     parser.add_argument("--smoke", action="store_true",
                         help="tiny shapes that also run on CPU (the Triton kernel under its interpreter: "
                              "TRITON_INTERPRET=1 is set for you); the numbers mean nothing")
-    parser.add_argument("--warmup-ms", type=float, default=25.0, help="GPU timing: warm-up per method and shape")
-    parser.add_argument("--rep-ms", type=float, default=200.0, help="GPU timing: time spent repeating per cell")
-    parser.add_argument("--host", action="store_true", help=HOST_HELP)
+    if timing:
+        parser.add_argument("--warmup-ms", type=float, default=25.0, help="GPU timing: warm-up per method and shape")
+        parser.add_argument("--rep-ms", type=float, default=200.0, help="GPU timing: time spent repeating per cell")
+        parser.add_argument("--host", action="store_true", help=HOST_HELP)
     args = parser.parse_args(argv)
+    if not timing:
+        args.warmup_ms = args.rep_ms = None
+        args.host = False
     args.command = command
     if args.causal and args.mask not in (None, "causal"):
         parser.error("--causal contradicts --mask " + args.mask)
@@ -953,7 +959,7 @@ def main(command: str, description: str, measure: Callable, make_report: Callabl
     shapes = sweep_shapes(grid, masks_from_args(args), args.dtype)
     methods, method_notes = build_methods(args.methods)
     args.device = device
-    if args.smoke and device.type == "cuda":  # tiny shapes need no long timing
+    if args.smoke and device.type == "cuda" and args.warmup_ms is not None:  # tiny shapes need no long timing
         args.warmup_ms, args.rep_ms = min(args.warmup_ms, 5.0), min(args.rep_ms, 20.0)
     records = run_sweep(shapes, methods, device, lambda *cell: measure(args, *cell))
     report = make_report(args, grid_name, provenance(device), records, [m.name for m in methods], method_notes)

@@ -97,4 +97,4 @@ def _inputs_mib(shape) -> float:
 
 if __name__ == "__main__":
     harness.prepare_smoke_environment(sys.argv[1:])
-    sys.exit(harness.main("memory", __doc__.splitlines()[0], measure, make_report))
+    sys.exit(harness.main("memory", __doc__.split("\n\n")[0].replace("\n", " "), measure, make_report))

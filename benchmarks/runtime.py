@@ -129,4 +129,4 @@ if __name__ == "__main__":
         import importlib
 
         sys.exit(importlib.import_module(grid_module).main(sys.argv[1:]))
-    sys.exit(harness.main("runtime", __doc__.splitlines()[0], measure, make_report))
+    sys.exit(harness.main("runtime", __doc__.split("\n\n")[0].replace("\n", " "), measure, make_report))

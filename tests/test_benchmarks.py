@@ -303,3 +303,12 @@ def test_strict_json_and_the_cudnn_version():
     assert harness.cudnn_version_text(91900) == "9.19.0"
     assert harness.cudnn_version_text(90100) == "9.1.0"
     assert harness.cudnn_version_text(8902) == "8.9.2"
+
+
+def test_memory_help_is_whole_and_takes_no_timing_flags():
+    """memory.py measures allocations: its help carries its whole description and no timing options, and a timing
+    flag is an error rather than silently ignored."""
+    help_text = run_command("memory.py", "--help").stdout
+    assert "and the absolute peak" in " ".join(help_text.split()) and "--rep-ms" not in help_text
+    result = run_command("memory.py", "--smoke", "--rep-ms", "3")
+    assert result.returncode == 2 and "unrecognized arguments: --rep-ms" in result.stderr
