@@ -106,6 +106,19 @@ def check_attention_args(query, key, value, *, causal, softmax_scale, return_lse
     return AttentionShape(batch, heads_q, heads_kv, seqlen_q, seqlen_k, head_dim, scale)
 
 
+def attention_entry_point(run_validated, backend: str):
+    """A backend's public `attention`: validate, then its `run_validated` (the same for every backend, as
+    kvcache_entry_point and varlen_entry_point are for the other calls)."""
+
+    def attention(query, key, value, *, causal=False, softmax_scale=None, return_lse=False):
+        shape = check_attention_args(query, key, value, causal=causal, softmax_scale=softmax_scale,
+                                     return_lse=return_lse)
+        return run_validated(query, key, value, shape, causal=causal, return_lse=return_lse)
+
+    attention.__doc__ = f"The {backend} backend's attention; the contract is flash_attention.attention's."
+    return attention
+
+
 def check_cuda_tensor(backend: str, query: torch.Tensor) -> None:
     """Kernels that need a GPU refuse CPU tensors with a message that says what to do instead."""
     if query.device.type != "cuda":

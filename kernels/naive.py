@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ._validation import check_attention_args, empty_like_query, varlen_entry_point
+from ._validation import attention_entry_point, empty_like_query, varlen_entry_point
 
 __all__ = ["attention", "run_validated", "attention_varlen", "run_varlen_validated", "unavailable_reason"]
 
@@ -22,13 +22,6 @@ def causal_mask(seqlen_q: int, seqlen_k: int, device) -> torch.Tensor:
     rows = torch.arange(seqlen_q, device=device)[:, None]
     cols = torch.arange(seqlen_k, device=device)[None, :]
     return cols <= rows + (seqlen_k - seqlen_q)
-
-
-def attention(query, key, value, *, causal=False, softmax_scale=None, return_lse=False):
-    shape = check_attention_args(
-        query, key, value, causal=causal, softmax_scale=softmax_scale, return_lse=return_lse
-    )
-    return run_validated(query, key, value, shape, causal=causal, return_lse=return_lse)
 
 
 def run_validated(query, key, value, shape, *, causal, return_lse):
@@ -53,6 +46,9 @@ def run_validated(query, key, value, shape, *, causal, return_lse):
         return out
     lse = torch.logsumexp(scores.float(), dim=-1).flatten(1, 2)
     return out, lse
+
+
+attention = attention_entry_point(run_validated, "naive")
 
 
 # ------------------------------------------------------------------------------------------------ the KV-cache call

@@ -24,8 +24,8 @@ from .. import _decode_plan
 from .._custom_op import use_registered_op
 from .._device import capability, device_index
 from .._validation import (
-    cache_geometry, check_attention_args, check_cuda_tensor, empty_like_query, empty_varlen_lse, kvcache_entry_point,
-    varlen_entry_point,
+    attention_entry_point, cache_geometry, check_cuda_tensor, empty_like_query, empty_varlen_lse,
+    kvcache_entry_point, varlen_entry_point,
 )
 from . import _loader
 
@@ -240,14 +240,6 @@ def _with_positive_scale(query, softmax_scale: float):
     return query * 0.0, 1.0
 
 
-def attention(query, key, value, *, causal=False, softmax_scale=None, return_lse=False):
-    """FlashAttention-2 forward on the GPU; same contract as ``flash_attention.attention``."""
-    shape = check_attention_args(
-        query, key, value, causal=causal, softmax_scale=softmax_scale, return_lse=return_lse
-    )
-    return run_validated(query, key, value, shape, causal=causal, return_lse=return_lse)
-
-
 # What picks a kernel, for every kernel this process has loaded. A call whose key is here skips the capability check
 # and the loader (path, lock and cache lookups: about 40% of the host time of a call, measured on the H100), which
 # at short sequence lengths is what the GPU waits for. The variable is in the key because it switches the family.
@@ -295,6 +287,9 @@ def run_validated(query, key, value, shape, *, causal, return_lse):
             _CUDA_KERNEL_ONLY, query, key, value, causal, softmax_scale
         )
     return (out, lse) if return_lse else out
+
+
+attention = attention_entry_point(run_validated, "cuda")
 
 
 # ------------------------------------------------------------------------------------------------ decode

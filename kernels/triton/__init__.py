@@ -20,7 +20,7 @@ import triton
 from .._custom_op import use_registered_op
 from .._device import capability, device_index
 from .._validation import (
-    check_attention_args, empty_like_query, empty_lse, empty_varlen_lse, kvcache_entry_point, varlen_entry_point,
+    attention_entry_point, empty_like_query, empty_lse, empty_varlen_lse, kvcache_entry_point, varlen_entry_point,
 )
 from .. import _decode_plan
 from . import _decode
@@ -228,14 +228,6 @@ def _forward_only(ctx, grad_out, grad_lse):
 _triton_fwd.register_autograd(_forward_only)
 
 
-def attention(query, key, value, *, causal=False, softmax_scale=None, return_lse=False):
-    """Triton FlashAttention forward; the contract is flash_attention.attention's."""
-    shape = check_attention_args(
-        query, key, value, causal=causal, softmax_scale=softmax_scale, return_lse=return_lse
-    )
-    return run_validated(query, key, value, shape, causal=causal, return_lse=return_lse)
-
-
 def run_validated(query, key, value, shape, *, causal, return_lse):
     """`attention` after check_attention_args (which returned `shape`): flash_attention.attention validates once."""
     reason = unavailable_reason(query)
@@ -246,6 +238,9 @@ def run_validated(query, key, value, shape, *, causal, return_lse):
     else:
         out, lse = _launch(query, key, value, causal, shape.softmax_scale)
     return (out, lse) if return_lse else out
+
+
+attention = attention_entry_point(run_validated, "triton")
 
 
 # ------------------------------------------------------------------------------------------------ the KV-cache call
