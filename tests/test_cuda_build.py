@@ -361,3 +361,29 @@ def test_two_processes_loading_from_a_cold_cache_share_one_build(tmp_path):
     outputs = [proc.communicate(timeout=120)[0] for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0], outputs
     assert sorted(log.read_text().split()) == ["build-None", "build-fwd_hdim64_fp16", "loaded", "loaded"]
+
+
+def test_auto_says_once_that_it_passes_over_an_unbuilt_kernel_and_can_build_on_first_use(monkeypatch):
+    """On a GPU where the cuda backend leads but its kernel is not built, `auto` moves on and says so once per process
+    with the build command; BUILD_ON_FIRST_USE lets it take the kernel (the call then builds it)."""
+    import warnings
+
+    query = torch.empty(1, 4, 256, 128, dtype=torch.float16)
+    monkeypatch.setattr(fa_cuda, "unavailable_reason", lambda query=None: None)
+    monkeypatch.setattr(fa_cuda, "capability", lambda query=None: (9, 0))
+    monkeypatch.setattr(_loader, "is_built", lambda arch, kernels=(): False)
+    monkeypatch.setattr(fa_cuda, "_told_unbuilt", False)
+    monkeypatch.setattr(fa_cuda, "BUILD_ON_FIRST_USE", False)
+    with pytest.warns(UserWarning, match=r"fwd_sm90_hdim128_fp16 is not built.*python -m flash_attention\.cuda\.build"):
+        assert not fa_cuda.auto_eligible(query, False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not fa_cuda.auto_eligible(query, True)  # said once per process
+        monkeypatch.setattr(fa_cuda, "BUILD_ON_FIRST_USE", True)
+        assert fa_cuda.auto_eligible(query, False)
+    # A head dim the Hopper family does not cover is not the cuda backend's to take: nothing to say.
+    monkeypatch.setattr(fa_cuda, "_told_unbuilt", False)
+    monkeypatch.setattr(fa_cuda, "BUILD_ON_FIRST_USE", False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not fa_cuda.auto_eligible(torch.empty(1, 4, 256, 96, dtype=torch.float16), False)

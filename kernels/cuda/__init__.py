@@ -6,7 +6,9 @@ and on compute capability 9.0 a Hopper family (TMA, warpgroup MMAs, warp special
 The first call of a kind (head dim, dtype, mask) in a fresh cache builds the binding and that one kernel for the GPU in
 hand (under a minute; see ``_loader``); ``python -m flash_attention.cuda.build`` builds every kernel ahead of time.
 ``backend="auto"`` picks this backend only once the kernel a call needs is built (:func:`auto_eligible`), so
-automatic selection never starts a surprise build.
+automatic selection never starts a surprise build; where it passes over an unbuilt kernel it says so once per process,
+naming the build command. ``BUILD_ON_FIRST_USE = True`` (or ``FLASH_ATTENTION_BUILD_ON_FIRST_USE=1``, read once at
+import) lets ``auto`` take the kernel anyway and build it on that call.
 
 The kernel is the op ``torch.ops.flash_attention.cuda_fwd(q, k, v, causal, softmax_scale) -> (out, lse)``: its schema,
 fake implementation (for torch.compile / FakeTensor) and autograd rule live here, its CUDA implementation in
@@ -17,6 +19,7 @@ and the KV-cache ops ``cuda_decode`` and ``cuda_kvcache_append``. Forward only: 
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
@@ -40,6 +43,11 @@ _VARLEN_OP_NAME = "flash_attention::cuda_varlen_fwd"
 _DECODE_OP_NAME = "flash_attention::cuda_decode"
 _APPEND_OP_NAME = "flash_attention::cuda_kvcache_append"
 _CUDA_KERNEL_ONLY = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
+# Whether `auto` takes a kernel that is not built yet, building it on the call (tens of seconds, once per kernel and
+# cache) instead of running another backend. Off by default: a first call should not stall without being asked to.
+BUILD_ON_FIRST_USE = os.environ.get("FLASH_ATTENTION_BUILD_ON_FIRST_USE", "0") == "1"
+BUILD_COMMAND = "python -m flash_attention.cuda.build"
+_told_unbuilt = False
 _LOG2E = 1.4426950408889634
 _FLOAT32_TINY = torch.finfo(torch.float32).tiny
 
@@ -224,8 +232,25 @@ def auto_eligible(query, causal: bool = False, key=None) -> bool:
         return _decode_auto_eligible(query, key.shape[1])
     if major_minor == (9, 0) and not sm90_family_covers(query.shape[-1]):
         return False
-    stem = kernel_stem(major_minor, query.shape[-1], query.dtype, causal)
-    return _loader.is_built(f"{major_minor[0]}{major_minor[1]}", (stem,))
+    return _built_for_auto(query, kernel_stem(major_minor, query.shape[-1], query.dtype, causal))
+
+
+def _built_for_auto(query, stem: str) -> bool:
+    """Whether `auto` may take kernel `stem`: built (or loaded) for this GPU, or BUILD_ON_FIRST_USE set (the call then
+    builds it). Otherwise `auto` moves on to the next backend, and the first time in a process it says so with the
+    build command: on a GPU where this backend leads, a new user would otherwise run the slower one without knowing."""
+    global _told_unbuilt
+    major, minor = capability(query)
+    if _loader.is_built(f"{major}{minor}", (stem,)) or BUILD_ON_FIRST_USE:
+        return True
+    if not _told_unbuilt:
+        _told_unbuilt = True
+        warnings.warn(
+            f"flash_attention: backend='auto' runs another backend because the cuda backend's kernel {stem} is not "
+            f"built for this GPU yet (auto never starts a build). Build every kernel once with `{BUILD_COMMAND}` "
+            f"(about two minutes on 16 cores; cached per user), or set flash_attention.cuda.BUILD_ON_FIRST_USE = True "
+            f"(FLASH_ATTENTION_BUILD_ON_FIRST_USE=1) to build each kernel on its first call.", stacklevel=5)
+    return False
 
 
 def _with_positive_scale(query, softmax_scale: float):
@@ -325,8 +350,7 @@ def _decode_auto_eligible(query, heads_kv: int) -> bool:
     reached 0.98-1.00: results/runtime_decode-heads_bf16.md). And only once it is built (`auto` never builds)."""
     if query.shape[1] // heads_kv * query.shape[2] > _DECODE_ROWS:
         return False
-    major, minor = capability(query)
-    return _loader.is_built(f"{major}{minor}", (decode_kernel_stem(query.shape[-1], query.dtype),))
+    return _built_for_auto(query, decode_kernel_stem(query.shape[-1], query.dtype))
 
 
 def kvcache_auto_eligible(query, key_cache, value_cache) -> bool:
@@ -404,7 +428,7 @@ def varlen_auto_eligible(query, causal: bool = False) -> bool:
     """Whether `auto` should take this backend for a varlen call: where its varlen kernel runs, once built."""
     if unavailable_reason(query) is not None or varlen_unsupported_reason(query) is not None:
         return False
-    return _loader.is_built("90", (_varlen_stem(query, causal),))
+    return _built_for_auto(query, _varlen_stem(query, causal))
 
 
 def _ensure_varlen_kernel_loaded(query, causal: bool) -> None:
