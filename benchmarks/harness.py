@@ -913,7 +913,8 @@ def _json_fallback(value):
 
 
 def plot_by_head_dim(figure, records: list[Record], value_key: str, ylabel: str, log_y: bool = False) -> None:
-    """One panel per (mask, head_dim), one line per method: value against num_tokens."""
+    """One panel per (mask, head_dim), one line per method: value against num_tokens. Every requested method is in
+    each panel's legend: one with no value there is listed with its status (unavailable, error, oom), not dropped."""
     panels = sorted({(r.shape.causal, r.shape.head_dim) for r in records})
     methods = list(dict.fromkeys(r.method for r in records))
     columns = max(1, len({head_dim for _, head_dim in panels}))
@@ -926,19 +927,24 @@ def plot_by_head_dim(figure, records: list[Record], value_key: str, ylabel: str,
                             and r.measured and r.values.get(value_key) is not None)
             if points:
                 axes.plot(*zip(*points), marker="o", label=method)
+            else:
+                statuses = sorted({r.status for r in records if r.method == method
+                                   and (r.shape.causal, r.shape.head_dim) == (causal, head_dim)})
+                axes.plot([], [], linestyle="none", marker="x", color="gray",
+                          label=f"{method}: {', '.join(statuses) or 'no value'}")
         axes.set_xscale("log", base=2)
         tokens = sorted({r.shape.tokens for r in records})
         axes.set_xticks(tokens, [str(n) for n in tokens])
         axes.minorticks_off()
-        if log_y:
+        has_values = any(len(line.get_xdata()) for line in axes.lines)
+        if log_y and has_values:
             axes.set_yscale("log")
         axes.set_title(f"head_dim {head_dim}, {'causal' if causal else 'no mask'}", fontsize=9)
         axes.set_xlabel("num_tokens")
         axes.set_ylabel(ylabel)
         axes.grid(True, alpha=0.3)
-        if axes.lines:
-            axes.legend(fontsize=7)
-        else:
+        axes.legend(fontsize=7)
+        if not has_values:
             axes.text(0.5, 0.5, "no measurements", ha="center", va="center", transform=axes.transAxes)
 
 

@@ -312,3 +312,19 @@ def test_memory_help_is_whole_and_takes_no_timing_flags():
     assert "and the absolute peak" in " ".join(help_text.split()) and "--rep-ms" not in help_text
     result = run_command("memory.py", "--smoke", "--rep-ms", "3")
     assert result.returncode == 2 and "unrecognized arguments: --rep-ms" in result.stderr
+
+
+def test_the_plot_lists_every_method_with_the_status_of_those_that_did_not_run():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    shape = harness.Shape(head_dim=32, batch=1, heads=2, tokens=16, causal=False, dtype="fp16")
+    records = [harness.Record(shape, "baseline", values={"tflops": 1.0}),
+               harness.Record(shape, "cuda", status="unavailable", note="no GPU")]
+    figure = pyplot.figure()
+    harness.plot_by_head_dim(figure, records, "tflops", "TFLOPS")
+    labels = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    pyplot.close(figure)
+    assert labels == ["baseline", "cuda: unavailable"]
