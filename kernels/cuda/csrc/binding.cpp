@@ -302,6 +302,11 @@ std::tuple<at::Tensor, at::Tensor> cuda_varlen_fwd(const at::Tensor& q_in, const
   at::Tensor out_aligned = packed_for_16_byte_loads(out);
   at::Tensor lse = at::empty({heads_q, total_q}, q_in.options().dtype(at::kFloat));
   if (total_q == 0 || max_seqlen_q == 0) return {out, lse};  // no query row belongs to a sequence
+  if (total_k == 0) {  // every sequence has no keys (and TMA has no zero-sized tensors): 0 and LSE -inf
+    out.zero_();
+    lse.fill_(-INFINITY);
+    return {out, lse};
+  }
 
   const int device = q_in.device().index();
   int major = 0, minor = 0;
