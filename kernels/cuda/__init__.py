@@ -165,6 +165,11 @@ def kernel_stem(major_minor: tuple[int, int], head_dim: int, dtype: torch.dtype,
     compute capability 9.0 where it covers the head dim (unless FLASH_ATTENTION_CUDA_KERNEL=sm80), else the SM80 one."""
     sm90 = (tuple(major_minor) == (9, 0) and sm90_family_covers(head_dim)
             and os.environ.get("FLASH_ATTENTION_CUDA_KERNEL") != "sm80")
+    return _family_stem(sm90, head_dim, dtype, causal)
+
+
+def _family_stem(sm90: bool, head_dim: int, dtype: torch.dtype, causal: bool) -> str:
+    """csrc/<stem>.cu of a family's (padded head dim, dtype, mask) instantiation."""
     family = "fwd_sm90_hdim" if sm90 else "fwd_hdim"
     return f"{family}{_padded_head_dim(head_dim)}_{_DTYPE_NAMES[dtype]}{'_causal' if causal else ''}"
 
@@ -410,7 +415,7 @@ attention_with_kvcache = kvcache_entry_point(run_kvcache_validated, "cuda")
 def _varlen_stem(query, causal: bool) -> str:
     """The SM90 library that holds the varlen kernel of a packed call (each SM90 file holds the dense and the varlen
     kernel of its head dim, dtype and mask)."""
-    return f"fwd_sm90_hdim{_padded_head_dim(query.shape[-1])}_{_DTYPE_NAMES[query.dtype]}{'_causal' if causal else ''}"
+    return _family_stem(True, query.shape[-1], query.dtype, causal)
 
 
 def varlen_unsupported_reason(query) -> str | None:

@@ -108,9 +108,12 @@ void cuda_load_kernel(const std::string& path, const std::string& stem) {
 // sizes that round up to them; TMA zero-fills the padding columns): flash_attention.cuda.kernel_stem says the same in
 // Python, and a GPU test checks that the two agree. FLASH_ATTENTION_CUDA_KERNEL=sm80 holds such calls to the SM80
 // family (to test or time both on a Hopper GPU).
+bool sm90_head_dim(int padded_head_dim) {
+  return padded_head_dim == 64 || padded_head_dim == 128 || padded_head_dim == 256;
+}
+
 bool use_sm90_kernel(int major, int minor, int padded_head_dim) {
-  if (major != 9 || minor != 0) return false;
-  if (padded_head_dim != 64 && padded_head_dim != 128 && padded_head_dim != 256) return false;
+  if (major != 9 || minor != 0 || !sm90_head_dim(padded_head_dim)) return false;
   const char* family = std::getenv("FLASH_ATTENTION_CUDA_KERNEL");
   return family == nullptr || std::strcmp(family, "sm80") != 0;
 }
@@ -315,7 +318,7 @@ std::tuple<at::Tensor, at::Tensor> cuda_varlen_fwd(const at::Tensor& q_in, const
   TORCH_CHECK_VALUE(major == 9 && minor == 0, "flash_attention cuda: the varlen kernel runs on compute capability "
                     "9.0 only");
   const int padded = flash::padded_head_dim(static_cast<int>(head_dim));
-  TORCH_CHECK_VALUE(padded == 64 || padded == 128 || padded == 256,
+  TORCH_CHECK_VALUE(sm90_head_dim(padded),
                     "flash_attention cuda: the varlen kernel serves head dims 40-64, 104-128 and 200-256");
   const flash::DType kernel_dtype = dtype == at::kHalf ? flash::DType::kFloat16 : flash::DType::kBFloat16;
   const flash::FwdLaunchFn launch =
