@@ -166,6 +166,37 @@ flash::TileCounter* tile_counter_for(cudaStream_t stream, const at::TensorOption
   return counter;
 }
 
+// What every forward call fills alike: the operands' and outputs' pointers, the head counts, head_dim, the scale, the
+// mask and the device's limits (strides and lengths differ between dense and packed calls and are the caller's).
+// Attributes, not cudaGetDeviceProperties: cheap per call, and c10/cuda alone (no ATen/cuda, whose headers want
+// cuSPARSE and cuBLAS) is enough, so CI can compile this file without them.
+void fill_common_params(flash::FwdParams& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                        const at::Tensor& out, const at::Tensor& lse, int64_t heads_q, int64_t heads_kv,
+                        int64_t head_dim, double softmax_scale, bool causal, int device) {
+  p.q_ptr = q.data_ptr();
+  p.k_ptr = k.data_ptr();
+  p.v_ptr = v.data_ptr();
+  p.o_ptr = out.data_ptr();
+  p.lse_ptr = lse.data_ptr<float>();
+  p.heads_q = static_cast<int>(heads_q);
+  p.heads_kv = static_cast<int>(heads_kv);
+  p.group = static_cast<int>(heads_q / heads_kv);
+  p.head_dim = static_cast<int>(head_dim);
+  p.softmax_scale = static_cast<float>(softmax_scale);
+  p.scale_log2 = static_cast<float>(softmax_scale * M_LOG2E);
+  p.causal = causal;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&p.max_smem_per_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&p.num_sms, cudaDevAttrMultiProcessorCount, device));
+}
+
+// The compute capability of `device`, (major, minor).
+std::pair<int, int> compute_capability(int device) {
+  int major = 0, minor = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  return {major, minor};
+}
+
 std::tuple<at::Tensor, at::Tensor> cuda_fwd(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                                             bool causal, double softmax_scale) {
   TORCH_CHECK_VALUE(q_in.is_cuda() && k_in.is_cuda() && v_in.is_cuda(), "flash_attention cuda: inputs must be CUDA");
@@ -194,35 +225,18 @@ std::tuple<at::Tensor, at::Tensor> cuda_fwd(const at::Tensor& q_in, const at::Te
   at::Tensor out_aligned = aligned_for_16_byte_loads(out);  // empty_like of a dense query already is
   at::Tensor lse = at::empty({batch, heads_q, seqlen_q}, q_in.options().dtype(at::kFloat));
 
+  const int device = q_in.device().index();
   flash::FwdParams p{};
-  p.q_ptr = q.data_ptr();
-  p.k_ptr = k.data_ptr();
-  p.v_ptr = v.data_ptr();
-  p.o_ptr = out_aligned.data_ptr();
-  p.lse_ptr = lse.data_ptr<float>();
+  fill_common_params(p, q, k, v, out_aligned, lse, heads_q, heads_kv, head_dim, softmax_scale, causal, device);
   p.q_batch_stride = used_stride(q, 0), p.q_head_stride = used_stride(q, 1), p.q_row_stride = used_stride(q, 2);
   p.k_batch_stride = used_stride(k, 0), p.k_head_stride = used_stride(k, 1), p.k_row_stride = used_stride(k, 2);
   p.v_batch_stride = used_stride(v, 0), p.v_head_stride = used_stride(v, 1), p.v_row_stride = used_stride(v, 2);
   p.o_batch_stride = used_stride(out_aligned, 0), p.o_head_stride = used_stride(out_aligned, 1);
   p.o_row_stride = used_stride(out_aligned, 2);
   p.batch = static_cast<int>(batch);
-  p.heads_q = static_cast<int>(heads_q);
-  p.heads_kv = static_cast<int>(heads_kv);
-  p.group = static_cast<int>(heads_q / heads_kv);
   p.seqlen_q = static_cast<int>(seqlen_q);
   p.seqlen_k = static_cast<int>(seqlen_k);
-  p.head_dim = static_cast<int>(head_dim);
-  p.softmax_scale = static_cast<float>(softmax_scale);
-  p.scale_log2 = static_cast<float>(softmax_scale * M_LOG2E);
-  p.causal = causal;
-  // Attributes, not cudaGetDeviceProperties: cheap per call, and c10/cuda alone (no ATen/cuda, whose headers want
-  // cuSPARSE and cuBLAS) is enough, so CI can compile this file without them.
-  const int device = q_in.device().index();
-  int major = 0, minor = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&p.max_smem_per_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&p.num_sms, cudaDevAttrMultiProcessorCount, device));
+  const auto [major, minor] = compute_capability(device);
   const int padded = flash::padded_head_dim(p.head_dim);
   const flash::KernelFamily family =
       use_sm90_kernel(major, minor, padded) ? flash::KernelFamily::kSm90 : flash::KernelFamily::kSm80;
@@ -312,9 +326,7 @@ std::tuple<at::Tensor, at::Tensor> cuda_varlen_fwd(const at::Tensor& q_in, const
   }
 
   const int device = q_in.device().index();
-  int major = 0, minor = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  const auto [major, minor] = compute_capability(device);
   TORCH_CHECK_VALUE(major == 9 && minor == 0, "flash_attention cuda: the varlen kernel runs on compute capability "
                     "9.0 only");
   const int padded = flash::padded_head_dim(static_cast<int>(head_dim));
@@ -328,31 +340,18 @@ std::tuple<at::Tensor, at::Tensor> cuda_varlen_fwd(const at::Tensor& q_in, const
               " is not loaded: flash_attention.attention_varlen builds and loads it on first use");
 
   flash::FwdParams p{};
-  p.q_ptr = q.data_ptr();
-  p.k_ptr = k.data_ptr();
-  p.v_ptr = v.data_ptr();
-  p.o_ptr = out_aligned.data_ptr();
-  p.lse_ptr = lse.data_ptr<float>();
+  fill_common_params(p, q, k, v, out_aligned, lse, heads_q, heads_kv, head_dim, softmax_scale, causal, device);
   p.q_head_stride = used_stride(q, 1), p.q_row_stride = used_stride(q, 0);
   p.k_head_stride = used_stride(k, 1), p.k_row_stride = used_stride(k, 0);
   p.v_head_stride = used_stride(v, 1), p.v_row_stride = used_stride(v, 0);
   p.o_head_stride = used_stride(out_aligned, 1), p.o_row_stride = used_stride(out_aligned, 0);
   p.batch = static_cast<int>(batch);
-  p.heads_q = static_cast<int>(heads_q);
-  p.heads_kv = static_cast<int>(heads_kv);
-  p.group = static_cast<int>(heads_q / heads_kv);
   p.seqlen_q = static_cast<int>(std::min<int64_t>(max_seqlen_q, total_q));
   p.seqlen_k = static_cast<int>(std::min<int64_t>(max_seqlen_k, total_k));
-  p.head_dim = static_cast<int>(head_dim);
-  p.softmax_scale = static_cast<float>(softmax_scale);
-  p.scale_log2 = static_cast<float>(softmax_scale * M_LOG2E);
-  p.causal = causal;
   p.cu_seqlens_q = cu_seqlens_q.data_ptr<int>();
   p.cu_seqlens_k = cu_seqlens_k.data_ptr<int>();
   p.total_q = static_cast<int>(total_q);
   p.total_k = static_cast<int>(total_k);
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&p.max_smem_per_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&p.num_sms, cudaDevAttrMultiProcessorCount, device));
   // The tile list: its count, then its entries (flash::VarlenTile, 8 ints each), written by the list kernel.
   constexpr int64_t kEntryInts = sizeof(flash::VarlenTile) / sizeof(int32_t);
   at::Tensor tile_list = at::empty({kEntryInts + capacity * kEntryInts}, q_in.options().dtype(at::kInt));
