@@ -24,16 +24,7 @@ __all__ = [
     "available_backends", "backend_unavailable_reason", "__version__",
 ]
 
-# Every backend module exposes `attention(query, key, value, *, causal, softmax_scale, return_lse)`, the same after
-# validation as `run_validated(query, key, value, shape, *, causal, return_lse)`, and `unavailable_reason(query)`
-# -> str | None; it may expose `auto_eligible(query, causal) -> bool` (which implies unavailable_reason(query) is None)
-# to stay out of `auto`. For the KV-cache call each also exposes `run_kvcache_validated(query, key_cache,
-# value_cache, shape, *, cache_seqlens, block_table, key, value, causal, return_lse)` after check_kvcache_args, and
-# may expose `kvcache_auto_eligible(query, key_cache, value_cache) -> bool` to stay out of `auto` for such calls.
-# A backend that runs packed variable-length batches exposes `run_varlen_validated(query, key, value, cu_seqlens_q,
-# cu_seqlens_k, shape, *, causal, return_lse)` after check_varlen_args, and may expose `varlen_auto_eligible(query,
-# causal) -> bool`.
-# Importing them builds and compiles nothing: kernels compile on first use.
+# Every backend module meets _backend.Backend (a typing.Protocol: the calls it exposes and its optional `auto` hooks).
 BACKENDS = ("cuda", "triton", "naive")
 # `auto` takes the first backend in this order that can run the input (and wants it: `auto_eligible`). Measured on
 # an H100 (results/NOTES.md): the CUDA backend's Hopper family beats the Triton kernel where it runs (head dims

@@ -69,6 +69,21 @@ def resolve_softmax_scale(softmax_scale, head_dim: int) -> float:
     return scale
 
 
+LOG2E = 1.4426950408889634
+_FLOAT32_TINY = torch.finfo(torch.float32).tiny
+
+
+def softmax_scale_sign(softmax_scale: float) -> int:
+    """The sign of a (finite) softmax scale as every kernel treats it: +1, -1, or 0 where scale * log2(e) is below
+    float32's smallest normal magnitude. A GPU flushes such a subnormal float32 to zero (and the Triton interpreter
+    mishandles it), and every score times it is below float32 resolution next to the row max anyway, so the softmax
+    is uniform and 0 is the exact treatment. The kernels' exponentials are exp2, hence the log2(e)."""
+    scaled = softmax_scale * LOG2E
+    if abs(scaled) < _FLOAT32_TINY:
+        return 0
+    return 1 if scaled > 0 else -1
+
+
 def check_attention_args(query, key, value, *, causal, softmax_scale, return_lse) -> AttentionShape:
     """Validate one call of ``attention`` and return its sizes; raises TypeError/ValueError on bad input."""
     for name, tensor in (("query", query), ("key", key), ("value", value)):
@@ -110,12 +125,13 @@ def attention_entry_point(run_validated, backend: str):
     """A backend's public `attention`: validate, then its `run_validated` (the same for every backend, as
     kvcache_entry_point and varlen_entry_point are for the other calls)."""
 
-    def attention(query, key, value, *, causal=False, softmax_scale=None, return_lse=False):
+    def attention(query, key, value, *, causal=False, softmax_scale=None, return_lse=False, **options):
         shape = check_attention_args(query, key, value, causal=causal, softmax_scale=softmax_scale,
                                      return_lse=return_lse)
-        return run_validated(query, key, value, shape, causal=causal, return_lse=return_lse)
+        return run_validated(query, key, value, shape, causal=causal, return_lse=return_lse, **options)
 
-    attention.__doc__ = f"The {backend} backend's attention; the contract is flash_attention.attention's."
+    attention.__doc__ = (f"The {backend} backend's attention; the contract is flash_attention.attention's. Keyword "
+                         f"options, if the backend has any, are its run_validated's.")
     return attention
 
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import torch
 
-from ._validation import attention_entry_point, empty_like_query, varlen_entry_point
+from ._validation import attention_entry_point, empty_like_query, kvcache_entry_point, varlen_entry_point
 
-__all__ = ["attention", "run_validated", "attention_varlen", "run_varlen_validated", "unavailable_reason"]
+__all__ = ["attention", "run_validated", "attention_with_kvcache", "run_kvcache_validated", "attention_varlen",
+           "run_varlen_validated", "unavailable_reason"]
 
 
 def unavailable_reason(query=None) -> str | None:
@@ -118,6 +119,9 @@ def run_kvcache_validated(query, key_cache, value_cache, shape, *, cache_seqlens
     if not return_lse:
         return out
     return out, torch.logsumexp(scores.float(), dim=-1).flatten(1, 2)
+
+
+attention_with_kvcache = kvcache_entry_point(run_kvcache_validated, "naive")
 
 
 # ------------------------------------------------------------------------------------------------ the varlen call

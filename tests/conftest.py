@@ -6,6 +6,7 @@ TRITON_INTERPRET=1 is set (CI sets it). With a GPU they run on CUDA tensors for 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -19,7 +20,7 @@ if not torch.cuda.is_available():
 os.environ.setdefault("FLASH_ATTENTION_AUTOTUNE", "0")
 
 import flash_attention  # noqa: E402
-from flash_attention import _validation  # noqa: E402
+from flash_attention import _settings, _validation  # noqa: E402
 
 HAS_GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if HAS_GPU else "cpu")
@@ -34,6 +35,17 @@ requires_gpu = pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU")
 def poison_outputs(monkeypatch):
     """Every output starts NaN-filled, so an element a kernel never writes fails the comparison."""
     monkeypatch.setattr(_validation, "POISON_OUTPUTS", True)
+
+
+@pytest.fixture
+def settings(monkeypatch):
+    """settings(field=value, ...) changes flash_attention._settings.current (what the environment said at import,
+    read by the package at use) for one test."""
+
+    def change(**fields):
+        monkeypatch.setattr(_settings, "current", dataclasses.replace(_settings.current, **fields))
+
+    return change
 
 
 @pytest.fixture(params=BACKENDS)

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
+import flash_attention
 import flash_attention.cuda as fa_cuda
-from flash_attention.cuda import _loader
+from flash_attention import _settings
+from flash_attention.cuda import _loader, _registry
 
 
 def test_finds_cutlass_headers():
@@ -23,12 +27,12 @@ def test_finds_cutlass_headers():
     assert (include / "cute" / "tensor.hpp").is_file()
 
 
-def test_cutlass_path_env_wins(monkeypatch, tmp_path):
+def test_cutlass_path_setting_wins(settings, tmp_path):
     (tmp_path / "include" / "cute").mkdir(parents=True)
     (tmp_path / "include" / "cute" / "tensor.hpp").write_text("// stub\n")
-    monkeypatch.setenv("CUTLASS_PATH", str(tmp_path))
+    settings(cutlass_path=tmp_path)
     assert _loader.find_cutlass_include() == tmp_path / "include"
-    monkeypatch.setenv("CUTLASS_PATH", str(tmp_path / "nowhere"))
+    settings(cutlass_path=tmp_path / "nowhere")
     assert _loader.find_cutlass_include() is None
     assert "CUTLASS_PATH" in _loader.cutlass_missing_reason()
 
@@ -39,22 +43,36 @@ def test_cache_key_is_stable_and_arch_specific():
     assert len(_loader.cache_key("80")) == 16
 
 
-def test_cache_dir_follows_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv("FLASH_ATTENTION_CACHE", str(tmp_path / "fa"))
+def test_cache_dir_follows_the_environment(settings, tmp_path):
+    settings(cache_dir=tmp_path / "fa")
     assert _loader.build_dir("80").parent == tmp_path / "fa"
-    monkeypatch.delenv("FLASH_ATTENTION_CACHE")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert _loader.cache_root() == tmp_path / "xdg" / "flash_attention"
+    assert _settings.from_environment({"FLASH_ATTENTION_CACHE": str(tmp_path / "fa")}).cache_dir == tmp_path / "fa"
+    xdg = _settings.from_environment({"XDG_CACHE_HOME": str(tmp_path / "xdg")})
+    assert xdg.cache_dir == tmp_path / "xdg" / "flash_attention"
 
 
-_EXPORT = re.compile(r"FLASH_EXPORT_KERNEL\((\w+), (kSm80), (kFloat16|kBFloat16), (\d+), (true|false), (\w+)\)")
-# An SM90 unit instantiates the dense and the packed (varlen) kernel and exports both (sm90_tile_config.h).
-_SM90_INSTANTIATION = re.compile(r"FLASH_SM90_INSTANTIATION\((\w+), (kFloat16|kBFloat16), (\d+), (true|false)\)")
+def test_settings_refuse_values_outside_their_choices():
+    assert _settings.from_environment({}) == _settings.from_environment({"FLASH_ATTENTION_SM90_SCHEDULER": "auto"})
+    for name, value in (("FLASH_ATTENTION_CUDA_KERNEL", "sm70"), ("FLASH_ATTENTION_SM90_SCHEDULER", "greedy"),
+                        ("FLASH_ATTENTION_SM90_CLUSTER", "on"), ("FLASH_ATTENTION_TMA", "no"), ("MAX_JOBS", "0")):
+        with pytest.raises(ValueError, match=name):
+            _settings.from_environment({name: value})
 
 
-def test_one_kernel_library_per_translation_unit_each_exporting_its_entry():
+def test_the_environment_is_read_in_one_module_only():
+    """Every option has one reader: flash_attention._settings, at import (the CUDA sources read none at all)."""
+    package = Path(flash_attention.__file__).parent
+    readers = sorted(path.relative_to(package).as_posix() for path in package.rglob("*.py")
+                     if re.search(r"os\.environ|os\.getenv", path.read_text()))
+    assert readers == ["_settings.py"]
+    for path in (package / "cuda" / "csrc").iterdir():
+        assert "getenv" not in path.read_text(), path.name
+
+
+def test_every_registered_kernel_is_one_library_of_its_family_source():
     for arch in ("80", "86", "89", "90", "100"):
         stems = _loader.kernel_stems(arch)
+        assert len(set(stems)) == len(stems)
         for d in (32, 64, 96, 128, 160, 192, 256):
             for t in ("fp16", "bf16"):
                 for mask in ("", "_causal"):
@@ -62,32 +80,19 @@ def test_one_kernel_library_per_translation_unit_each_exporting_its_entry():
                     # The wgmma family is sm_90a code: built for compute capability 9.0 and nowhere else.
                     sm90 = f"fwd_sm90_hdim{d}_{t}{mask}" in stems
                     assert sm90 == (arch == "90" and d in (64, 128, 256)), (arch, d)
-        assert [stem for stem in stems if stem.startswith("decode_")] == [
-            f"decode_hdim{d}_{t}" for d in (128, 256, 64) for t in ("bf16", "fp16")]
+        assert sorted(stem for stem in stems if stem.startswith("decode_")) == sorted(
+            f"decode_hdim{d}_{t}" for d in (64, 128, 256) for t in ("fp16", "bf16"))
         assert len(stems) == 28 + (12 if arch == "90" else 0) + 6
         assert len({_loader.library_path(arch, stem) for stem in [None, *stems]}) == len(stems) + 1
     assert "-gencode=arch=compute_90a,code=sm_90a" in _loader.arch_flags("90")
-    # Each unit exports the entry the binding looks up (flash_attention_<stem>), and the key it states is its own.
-    for stem in _loader.kernel_stems("90"):
-        text = (_loader.CSRC / f"{stem}.cu").read_text()
-        if _loader.is_decode_stem(stem):
-            head_dim, dtype = re.fullmatch(r"decode_hdim(\d+)_(fp16|bf16)", stem).groups()
-            dtype_name = "kFloat16" if dtype == "fp16" else "kBFloat16"
-            assert f"FLASH_EXPORT_DECODE_KERNEL({stem}, {dtype_name}, {head_dim})" in text, stem
-            assert f"run_decode<flash::DType::{dtype_name}, {head_dim}>" in text, stem
-            continue
-        if stem.startswith("fwd_sm90_"):
-            instantiations = _SM90_INSTANTIATION.findall(text)
-            assert len(instantiations) == 1 and not _EXPORT.findall(text), stem
-            name, dtype, head_dim, causal = instantiations[0]
-        else:
-            exports = _EXPORT.findall(text)
-            assert len(exports) == 1, stem
-            name, _, dtype, head_dim, causal, launcher = exports[0]
-            assert launcher == "run_fwd" and f"{launcher}<DType::{dtype}, {head_dim}, {causal}>" in text, stem
-        assert name == stem
-        assert f"hdim{head_dim}_{'fp16' if dtype == 'kFloat16' else 'bf16'}" in stem
-        assert (causal == "true") == stem.endswith("_causal")
+    # One translation unit per family, each built with the kernel's -D flags (no file per instantiation), and a
+    # handle per kernel: its index, which the binding files its entry under.
+    for handle, kernel in enumerate(_registry.KERNELS):
+        assert kernel.handle == handle and _registry.by_stem(kernel.stem) is kernel
+        assert (_loader.CSRC / kernel.family.source).is_file()
+        assert f"-DFLASH_HEAD_DIM={kernel.head_dim}" in kernel.defines
+        assert any(flag.startswith("-DFLASH_CAUSAL") for flag in kernel.defines) == (kernel.causal is not None)
+    assert sorted(path.name for path in _loader.CSRC.glob("*.cu")) == ["decode.cu", "fwd_sm80.cu", "fwd_sm90.cu"]
     # Kernel translation units must compile without torch (CI builds them with nvcc + CUTLASS only).
     for path in _loader.CSRC.iterdir():
         if path.suffix in (".cu", ".h", ".cuh") and path.name != "binding.cpp":
@@ -95,16 +100,19 @@ def test_one_kernel_library_per_translation_unit_each_exporting_its_entry():
             assert "#include <torch" not in text and "#include <ATen" not in text, path.name
 
 
-def test_kernel_stem_is_the_unit_the_binding_runs(monkeypatch):
-    monkeypatch.delenv("FLASH_ATTENTION_CUDA_KERNEL", raising=False)
+def test_the_registry_selects_each_calls_kernel():
     assert fa_cuda.kernel_stem((9, 0), 128, torch.float16, False) == "fwd_sm90_hdim128_fp16"
     assert fa_cuda.kernel_stem((9, 0), 40, torch.bfloat16, True) == "fwd_sm90_hdim64_bf16_causal"
     assert fa_cuda.kernel_stem((9, 0), 32, torch.float16, False) == "fwd_hdim32_fp16"
     assert fa_cuda.kernel_stem((8, 0), 72, torch.bfloat16, True) == "fwd_hdim96_bf16_causal"
     assert fa_cuda.kernel_stem((10, 0), 128, torch.float16, False) == "fwd_hdim128_fp16"
-    monkeypatch.setenv("FLASH_ATTENTION_CUDA_KERNEL", "sm80")
-    assert fa_cuda.kernel_stem((9, 0), 128, torch.float16, False) == "fwd_hdim128_fp16"
-    monkeypatch.delenv("FLASH_ATTENTION_CUDA_KERNEL")
+    assert fa_cuda.kernel_stem((9, 0), 128, torch.float16, False, "sm80") == "fwd_hdim128_fp16"
+    with pytest.raises(ValueError, match="kernel_family='sm90'"):
+        fa_cuda.kernel_stem((9, 0), 96, torch.float16, False, "sm90")
+    with pytest.raises(ValueError, match="kernel_family='sm90'"):
+        fa_cuda.kernel_stem((8, 0), 128, torch.float16, False, "sm90")
+    assert _registry.decode_kernel(80, torch.bfloat16).stem == "decode_hdim128_bf16"
+    assert _registry.varlen_kernel(40, torch.float16, True).stem == "fwd_sm90_hdim64_fp16_causal"
     for major_minor, arch in (((8, 0), "80"), ((9, 0), "90")):
         stems = set(_loader.kernel_stems(arch))
         for head_dim in range(8, 257, 8):
@@ -153,7 +161,7 @@ def test_load_without_gpu_is_a_clear_error(monkeypatch):
 def _fake_gpu(monkeypatch, tmp_path):
     """A pretend SM80 GPU whose builds write a small file and whose loads read it back: (builds, loads) record
     which library was built and what was loaded, in order."""
-    monkeypatch.setenv("FLASH_ATTENTION_CACHE", str(tmp_path))
+    monkeypatch.setattr(_settings, "current", dataclasses.replace(_settings.current, cache_dir=tmp_path))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     monkeypatch.setattr(_loader, "_loaded", set())
@@ -194,7 +202,7 @@ def test_a_call_builds_the_binding_and_its_kernel_only_then_loads_from_cache(mon
     assert len(builds) == 3 and [stem for stem, _ in loads[3:]] == [None, KERNEL]
 
 
-def test_missing_libraries_build_in_parallel(monkeypatch, tmp_path):
+def test_missing_libraries_build_in_parallel(monkeypatch, settings, tmp_path):
     _fake_gpu(monkeypatch, tmp_path)
     running, peak = [0], [0]
     lock = threading.Lock()
@@ -210,7 +218,7 @@ def test_missing_libraries_build_in_parallel(monkeypatch, tmp_path):
             running[0] -= 1
 
     monkeypatch.setattr(_loader, "_build", slow_build)
-    monkeypatch.setenv("MAX_JOBS", "3")
+    settings(max_jobs=3)
     _loader.load(kernels=_loader.kernel_stems("80")[:5])
     assert peak[0] == 3  # MAX_JOBS at once, never more
     assert _loader.is_built("80", _loader.kernel_stems("80")[:5])
@@ -254,25 +262,38 @@ def test_unloadable_cached_library_is_rebuilt_once(monkeypatch, tmp_path):
 
 def test_a_kernel_is_loaded_once_per_process_and_again_when_its_family_switches(monkeypatch):
     """The per-call fast path: after the first call of a kind, the loader (and the capability check) is skipped,
-    unless FLASH_ATTENTION_CUDA_KERNEL, which picks the kernel family, changed."""
+    unless the kernel_family option, which picks the kernel family, changes."""
     from types import SimpleNamespace
 
-    monkeypatch.setattr(fa_cuda, "_ready_kernels", set())
+    monkeypatch.setattr(fa_cuda, "_ready_kernels", {})
     monkeypatch.setattr(fa_cuda, "capability", lambda query: (9, 0))
-    monkeypatch.delenv("FLASH_ATTENTION_CUDA_KERNEL", raising=False)
     loads = []
-    monkeypatch.setattr(fa_cuda, "load_kernel", lambda query, causal: loads.append((query.shape[-1], causal)))
+    monkeypatch.setattr(_loader, "load", lambda device, kernels: loads.append(kernels))
     query = SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.float16, shape=(1, 2, 8, 64))
+    options = _registry.launch_options()
     for _ in range(3):
-        fa_cuda._ensure_kernel_loaded(query, False)
-    assert loads == [(64, False)]
-    fa_cuda._ensure_kernel_loaded(query, True)  # another kernel (the causal one)
-    monkeypatch.setenv("FLASH_ATTENTION_CUDA_KERNEL", "sm80")
-    fa_cuda._ensure_kernel_loaded(query, True)  # the same call, the other family
-    assert loads == [(64, False), (64, True), (64, True)]
+        assert fa_cuda._forward_kernel(query, False, options).stem == "fwd_sm90_hdim64_fp16"
+    assert loads == [("fwd_sm90_hdim64_fp16",)]
+    fa_cuda._forward_kernel(query, True, options)  # another kernel (the causal one)
+    fa_cuda._forward_kernel(query, True, _registry.launch_options(kernel_family="sm80"))  # the other family
+    assert loads == [("fwd_sm90_hdim64_fp16",), ("fwd_sm90_hdim64_fp16_causal",), ("fwd_hdim64_fp16_causal",)]
     monkeypatch.setattr(fa_cuda, "capability", lambda query: (7, 5))
     with pytest.raises(ValueError, match="compute capability >= 8.0"):
-        fa_cuda._ensure_kernel_loaded(SimpleNamespace(**{**vars(query), "shape": (1, 2, 8, 128)}), False)
+        fa_cuda._forward_kernel(SimpleNamespace(**{**vars(query), "shape": (1, 2, 8, 128)}), False, options)
+
+
+def test_launch_options_name_what_they_refuse():
+    assert _registry.launch_options() is _registry.DEFAULT_OPTIONS
+    assert _registry.launch_options(sm90_schedule="per-tile").sm90_schedule == _registry.Sm90Schedule.PER_TILE
+    with pytest.raises(ValueError, match="sm90_schedule"):
+        _registry.launch_options(sm90_schedule="greedy")
+    with pytest.raises(ValueError, match="kernel_family"):
+        _registry.launch_options(kernel_family="sm70")
+    with pytest.raises(TypeError, match="sm90_cta_pairs"):
+        _registry.launch_options(sm90_cta_pairs="off")
+    q = torch.randn(1, 2, 3, 16, dtype=torch.float16)
+    with pytest.raises(TypeError, match="sm90_schedul"):  # a backend without the option names it
+        flash_attention.naive.attention(q, q, q, sm90_schedule="static")
 
 
 @pytest.mark.parametrize("layout", ["bhsd", "bshd"])
@@ -285,26 +306,26 @@ def test_fake_impl_shapes_dtypes_and_layout(layout):
         else:
             q = torch.empty(2, 33, 8, 72, dtype=torch.bfloat16, device="cuda").transpose(1, 2)
         k = torch.empty(2, 2, 50, 72, dtype=torch.bfloat16, device="cuda")
-        out, lse = torch.ops.flash_attention.cuda_fwd(q, k, k, True, 0.125)
+        out, lse = torch.ops.flash_attention.cuda_fwd(q, k, k, True, 0.125, 0, 0, True)
         assert out.shape == q.shape and out.dtype == q.dtype and out.stride() == q.stride()
         assert lse.shape == (2, 8, 33) and lse.dtype == torch.float32
 
 
 def test_sm90_family_covers_the_head_dims_that_pad_to_its_instantiations():
-    covered = [d for d in range(8, 257, 8) if fa_cuda.sm90_family_covers(d)]
+    covered = [d for d in range(8, 257, 8) if _registry.sm90_covers(d)]
     assert covered == list(range(40, 65, 8)) + list(range(104, 129, 8)) + list(range(200, 257, 8))
-    assert not fa_cuda.sm90_family_covers(264)
+    assert not _registry.sm90_covers(264)
 
 
 def test_op_schema():
     schema = torch.ops.flash_attention.cuda_fwd.default._schema
-    assert [a.name for a in schema.arguments] == ["q", "k", "v", "causal", "softmax_scale"]
+    assert [a.name for a in schema.arguments] == ["q", "k", "v", "causal", "softmax_scale", "kernel", "sm90_schedule",
+                                                  "sm90_cta_pairs"]
     assert len(schema.returns) == 2
 
 
 def test_check_cuda_compile_script_is_importable():
     import importlib.util
-    from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "scripts" / "check_cuda_compile.py"
     spec = importlib.util.spec_from_file_location("check_cuda_compile", path)

@@ -10,6 +10,7 @@ import torch
 
 import flash_attention.cuda as fa_cuda
 from flash_attention._validation import empty_like_query
+from flash_attention.cuda import _registry
 
 pytestmark = [
     pytest.mark.gpu,
@@ -27,8 +28,10 @@ HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9,
 
 @pytest.fixture(autouse=True, params=["sm90", "sm80"] if HOPPER else ["default"])
 def kernel_family(request, monkeypatch):
-    if request.param != "default":
-        monkeypatch.setenv("FLASH_ATTENTION_CUDA_KERNEL", request.param)
+    """The family every call of a test runs: the default options' (sm90: the registry's choice, which is the SM90
+    family where it covers the head dim), or the SM80 family forced."""
+    if request.param == "sm80":
+        monkeypatch.setattr(_registry, "DEFAULT_OPTIONS", _registry.LaunchOptions(kernel_family="sm80"))
     return request.param
 
 
@@ -42,18 +45,18 @@ def launched_kernels(fn) -> list[str]:
 @pytest.mark.parametrize("head_dim", range(8, 257, 8))
 def test_kernel_family_is_the_one_expected(head_dim, kernel_family):
     """The family asked for is the one that runs, for every head dim (so the tests here test what they claim, and
-    sm90_family_covers, which `auto` relies on, agrees with the binding)."""
+    the registry's sm90_covers, which `auto` relies on, says what runs)."""
     q = rand(1, 2, 300, head_dim)
     names = launched_kernels(lambda: fa_cuda.attention(q, q, q, causal=True))
     assert len(names) == 1, names
-    sm90 = HOPPER and kernel_family == "sm90" and fa_cuda.sm90_family_covers(head_dim)
+    sm90 = HOPPER and kernel_family == "sm90" and _registry.sm90_covers(head_dim)
     assert ("flash_fwd_sm90_kernel" if sm90 else "flash_fwd_sm80_kernel") in names[0], names[0]
 
 
 def test_default_kernel_family_on_hopper(monkeypatch):
     if not HOPPER:
         pytest.skip("needs a compute capability 9.0 GPU")
-    monkeypatch.delenv("FLASH_ATTENTION_CUDA_KERNEL", raising=False)
+    monkeypatch.setattr(_registry, "DEFAULT_OPTIONS", _registry.LaunchOptions())
     q = rand(1, 2, 300, 128)
     names = launched_kernels(lambda: fa_cuda.attention(q, q, q))
     assert len(names) == 1 and "flash_fwd_sm90_kernel" in names[0], names
@@ -84,11 +87,11 @@ def poison_allocator(*like):
     del blocks
 
 
-def check(q, k, v, causal=False, scale=None):
+def check(q, k, v, causal=False, scale=None, **options):
     out_ref, lse_ref = reference(q, k, v, causal, scale)
     out_same, _ = reference(q, k, v, causal, scale, dtype=q.dtype)
     poison_allocator(q, q[..., 0].float())
-    out, lse = fa_cuda.attention(q, k, v, causal=causal, softmax_scale=scale, return_lse=True)
+    out, lse = fa_cuda.attention(q, k, v, causal=causal, softmax_scale=scale, return_lse=True, **options)
     torch.cuda.synchronize()
     # query's layout where query is dense (e.g. BSHD views), else contiguous: exactly empty_like_query's choice.
     assert out.shape == q.shape and out.dtype == q.dtype and out.stride() == empty_like_query(q).stride()
@@ -149,24 +152,22 @@ def test_left_half_first_key_tile(seqlens, causal, head_dim, dtype):
 
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
-def test_persistent_grid_runs_many_tiles_per_cta(head_dim, causal, monkeypatch):
+def test_persistent_grid_runs_many_tiles_per_cta(head_dim, causal):
     """More query tiles than SMs, so each CTA of the SM90 family's persistent grid runs several one after another,
     dealt statically or drawn from the counter (causal with Nq > Nk adds tiles whose rows see no key, which the
     producer skips); the same call with one CTA per tile computes every tile the same way, so every deal (auto picks
     one of the two) must give the same bits."""
     torch.manual_seed(head_dim + causal)
     q, k, v = rand(3, 8, 1500, head_dim), rand(3, 4, 1100, head_dim), rand(3, 4, 1100, head_dim)
-    monkeypatch.setenv("FLASH_ATTENTION_SM90_SCHEDULER", "per-tile")
-    out_per_tile, lse_per_tile = fa_cuda.attention(q, k, v, causal=causal, return_lse=True)
+    out_per_tile, lse_per_tile = fa_cuda.attention(q, k, v, causal=causal, return_lse=True, sm90_schedule="per-tile")
     for scheduler in ("static", "dynamic", "auto"):
-        monkeypatch.setenv("FLASH_ATTENTION_SM90_SCHEDULER", scheduler)
-        check(q, k, v, causal)
+        check(q, k, v, causal, sm90_schedule=scheduler)
         for _ in range(3):  # the dynamic deal differs from run to run; the bits must not
-            out, lse = fa_cuda.attention(q, k, v, causal=causal, return_lse=True)
+            out, lse = fa_cuda.attention(q, k, v, causal=causal, return_lse=True, sm90_schedule=scheduler)
             assert torch.equal(out, out_per_tile) and torch.equal(lse, lse_per_tile), scheduler
 
 
-def test_tile_counter_is_left_zero_for_the_next_call(kernel_family, monkeypatch):
+def test_tile_counter_is_left_zero_for_the_next_call(kernel_family):
     """The SM90 family's dynamic deal draws from one counter per stream, which each kernel's last CTA resets (no
     zeroing launch per call). Calls of different tile counts back to back, interleaved on two streams with no
     synchronisation between them, must each give the per-tile grid's bits: a counter left non-zero, or shared by
@@ -180,9 +181,8 @@ def test_tile_counter_is_left_zero_for_the_next_call(kernel_family, monkeypatch)
                                                     (3, 8, 700, 64, True), (4, 8, 2048, 128, True)]:
         qkv = [rand(batch, heads, seqlen, head_dim) for _ in range(3)]
         calls.append((qkv, causal))
-    monkeypatch.setenv("FLASH_ATTENTION_SM90_SCHEDULER", "per-tile")
-    expected = [fa_cuda.attention(*qkv, causal=causal, return_lse=True) for qkv, causal in calls]
-    monkeypatch.delenv("FLASH_ATTENTION_SM90_SCHEDULER")
+    expected = [fa_cuda.attention(*qkv, causal=causal, return_lse=True, sm90_schedule="per-tile")
+                for qkv, causal in calls]
     streams = [torch.cuda.Stream(), torch.cuda.Stream()]
     for stream in streams:
         stream.wait_stream(torch.cuda.current_stream())
@@ -199,12 +199,12 @@ def test_tile_counter_is_left_zero_for_the_next_call(kernel_family, monkeypatch)
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(1, 4, 4, 256, 4096), (1, 2, 1, 512, 4100), (3, 8, 2, 2048, 4160)])
-def test_cta_pairs_share_kv_tiles(shape, dtype, kernel_family, monkeypatch):
+def test_cta_pairs_share_kv_tiles(shape, dtype, kernel_family):
     """Without a mask at head dim 128, where every head has an even number of full 128-row query tiles and rows
     of at least 4096 keys, the SM90 family runs pairs of CTAs (a cluster of two) on adjacent query tiles of one
     head: each loads half of every K/V tile and multicasts it into both, and a stage is reloaded once the consumers
     of both have released it. The pair kernel must be the one that runs (static deal and one CTA per tile), and
-    give the bits of single CTAs (FLASH_ATTENTION_SM90_CLUSTER=off). Shapes: one pair per head, partial last key
+    give the bits of single CTAs (sm90_cta_pairs=False). Shapes: one pair per head, partial last key
     tiles, MQA and GQA, several tiles per pair."""
     if kernel_family != "sm90":
         pytest.skip("CTA pairs belong to the SM90 family")
@@ -212,18 +212,15 @@ def test_cta_pairs_share_kv_tiles(shape, dtype, kernel_family, monkeypatch):
     torch.manual_seed(nq + nk)
     q = rand(batch, heads_q, nq, 128, dtype=dtype)
     k, v = rand(batch, heads_kv, nk, 128, dtype=dtype), rand(batch, heads_kv, nk, 128, dtype=dtype)
-    monkeypatch.setenv("FLASH_ATTENTION_SM90_CLUSTER", "off")
-    names = launched_kernels(lambda: fa_cuda.attention(q, k, v))
+    names = launched_kernels(lambda: fa_cuda.attention(q, k, v, sm90_cta_pairs=False))
     assert len(names) == 1 and "half_t, 2>" not in names[0] and "bfloat16_t, 2>" not in names[0], names
-    expected = fa_cuda.attention(q, k, v, return_lse=True)
-    monkeypatch.delenv("FLASH_ATTENTION_SM90_CLUSTER")
+    expected = fa_cuda.attention(q, k, v, return_lse=True, sm90_cta_pairs=False)
     check(q, k, v)
     for scheduler in ("auto", "static", "per-tile"):
-        monkeypatch.setenv("FLASH_ATTENTION_SM90_SCHEDULER", scheduler)
-        names = launched_kernels(lambda: fa_cuda.attention(q, k, v))
+        names = launched_kernels(lambda: fa_cuda.attention(q, k, v, sm90_schedule=scheduler))
         assert len(names) == 1 and ("half_t, 2>" in names[0] or "bfloat16_t, 2>" in names[0]), (scheduler, names)
         poison_allocator(q, q[..., 0].float())
-        out, lse = fa_cuda.attention(q, k, v, return_lse=True)
+        out, lse = fa_cuda.attention(q, k, v, return_lse=True, sm90_schedule=scheduler)
         assert torch.equal(out, expected[0]) and torch.equal(lse, expected[1]), scheduler
 
 
@@ -253,15 +250,29 @@ def test_causal_tiles_end_at_the_last_query(seqlens, head_dim, dtype):
     check(q, k, v, True)
 
 
-@pytest.mark.parametrize("knob, value", [("FLASH_ATTENTION_SM90_SCHEDULER", "round-robin"),
-                                         ("FLASH_ATTENTION_SM90_CLUSTER", "on")])
-def test_unknown_sm90_knob_value_is_a_value_error(knob, value, monkeypatch, kernel_family):
-    if kernel_family != "sm90":
-        pytest.skip("the knob belongs to the SM90 family")
-    monkeypatch.setenv(knob, value)
-    q = rand(1, 2, 128, 64)  # more rows than a decode-shaped call has: the SM90 prefill kernel reads the knobs
-    with pytest.raises(ValueError, match=knob):
-        fa_cuda.attention(q, q, q)
+@pytest.mark.parametrize("option, value, error", [("sm90_schedule", "round-robin", ValueError),
+                                                  ("sm90_cta_pairs", "on", TypeError),
+                                                  ("kernel_family", "sm70", ValueError)])
+def test_unknown_option_value_names_the_option(option, value, error):
+    q = rand(1, 2, 128, 64)
+    with pytest.raises(error, match=option):
+        fa_cuda.attention(q, q, q, **{option: value})
+    with pytest.raises(ValueError, match="kernel_family='sm90'"):  # a family forced where it cannot run
+        fa_cuda.attention(*(rand(1, 2, 128, 96),) * 3, kernel_family="sm90")
+
+
+def test_the_op_refuses_a_kernel_handle_that_does_not_fit_the_call(kernel_family):
+    """A direct op call names its kernel; the binding runs it only on operands it serves (dtype, mask, head dim)."""
+    q = rand(1, 2, 128, 128)
+    fa_cuda.load_kernel(q)
+    handle = _registry.forward_kernel(torch.cuda.get_device_capability(), 128, q.dtype, False,
+                                      "sm80" if kernel_family == "sm80" else None).handle
+    with pytest.raises(ValueError, match="does not run this call"):
+        torch.ops.flash_attention.cuda_fwd(q, q, q, True, 0.1, handle, 0, True)  # a no-mask kernel, a causal call
+    with pytest.raises(ValueError, match="does not run this call"):
+        torch.ops.flash_attention.cuda_fwd(q.bfloat16(), q.bfloat16(), q.bfloat16(), False, 0.1, handle, 0, True)
+    with pytest.raises(ValueError, match="out of range"):
+        torch.ops.flash_attention.cuda_fwd(q, q, q, False, 0.1, 100000, 0, True)
 
 
 @pytest.mark.parametrize("heads", [(8, 2), (8, 1), (6, 3)])
@@ -337,15 +348,19 @@ def test_torch_compile_in_a_fresh_process_loads_the_kernel_while_tracing(kernel_
     import sys
 
     fa_cuda.load_kernel(rand(1, 1, 8, 96, dtype=torch.bfloat16), causal=True)  # built here, loaded there
+    # The forced family reaches the child through the environment, which flash_attention._settings reads at import.
+    family = {"FLASH_ATTENTION_CUDA_KERNEL": "sm80"} if kernel_family == "sm80" else {}
     proc = subprocess.run([sys.executable, "-c", _COMPILE_FIRST], capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ))
+                          env={**os.environ, **family})
     assert proc.returncode == 0 and "compiled call ok" in proc.stdout, proc.stdout + proc.stderr
 
 
 def test_direct_op_call_after_load_kernel():
     q, k, v = rand(2, 4, 77, 128), rand(2, 2, 90, 128), rand(2, 2, 90, 128)
     fa_cuda.load_kernel(q, causal=True)
-    out, lse = torch.ops.flash_attention.cuda_fwd(q, k, v, True, 0.1)
+    handle = _registry.forward_kernel(torch.cuda.get_device_capability(), 128, q.dtype, True,
+                                      _registry.DEFAULT_OPTIONS.kernel_family).handle
+    out, lse = torch.ops.flash_attention.cuda_fwd(q, k, v, True, 0.1, handle, 0, True)
     ref_out, ref_lse = fa_cuda.attention(q, k, v, causal=True, softmax_scale=0.1, return_lse=True)
     assert torch.equal(out, ref_out) and torch.equal(lse, ref_lse)
 

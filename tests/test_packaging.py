@@ -105,3 +105,12 @@ def test_license_and_types_ship_with_the_package():
 
     annotations = flash_attention.attention.__annotations__
     assert annotations["return"] == "AttentionResult" and annotations["query"] == "torch.Tensor"
+
+
+def test_every_backend_meets_the_backend_contract():
+    import flash_attention
+    from flash_attention._backend import Backend
+
+    for name in flash_attention.BACKENDS:
+        module = getattr(flash_attention, name)
+        assert isinstance(module, Backend), name  # every call of the Protocol is there

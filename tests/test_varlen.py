@@ -106,7 +106,7 @@ def test_matches_reference(varlen_backend, dtype, causal, lengths, heads_q, head
 def test_head_dims(varlen_backend, head_dim):
     if not HAS_GPU and head_dim > 64:
         pytest.skip("large head dims only on the GPU (the interpreter is slow)")
-    if varlen_backend == "cuda" and not flash_attention.cuda.sm90_family_covers(head_dim):
+    if varlen_backend == "cuda" and not flash_attention.cuda._registry.sm90_covers(head_dim):
         pytest.skip("the cuda backend's varlen kernels serve head dims 40-64, 104-128 and 200-256")
     run_and_check(varlen_backend, [33, 100, 1], [50, 100, 7], 4, 2, head_dim, torch.float16, causal=True)
 

@@ -10,32 +10,37 @@ automatic selection never starts a surprise build; where it passes over an unbui
 naming the build command. ``BUILD_ON_FIRST_USE = True`` (or ``FLASH_ATTENTION_BUILD_ON_FIRST_USE=1``, read once at
 import) lets ``auto`` take the kernel anyway and build it on that call.
 
-The kernel is the op ``torch.ops.flash_attention.cuda_fwd(q, k, v, causal, softmax_scale) -> (out, lse)``: its schema,
-fake implementation (for torch.compile / FakeTensor) and autograd rule live here, its CUDA implementation in
-``csrc/binding.cpp``; likewise ``cuda_varlen_fwd`` (packed variable-length batches, the Hopper family's varlen kernels)
-and the KV-cache ops ``cuda_decode`` and ``cuda_kvcache_append``. Forward only: backward raises NotImplementedError.
+Which kernel runs a call is ``_registry``'s decision alone; :func:`attention` takes its research knobs as keyword
+options (``kernel_family``, ``sm90_schedule``, ``sm90_cta_pairs``; defaults from the environment, read once by
+``flash_attention._settings``).
+
+The kernel is the op ``torch.ops.flash_attention.cuda_fwd(q, k, v, causal, softmax_scale, kernel, sm90_schedule,
+sm90_cta_pairs) -> (out, lse)``, ``kernel`` the registry's handle: its schema, fake implementation (for torch.compile /
+FakeTensor) and autograd rule live here, its CUDA implementation in ``csrc/binding.cpp``; likewise ``cuda_varlen_fwd``
+(packed variable-length batches, the Hopper family's varlen kernels) and the KV-cache ops ``cuda_decode`` and
+``cuda_kvcache_append``. Forward only: backward raises NotImplementedError.
 """
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import torch
 
-from .. import _decode_plan
+from .. import _decode_plan, _settings
 from .._custom_op import use_registered_op
 from .._device import capability, device_index
 from .._validation import (
     attention_entry_point, cache_geometry, check_cuda_tensor, empty_like_query, empty_varlen_lse,
-    kvcache_entry_point, varlen_entry_point,
+    kvcache_entry_point, softmax_scale_sign, varlen_entry_point,
 )
-from . import _loader
+from . import _loader, _registry
+from ._registry import KERNELS, Kernel
 
 __all__ = [
     "attention", "run_validated", "attention_with_kvcache", "run_kvcache_validated", "kvcache_unsupported_reason",
     "attention_varlen", "run_varlen_validated", "varlen_unsupported_reason", "unavailable_reason", "auto_eligible",
-    "sm90_family_covers", "kernel_stem", "decode_kernel_stem", "load_kernel",
+    "kernel_stem", "load_kernel",
 ]
 
 _OP_NAME = "flash_attention::cuda_fwd"
@@ -45,11 +50,9 @@ _APPEND_OP_NAME = "flash_attention::cuda_kvcache_append"
 _CUDA_KERNEL_ONLY = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
 # Whether `auto` takes a kernel that is not built yet, building it on the call (tens of seconds, once per kernel and
 # cache) instead of running another backend. Off by default: a first call should not stall without being asked to.
-BUILD_ON_FIRST_USE = os.environ.get("FLASH_ATTENTION_BUILD_ON_FIRST_USE", "0") == "1"
+BUILD_ON_FIRST_USE = _settings.current.build_on_first_use
 BUILD_COMMAND = "python -m flash_attention.cuda.build"
 _told_unbuilt = False
-_LOG2E = 1.4426950408889634
-_FLOAT32_TINY = torch.finfo(torch.float32).tiny
 
 
 def _define_op() -> None:
@@ -61,11 +64,12 @@ def _define_op() -> None:
     except RuntimeError:
         pass
     _LIBRARY = torch.library.Library("flash_attention", "FRAGMENT")  # registrations live as long as this object
-    _LIBRARY.define("cuda_fwd(Tensor q, Tensor k, Tensor v, bool causal, float softmax_scale) -> (Tensor, Tensor)")
+    _LIBRARY.define("cuda_fwd(Tensor q, Tensor k, Tensor v, bool causal, float softmax_scale, int kernel, "
+                    "int sm90_schedule, bool sm90_cta_pairs) -> (Tensor, Tensor)")
 
     @torch.library.register_fake(_OP_NAME)
-    def _cuda_fwd_fake(q, k, v, causal, softmax_scale):
-        _load_while_tracing(q, causal)
+    def _cuda_fwd_fake(q, k, v, causal, softmax_scale, kernel, sm90_schedule, sm90_cta_pairs):
+        _load_while_tracing(q, kernel)
         batch, heads_q, seqlen_q, _ = q.shape
         out = empty_like_query(q)
         lse = q.new_empty((batch, heads_q, seqlen_q), dtype=torch.float32)
@@ -84,35 +88,35 @@ def _define_op() -> None:
     # Packed variable-length batches (the SM90 family's varlen kernels): out (total_q, Hq, D), lse (Hq, total_q).
     _LIBRARY.define(
         "cuda_varlen_fwd(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, int max_seqlen_q, "
-        "int max_seqlen_k, bool causal, float softmax_scale) -> (Tensor, Tensor)")
+        "int max_seqlen_k, bool causal, float softmax_scale, int kernel) -> (Tensor, Tensor)")
 
     @torch.library.register_fake(_VARLEN_OP_NAME)
     def _cuda_varlen_fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
-                              softmax_scale):
-        _load_varlen_while_tracing(q)
+                              softmax_scale, kernel):
+        _load_while_tracing(q, kernel)
         return empty_like_query(q), empty_varlen_lse(q)
 
     torch.library.register_autograd(_VARLEN_OP_NAME, _backward, setup_context=_setup_context)
 
     # The KV-cache call is two ops: an append that writes the caches in place (no outputs, so nothing to
-    # differentiate), and a functional decode whose backward raises like cuda_fwd's. kernel_head_dim names the
-    # decode instantiation (64, 128 or 256).
+    # differentiate), and a functional decode whose backward raises like cuda_fwd's. `kernel` is the decode kernel's
+    # handle.
     _LIBRARY.define(
         "cuda_kvcache_append(Tensor(a!) key_cache, Tensor(b!) value_cache, Tensor key, Tensor value, "
-        "Tensor cache_seqlens, Tensor? block_table, int kernel_head_dim) -> ()")
+        "Tensor cache_seqlens, Tensor? block_table, int kernel) -> ()")
     _LIBRARY.define(
         "cuda_decode(Tensor q, Tensor key_cache, Tensor value_cache, Tensor? cache_seqlens, Tensor? block_table, "
-        "int seqlen_new, bool causal, float softmax_scale, int num_splits, int kernel_head_dim) -> (Tensor, Tensor)")
+        "int seqlen_new, bool causal, float softmax_scale, int num_splits, int kernel) -> (Tensor, Tensor)")
 
     @torch.library.register_fake(_APPEND_OP_NAME)
-    def _cuda_kvcache_append_fake(key_cache, value_cache, key, value, cache_seqlens, block_table, kernel_head_dim):
-        _load_decode_while_tracing(key_cache)
+    def _cuda_kvcache_append_fake(key_cache, value_cache, key, value, cache_seqlens, block_table, kernel):
+        _load_while_tracing(key_cache, kernel)
         return None
 
     @torch.library.register_fake(_DECODE_OP_NAME)
     def _cuda_decode_fake(q, key_cache, value_cache, cache_seqlens, block_table, seqlen_new, causal, softmax_scale,
-                          num_splits, kernel_head_dim):
-        _load_decode_while_tracing(q)
+                          num_splits, kernel):
+        _load_while_tracing(q, kernel)
         return empty_like_query(q), q.new_empty(q.shape[:3], dtype=torch.float32)
 
     torch.library.register_autograd(_DECODE_OP_NAME, _backward, setup_context=_setup_context)
@@ -144,83 +148,34 @@ def unavailable_reason(query=None) -> str | None:
     return None
 
 
-# The head dims that have their own kernel; every other multiple of 8 runs the next one up, zero-padded. Mirrors
-# padded_head_dim in csrc/static_switch.h; the SM90 family instantiates 64, 128 and 256 (binding.cpp).
-_PADDED_HEAD_DIMS = (32, 64, 96, 128, 160, 192, 256)
-_SM90_HEAD_DIMS = (64, 128, 256)
-_DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
+def kernel_stem(major_minor: tuple[int, int], head_dim: int, dtype: torch.dtype, causal: bool,
+                kernel_family: str | None = None) -> str:
+    """The library (kernel) that runs `attention` of this head_dim, dtype and mask on a GPU of compute capability
+    `major_minor`, as the registry selects it (kernel_family None: the default option)."""
+    family = kernel_family or _registry.DEFAULT_OPTIONS.kernel_family
+    return _registry.forward_kernel(major_minor, head_dim, dtype, causal, family).stem
 
 
-def _padded_head_dim(head_dim: int):
-    return next((d for d in _PADDED_HEAD_DIMS if d >= head_dim), None)
-
-
-def sm90_family_covers(head_dim: int) -> bool:
-    """Whether, on compute capability 9.0, a call of this head_dim runs the Hopper (SM90) kernel family."""
-    return _padded_head_dim(head_dim) in _SM90_HEAD_DIMS
-
-
-def kernel_stem(major_minor: tuple[int, int], head_dim: int, dtype: torch.dtype, causal: bool) -> str:
-    """The kernel translation unit (csrc/<stem>.cu) that runs a call, as binding.cpp picks it: the SM90 family on
-    compute capability 9.0 where it covers the head dim (unless FLASH_ATTENTION_CUDA_KERNEL=sm80), else the SM80 one."""
-    sm90 = (tuple(major_minor) == (9, 0) and sm90_family_covers(head_dim)
-            and os.environ.get("FLASH_ATTENTION_CUDA_KERNEL") != "sm80")
-    return _family_stem(sm90, head_dim, dtype, causal)
-
-
-def _family_stem(sm90: bool, head_dim: int, dtype: torch.dtype, causal: bool) -> str:
-    """csrc/<stem>.cu of a family's (padded head dim, dtype, mask) instantiation."""
-    family = "fwd_sm90_hdim" if sm90 else "fwd_hdim"
-    return f"{family}{_padded_head_dim(head_dim)}_{_DTYPE_NAMES[dtype]}{'_causal' if causal else ''}"
-
-
-# The decode family's head dims; a call runs the next one up (its extra columns zero-filled).
-_DECODE_HEAD_DIMS = (64, 128, 256)
 # Decode CTAs resident on a multiprocessor at once: one, whose pipeline takes most of the shared memory
 # (decode_kernel.h, StageChoice). The wave depth for the split heuristic (flash_attention._decode_plan).
 _DECODE_PROGRAMS_PER_SM = 1
 _DECODE_ROWS = 16  # packed query rows per decode CTA (csrc/decode_kernel.h, kRows)
 
 
-def _decode_head_dim(head_dim: int) -> int:
-    return next(d for d in _DECODE_HEAD_DIMS if d >= head_dim)
+def load_kernel(query, causal: bool = False, **options) -> None:
+    """Build (if the cache lacks it) and load the kernel that `attention(query, ..., causal=causal, **options)` runs.
+    Calls through the API do this themselves."""
+    _forward_kernel(query, causal, _registry.launch_options(**options))
 
 
-def decode_kernel_stem(head_dim: int, dtype: torch.dtype) -> str:
-    """The decode translation unit (csrc/<stem>.cu) that runs a KV-cache call of this head_dim and dtype."""
-    return f"decode_hdim{_decode_head_dim(head_dim)}_{_DTYPE_NAMES[dtype]}"
-
-
-def _load_decode_while_tracing(query) -> None:
-    """As _load_while_tracing, for the decode kernel."""
-    head_dim = query.shape[-1]
-    if query.device.type != "cuda" or not isinstance(head_dim, int) or not torch.cuda.is_available():
-        return
-    if query.dtype not in _DTYPE_NAMES or not 0 < head_dim <= _DECODE_HEAD_DIMS[-1]:
+def _load_while_tracing(query, kernel: int) -> None:
+    """torch.compile traces an op through its fake implementation and never runs the eager path's load, so the kernel
+    a compiled graph will launch (its handle, an argument of the op) is loaded here, at trace time. Best effort:
+    without a GPU (FakeTensors on a CPU machine) or a toolchain, the compiled call itself reports what is missing."""
+    if query.device.type != "cuda" or not torch.cuda.is_available() or not 0 <= kernel < len(KERNELS):
         return
     try:
-        _ensure_decode_kernel_loaded(query)
-    except (RuntimeError, ValueError):
-        pass
-
-
-def load_kernel(query, causal: bool = False) -> None:
-    """Build (if the cache lacks it) and load the kernel that `attention(query, ..., causal=causal)` runs. Calls through
-    the API do this themselves; call it before calling torch.ops.flash_attention.cuda_fwd directly."""
-    _loader.load(query.device, kernels=(kernel_stem(capability(query), query.shape[-1], query.dtype, causal),))
-
-
-def _load_while_tracing(query, causal) -> None:
-    """torch.compile traces the op through its fake implementation and never runs `run_validated`'s load, so the
-    kernel a compiled graph will launch is loaded here, at trace time. Best effort: without a GPU (FakeTensors on a
-    CPU machine) or a toolchain, the compiled call itself reports what is missing."""
-    head_dim = query.shape[-1]
-    if query.device.type != "cuda" or not isinstance(head_dim, int) or not torch.cuda.is_available():
-        return
-    if query.dtype not in _DTYPE_NAMES or _padded_head_dim(head_dim) is None:
-        return
-    try:
-        load_kernel(query, bool(causal))
+        _load(query, KERNELS[kernel])
     except (RuntimeError, ValueError):
         pass
 
@@ -232,10 +187,10 @@ def auto_eligible(query, causal: bool = False, key=None) -> bool:
     `key`, a decode-shaped call asks for the decode kernel instead."""
     if unavailable_reason(query) is not None:
         return False
-    major_minor = capability(query)
     if key is not None and _decode_plan.decode_shaped(query.shape[2], query.shape[1] // key.shape[1]):
         return _decode_auto_eligible(query, key.shape[1])
-    if major_minor == (9, 0) and not sm90_family_covers(query.shape[-1]):
+    major_minor = capability(query)
+    if major_minor == (9, 0) and not _registry.sm90_covers(query.shape[-1]):
         return False
     return _built_for_auto(query, kernel_stem(major_minor, query.shape[-1], query.dtype, causal))
 
@@ -259,30 +214,39 @@ def _built_for_auto(query, stem: str) -> bool:
 
 
 def _with_positive_scale(query, softmax_scale: float):
-    """The kernel takes the row max of raw scores and scales it (max(c*s) = c*max(s)), which needs a positive scale
+    """The kernels take the row max of raw scores and scale it (max(c*s) = c*max(s)), which needs a positive scale
     whose float32 value is normal (a subnormal one is flushed to 0, and -inf * 0 is NaN in masked tiles). Any other
-    finite scale is folded into a copy of the query: c < 0 -> (-q, -c); |c| tiny -> (0 * q, 1), a uniform softmax
-    that keeps NaN/Inf in q visible. Rare values, so the copy is acceptable."""
-    if softmax_scale * _LOG2E >= _FLOAT32_TINY:
+    finite scale is folded into a copy of the query, by the package's scale rule (softmax_scale_sign): c < 0 ->
+    (-q, -c); sign 0 -> (0 * q, 1), a uniform softmax that keeps NaN/Inf in q visible. Rare values, so the copy is
+    acceptable."""
+    sign = softmax_scale_sign(softmax_scale)
+    if sign > 0:
         return query, softmax_scale
-    if softmax_scale * _LOG2E <= -_FLOAT32_TINY:
+    if sign < 0:
         return -query, -softmax_scale
     return query * 0.0, 1.0
 
 
-# What picks a kernel, for every kernel this process has loaded. A call whose key is here skips the capability check
+# The kernels this process has loaded, by what selects them. A call whose key is here skips the capability check
 # and the loader (path, lock and cache lookups: about 40% of the host time of a call, measured on the H100), which
-# at short sequence lengths is what the GPU waits for. The variable is in the key because it switches the family.
-_ready_kernels: set = set()
+# at short sequence lengths is what the GPU waits for.
+_ready_kernels: dict = {}
 
 
-def _ensure_kernel_loaded(query, causal) -> None:
-    key = (query.device, query.dtype, query.shape[-1], bool(causal), os.environ.get("FLASH_ATTENTION_CUDA_KERNEL"))
-    if key in _ready_kernels:
-        return
+def _load(query, kernel: Kernel) -> Kernel:
     _require_sm80(query)
-    load_kernel(query, causal)
-    _ready_kernels.add(key)
+    _loader.load(query.device, kernels=(kernel.stem,))
+    return kernel
+
+
+def _forward_kernel(query, causal: bool, options: _registry.LaunchOptions) -> Kernel:
+    """The (loaded) kernel that runs `attention` on `query` with these options."""
+    key = (query.device, query.dtype, query.shape[-1], bool(causal), options.kernel_family)
+    kernel = _ready_kernels.get(key)
+    if kernel is None:
+        kernel = _ready_kernels[key] = _load(query, _registry.forward_kernel(
+            capability(query), query.shape[-1], query.dtype, causal, options.kernel_family))
+    return kernel
 
 
 def _require_sm80(query) -> None:
@@ -292,30 +256,35 @@ def _require_sm80(query) -> None:
                          f"on {query.device}; use backend='triton' or 'naive'")
 
 
-def run_validated(query, key, value, shape, *, causal, return_lse):
-    """`attention` after check_attention_args (which returned `shape`): flash_attention.attention validates once."""
+def run_validated(query, key, value, shape, *, causal, return_lse, kernel_family=None, sm90_schedule=None,
+                  sm90_cta_pairs=None):
+    """`attention` after check_attention_args (which returned `shape`): flash_attention.attention validates once.
+
+    Options (None: the defaults of flash_attention._settings): `kernel_family` "sm80" or "sm90" forces a family;
+    `sm90_schedule` ("auto", "static", "dynamic", "per-tile") the SM90 grid and its deal; `sm90_cta_pairs` False holds
+    the SM90 family to single CTAs. A decode-shaped call (few packed rows) runs the decode kernel, which has none."""
     check_cuda_tensor("cuda", query)
-    if _decode_plan.decode_shaped(shape.seqlen_q, shape.heads_q // shape.heads_kv):
+    options = _registry.launch_options(kernel_family, sm90_schedule, sm90_cta_pairs)
+    if _decode_plan.decode_shaped(shape.seqlen_q, shape.heads_q // shape.heads_kv) and options.kernel_family is None:
         # Few packed rows: key/value is a contiguous cache that every sequence fills (the decode kernel, split-KV).
         # Unlike a cache, they may be copied to make them 16-byte copyable.
         key, value = (t if _copyable_in_16_bytes(t) else t.contiguous() for t in (key, value))
         out, lse = _run_decode(query, key, value, None, None, None, None, causal=causal,
                                softmax_scale=shape.softmax_scale, num_splits=None)
         return (out, lse) if return_lse else out
-    if not torch.compiler.is_compiling():
-        # Under torch.compile only the fake implementation runs while tracing (and loads the kernel: see
-        # _load_while_tracing); the compiled graph calls the op.
-        _ensure_kernel_loaded(query, causal)
+    if torch.compiler.is_compiling():
+        # While tracing, only the fake implementation runs (and loads the kernel: see _load_while_tracing); the
+        # compiled graph calls the op.
+        kernel = _registry.forward_kernel(capability(query), query.shape[-1], query.dtype, causal,
+                                          options.kernel_family)
+    else:
+        kernel = _forward_kernel(query, causal, options)
     # The op allocates out as empty_like_query does (query's layout) and lse as empty_lse does (float32, (B, Hq, Nq)),
     # launches on torch's current stream under a guard for query's device, and writes both. Allocating inside the
     # op (not passing out/lse in) keeps it functional, which torch.compile traces without auto_functionalize.
     query, softmax_scale = _with_positive_scale(query, shape.softmax_scale)
-    if use_registered_op(query, key, value):
-        out, lse = torch.ops.flash_attention.cuda_fwd(query, key, value, causal, softmax_scale)
-    else:  # straight to the CUDA kernel, past the Python autograd wrapper (see flash_attention._custom_op)
-        out, lse = torch.ops.flash_attention.cuda_fwd.default.redispatch(
-            _CUDA_KERNEL_ONLY, query, key, value, causal, softmax_scale
-        )
+    out, lse = _call(torch.ops.flash_attention.cuda_fwd, query, key, value, causal, softmax_scale, kernel.handle,
+                     int(options.sm90_schedule), options.sm90_cta_pairs)
     return (out, lse) if return_lse else out
 
 
@@ -323,13 +292,15 @@ attention = attention_entry_point(run_validated, "cuda")
 
 
 # ------------------------------------------------------------------------------------------------ decode
-def _ensure_decode_kernel_loaded(query) -> None:
+def _decode_kernel(query) -> Kernel:
+    """The (loaded, unless tracing) decode kernel of a KV-cache or decode-shaped call."""
+    if torch.compiler.is_compiling():
+        return _registry.decode_kernel(query.shape[-1], query.dtype)
     key = ("decode", query.device, query.dtype, query.shape[-1])
-    if key in _ready_kernels:
-        return
-    _require_sm80(query)
-    _loader.load(query.device, kernels=(decode_kernel_stem(query.shape[-1], query.dtype),))
-    _ready_kernels.add(key)
+    kernel = _ready_kernels.get(key)
+    if kernel is None:
+        kernel = _ready_kernels[key] = _load(query, _registry.decode_kernel(query.shape[-1], query.dtype))
+    return kernel
 
 
 def _copyable_in_16_bytes(tensor) -> bool:
@@ -355,7 +326,7 @@ def _decode_auto_eligible(query, heads_kv: int) -> bool:
     reached 0.98-1.00: results/runtime_decode-heads_bf16.md). And only once it is built (`auto` never builds)."""
     if query.shape[1] // heads_kv * query.shape[2] > _DECODE_ROWS:
         return False
-    return _built_for_auto(query, decode_kernel_stem(query.shape[-1], query.dtype))
+    return _built_for_auto(query, _registry.decode_kernel(query.shape[-1], query.dtype).stem)
 
 
 def kvcache_auto_eligible(query, key_cache, value_cache) -> bool:
@@ -366,8 +337,8 @@ def kvcache_auto_eligible(query, key_cache, value_cache) -> bool:
 
 
 def _call(op, *args):
-    """A decode op through its registered custom op when compiling or differentiating, else straight to the kernel
-    (see flash_attention._custom_op)."""
+    """An op through its registered custom op when compiling or differentiating, else straight to the CUDA kernel,
+    past the Python autograd wrapper (see flash_attention._custom_op)."""
     if use_registered_op(*(arg for arg in args if isinstance(arg, torch.Tensor))):
         return op(*args)
     return op.default.redispatch(_CUDA_KERNEL_ONLY, *args)
@@ -376,11 +347,9 @@ def _call(op, *args):
 def _run_decode(query, key_cache, value_cache, cache_seqlens, block_table, key, value, *, causal, softmax_scale,
                 num_splits):
     """Append key/value (if given), then the decode kernel, on validated, 16-byte copyable caches: (out, lse)."""
-    if not torch.compiler.is_compiling():
-        _ensure_decode_kernel_loaded(query)
+    kernel = _decode_kernel(query)
     batch, heads_q, seqlen_q, head_dim = query.shape
     heads_kv = key_cache.shape[1]
-    kernel_head_dim = _decode_head_dim(head_dim)
     if num_splits is None:
         capacity = cache_geometry(key_cache, block_table)[0]
         programs = batch * heads_kv * -(-(heads_q // heads_kv * seqlen_q) // _DECODE_ROWS)
@@ -390,10 +359,10 @@ def _run_decode(query, key_cache, value_cache, cache_seqlens, block_table, key, 
     if key is not None:
         seqlen_new = key.shape[2]
         _call(torch.ops.flash_attention.cuda_kvcache_append, key_cache, value_cache, key, value, cache_seqlens,
-              block_table, kernel_head_dim)
+              block_table, kernel.handle)
     query, softmax_scale = _with_positive_scale(query, softmax_scale)
     return _call(torch.ops.flash_attention.cuda_decode, query, key_cache, value_cache, cache_seqlens, block_table,
-                 seqlen_new, causal, softmax_scale, num_splits, kernel_head_dim)
+                 seqlen_new, causal, softmax_scale, num_splits, kernel.handle)
 
 
 def run_kvcache_validated(query, key_cache, value_cache, shape, *, cache_seqlens, block_table, key, value, causal,
@@ -412,50 +381,28 @@ attention_with_kvcache = kvcache_entry_point(run_kvcache_validated, "cuda")
 
 
 # ------------------------------------------------------------------------------------------------ varlen
-def _varlen_stem(query, causal: bool) -> str:
-    """The SM90 library that holds the varlen kernel of a packed call (each SM90 file holds the dense and the varlen
-    kernel of its head dim, dtype and mask)."""
-    return _family_stem(True, query.shape[-1], query.dtype, causal)
-
-
 def varlen_unsupported_reason(query) -> str | None:
-    """Why this backend cannot run a (validated) varlen call of `query`, or None: its varlen kernels are the Hopper
-    family's (compute capability 9.0, head dims 40-64, 104-128, 200-256)."""
-    if capability(query) != (9, 0):
-        major, minor = capability(query)
-        return f"its varlen kernels run on compute capability 9.0 (Hopper), this GPU has {major}.{minor}"
-    if not sm90_family_covers(query.shape[-1]):
-        return f"its varlen kernels serve head dims 40-64, 104-128 and 200-256, got {query.shape[-1]}"
-    return None
+    """Why this backend cannot run a (validated) varlen call of `query`, or None (the registry's rule: the Hopper
+    family's varlen kernels)."""
+    return _registry.varlen_unsupported_reason(capability(query), query.shape[-1])
 
 
 def varlen_auto_eligible(query, causal: bool = False) -> bool:
     """Whether `auto` should take this backend for a varlen call: where its varlen kernel runs, once built."""
     if unavailable_reason(query) is not None or varlen_unsupported_reason(query) is not None:
         return False
-    return _built_for_auto(query, _varlen_stem(query, causal))
+    return _built_for_auto(query, _registry.varlen_kernel(query.shape[-1], query.dtype, causal).stem)
 
 
-def _ensure_varlen_kernel_loaded(query, causal: bool) -> None:
+def _varlen_kernel(query, causal: bool) -> Kernel:
+    """The (loaded, unless tracing) SM90 library that holds the varlen kernel of a packed call."""
+    kernel = _registry.varlen_kernel(query.shape[-1], query.dtype, causal)
+    if torch.compiler.is_compiling():
+        return kernel
     key = ("varlen", query.device, query.dtype, query.shape[-1], bool(causal))
-    if key in _ready_kernels:
-        return
-    _loader.load(query.device, kernels=(_varlen_stem(query, causal),))
-    _ready_kernels.add(key)
-
-
-def _load_varlen_while_tracing(query) -> None:
-    """As _load_while_tracing, for the varlen kernels (both masks: the fake implementation does not know which)."""
-    head_dim = query.shape[-1]
-    if query.device.type != "cuda" or not isinstance(head_dim, int) or not torch.cuda.is_available():
-        return
-    if query.dtype not in _DTYPE_NAMES or varlen_unsupported_reason(query) is not None:
-        return
-    try:
-        for causal in (False, True):
-            _ensure_varlen_kernel_loaded(query, causal)
-    except (RuntimeError, ValueError):
-        pass
+    if key not in _ready_kernels:
+        _ready_kernels[key] = _load(query, kernel)
+    return kernel
 
 
 def run_varlen_validated(query, key, value, cu_seqlens_q, cu_seqlens_k, shape, *, causal, return_lse):
@@ -464,11 +411,10 @@ def run_varlen_validated(query, key, value, cu_seqlens_q, cu_seqlens_k, shape, *
     reason = varlen_unsupported_reason(query)
     if reason is not None:
         raise ValueError(f"backend 'cuda' cannot run this input: {reason}; use backend='triton'")
-    if not torch.compiler.is_compiling():
-        _ensure_varlen_kernel_loaded(query, causal)
+    kernel = _varlen_kernel(query, causal)
     query, softmax_scale = _with_positive_scale(query, shape.softmax_scale)
     out, lse = _call(torch.ops.flash_attention.cuda_varlen_fwd, query, key, value, cu_seqlens_q, cu_seqlens_k,
-                     shape.max_seqlen_q, shape.max_seqlen_k, causal, softmax_scale)
+                     shape.max_seqlen_q, shape.max_seqlen_k, causal, softmax_scale, kernel.handle)
     return (out, lse) if return_lse else out
 
 

@@ -2,18 +2,20 @@
 everything is cached per user.
 
 Libraries, each built by ``torch.utils.cpp_extension.load`` (ninja) for the GPU in hand only:
-- the binding (``csrc/binding.cpp``, the only unit that includes torch), which defines the op
-  ``flash_attention::cuda_fwd`` and holds a table of kernel launchers;
-- one library per kernel translation unit, ``csrc/fwd_[sm90_]hdim<D>_<dtype>[_causal].cu`` (40 of them; the
-  ``fwd_sm90_*`` ones only on compute capability 9.0) and ``csrc/decode_hdim<D>_<dtype>.cu`` (6), which the binding
-  dlopens to file the launcher it exports.
+- the binding (``csrc/binding.cpp``, the only unit that includes torch), which implements the ops and holds the
+  table of loaded kernel entries;
+- one library per kernel that ``_registry`` lists (46: the SM80 and decode families everywhere, the SM90 family on
+  compute capability 9.0 only), each its family's translation unit compiled with the kernel's ``-D`` flags and named
+  by its stem (``fwd_sm90_hdim128_bf16_causal``); the binding dlopens it and files its entry under the kernel's
+  handle.
 A call loads the binding and the one kernel it needs, building whichever is missing, in parallel: a first call
 compiles one kernel, not forty. ``python -m flash_attention.cuda.build`` builds them all ahead of time, ``MAX_JOBS``
 at once (default: one per core).
 
 The cache is ``<cache>/sm<XY>-<key>/<library>/``, where ``<cache>`` is ``$FLASH_ATTENTION_CACHE``, else
-``$XDG_CACHE_HOME/flash_attention``, else ``~/.cache/flash_attention``, and ``<key>`` hashes the sources' contents,
-the flags, the torch and CUDA versions and the arch. Two processes building the same library serialise on its file
+``$XDG_CACHE_HOME/flash_attention``, else ``~/.cache/flash_attention`` (flash_attention._settings reads them), and
+``<key>`` hashes the sources' contents, the flags, the torch and CUDA versions and the arch (a library's ``-D`` flags
+follow from its stem). Two processes building the same library serialise on its file
 lock. A finished build records the library's size and sha256; a cached library that does not match (truncated,
 corrupt) is wiped and rebuilt before it is loaded, and one that fails to load is rebuilt once.
 """
@@ -33,6 +35,9 @@ import time
 from pathlib import Path
 
 import torch
+
+from .. import _settings
+from . import _registry
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 REPO = Path(__file__).resolve().parents[2]
@@ -59,18 +64,13 @@ _lock = threading.Lock()
 
 # ----------------------------------------------------------------------------------------------- finding things
 def cache_root() -> Path:
-    if os.environ.get("FLASH_ATTENTION_CACHE"):
-        return Path(os.environ["FLASH_ATTENTION_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "flash_attention"
+    return _settings.current.cache_dir
 
 
 def find_cutlass_include() -> Path | None:
     """CUTLASS headers: $CUTLASS_PATH/include, else third_party/cutlass, else the nvidia-cutlass wheel."""
-    env = os.environ.get("CUTLASS_PATH")
-    if env:
-        include = Path(env).expanduser() / "include"
+    if _settings.current.cutlass_path is not None:
+        include = _settings.current.cutlass_path / "include"
         return include if (include / "cute" / "tensor.hpp").is_file() else None
     submodule = REPO / "third_party" / "cutlass" / "include"
     if (submodule / "cute" / "tensor.hpp").is_file():
@@ -84,9 +84,8 @@ def find_cutlass_include() -> Path | None:
 
 
 def cutlass_missing_reason() -> str:
-    env = os.environ.get("CUTLASS_PATH")
-    if env:
-        return f"CUTLASS_PATH={env} has no include/cute/tensor.hpp"
+    if _settings.current.cutlass_path is not None:
+        return f"CUTLASS_PATH={_settings.current.cutlass_path} has no include/cute/tensor.hpp"
     return ("CUTLASS headers not found: set CUTLASS_PATH to a CUTLASS checkout, run "
             "`git submodule update --init third_party/cutlass`, or `pip install nvidia-cutlass`")
 
@@ -109,29 +108,17 @@ def device_arch(device=None) -> str:
     return f"{major}{minor}"
 
 
-def has_sm90_kernels(arch: str) -> bool:
-    """The wgmma/TMA kernel family runs on compute capability 9.0 only (sm_90a code is not forward compatible)."""
-    return arch == "90"
-
-
 def arch_flags(arch: str) -> list[str]:
     # Only the GPU in hand. On 9.0 everything builds as sm_90a, the architecture-specific target that wgmma and
     # setmaxnreg need (the SM80 kernels run there unchanged, for the head dims the SM90 family does not cover).
-    if has_sm90_kernels(arch):
+    if _registry.builds_for(arch, _registry.SM90):
         return ["-gencode=arch=compute_90a,code=sm_90a"]
     return [f"-gencode=arch=compute_{arch},code=sm_{arch}"]
 
 
 def kernel_stems(arch: str) -> list[str]:
-    """The kernel translation units for `arch` by file stem: the SM80 forward family everywhere, the SM90 one on
-    9.0, and the decode family (mma.sync, SM80+) everywhere."""
-    files = sorted(CSRC.glob("fwd_*.cu")) + sorted(CSRC.glob("decode_*.cu"))
-    return [p.stem for p in files if has_sm90_kernels(arch) or not p.name.startswith("fwd_sm90_")]
-
-
-def is_decode_stem(stem: str) -> bool:
-    """Decode libraries export a DecodeKernelEntry, which the binding files through its own loading op."""
-    return stem.startswith("decode_")
+    """The libraries of every kernel the registry lists for `arch`, by stem."""
+    return [kernel.stem for kernel in _registry.kernels_for_arch(arch)]
 
 
 def library_name(stem: str | None) -> str:
@@ -236,7 +223,8 @@ def _check_toolchain() -> Path:
 
 
 def _build(arch: str, stem: str | None, directory: Path, verbose: bool) -> None:
-    """Build one library into `directory`: the binding (stem None) or the kernel csrc/<stem>.cu."""
+    """Build one library into `directory`: the binding (stem None) or the registry's kernel of that stem (its
+    family's translation unit with the kernel's -D flags)."""
     from torch.utils import cpp_extension
 
     include = _check_toolchain()
@@ -244,7 +232,8 @@ def _build(arch: str, stem: str | None, directory: Path, verbose: bool) -> None:
     if stem is None:  # host code only, against torch's CUDA headers and libraries
         sources, cuda_flags = [CSRC / "binding.cpp"], []
     else:
-        sources, cuda_flags = [CSRC / f"{stem}.cu"], NVCC_FLAGS + arch_flags(arch)
+        kernel = _registry.by_stem(stem)
+        sources, cuda_flags = [CSRC / kernel.family.source], NVCC_FLAGS + arch_flags(arch) + kernel.defines
     cpp_extension.load(
         name=library_name(stem),
         sources=[str(p) for p in sources],
@@ -272,7 +261,7 @@ def _ensure_built(arch: str, stems: list, verbose: bool) -> None:
                 _build(arch, stem, library.parent, verbose)
                 _write_marker(library)
 
-    jobs = max(1, int(os.environ.get("MAX_JOBS") or os.cpu_count() or 1))
+    jobs = _settings.current.max_jobs or os.cpu_count() or 1
     if len(stems) == 1 or jobs == 1:
         for stem in stems:
             build_one(stem)
@@ -286,14 +275,16 @@ def _load_into_process(arch: str, stem: str | None) -> None:
     library = library_path(arch, stem)
     if stem is None:
         torch.ops.load_library(str(library))  # no-op if cpp_extension.load already loaded it
-    elif is_decode_stem(stem):  # the binding dlopens it and files its launcher
-        torch.ops.flash_attention.cuda_load_decode_kernel(str(library), stem)
+        return
+    kernel = _registry.by_stem(stem)  # the binding dlopens it and files its entry under the kernel's handle
+    if kernel.is_decode:
+        torch.ops.flash_attention.cuda_load_decode_kernel(str(library), kernel.handle)
     else:
-        torch.ops.flash_attention.cuda_load_kernel(str(library), stem)
+        torch.ops.flash_attention.cuda_load_kernel(str(library), kernel.handle)
 
 
 def load(device=None, *, kernels=(), verbose: bool = False) -> Path:
-    """Load the binding and the kernels named in `kernels` (file stems, e.g. "fwd_sm90_hdim128_fp16") for `device`'s
+    """Load the binding and the kernels named in `kernels` (stems, e.g. "fwd_sm90_hdim128_fp16") for `device`'s
     GPU, building in parallel whatever the cache lacks. Returns the build directory."""
     if not torch.cuda.is_available():
         raise RuntimeError("flash_attention cuda backend: CUDA is not available (no GPU, or a CPU-only torch build)")

@@ -4,13 +4,12 @@ The kernel is registered as the torch custom op `flash_attention::triton_fwd` (w
 torch.compile traces through it and CUDA graphs capture it. It is forward-only: the backward of its output raises.
 FLASH_ATTENTION_AUTOTUNE=0 skips autotuning and uses one fixed tile per head_dim, FLASH_ATTENTION_TMA=0 loads tiles
 with pointers instead of TMA on Hopper: both are read once, at import, into AUTOTUNE and USE_TMA (set those to change
-them later). After the first call of a configuration, a call launches through a `_launcher.LaunchPlan`.
+them later; flash_attention._settings reads the environment). After the first call of a configuration, a call launches through a `_launcher.LaunchPlan`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Optional
 
 import numpy
@@ -22,7 +21,7 @@ from .._device import capability, device_index
 from .._validation import (
     attention_entry_point, empty_like_query, empty_lse, empty_varlen_lse, kvcache_entry_point, varlen_entry_point,
 )
-from .. import _decode_plan
+from .. import _decode_plan, _settings
 from . import _decode
 from ._configs import (
     AUTOTUNE_KEY,
@@ -41,8 +40,9 @@ __all__ = [
 ]
 
 _INTERPRETED = not hasattr(attention_fwd_kernel, "device_caches")  # InterpretedFunction under TRITON_INTERPRET=1
-AUTOTUNE = os.environ.get("FLASH_ATTENTION_AUTOTUNE", "1") != "0"
-USE_TMA = os.environ.get("FLASH_ATTENTION_TMA", "1") != "0"
+# Research knobs, read from the environment once (flash_attention._settings); set them here to change a process.
+AUTOTUNE = _settings.current.triton_autotune
+USE_TMA = _settings.current.triton_tma
 # Launch plans of the forward kernel, by everything its arguments derive from (see _plan_key).
 _forward_plans = PlanCache()
 # Chosen configs per (device, autotune key): after the first call the kernel launches with its config directly.

@@ -21,20 +21,17 @@ pointers, masked at the sequence's end.
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634
+from .._validation import LOG2E, softmax_scale_sign
+
 LN2 = tl.constexpr(0.6931471805599453)  # a constexpr: jit code may read only constexpr globals
-_FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32
 
 
 def kernel_scale(softmax_scale: float) -> tuple[float, bool]:
-    """(qk_scale, positive): the softmax scale in base 2, as the kernels take it, and whether it is positive (then the
-    kernels fold it into exp2's argument). A subnormal float32 scale is zeroed: the GPU flushes it to zero and the
-    interpreter mishandles it; every score times it is below float32 resolution next to the max anyway (the softmax
-    is uniform)."""
-    qk_scale = softmax_scale * LOG2E
-    if abs(qk_scale) < _FLOAT32_TINY:
-        qk_scale = 0.0
-    return qk_scale, qk_scale > 0
+    """(qk_scale, positive): the softmax scale in base 2, as the kernels take it (zero where the package's scale rule,
+    flash_attention._validation.softmax_scale_sign, says the softmax is uniform), and whether it is positive (then the
+    kernels fold it into exp2's argument)."""
+    sign = softmax_scale_sign(softmax_scale)
+    return (softmax_scale * LOG2E if sign != 0 else 0.0), sign > 0
 
 
 @triton.jit

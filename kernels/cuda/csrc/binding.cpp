@@ -1,7 +1,8 @@
 // The torch-facing side of the CUDA backend (the only file that includes torch): the CUDA implementation of
 // flash_attention::cuda_fwd (and cuda_varlen_fwd, cuda_decode, cuda_kvcache_append), whose schemas, fake (meta)
 // implementations and autograd rules are defined in Python (kernels/cuda/__init__.py), and
-// flash_attention::cuda_load_kernel, which files the launchers of a kernel library.
+// flash_attention::cuda_load_kernel / cuda_load_decode_kernel, which file a kernel library's entry under the handle
+// that kernels/cuda/_registry.py gave it.
 // Inputs were validated in Python; the checks here guard direct torch.ops calls.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
@@ -14,8 +15,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 #include <map>
 #include <mutex>
 #include <string>
@@ -25,7 +24,6 @@
 #include "decode_params.h"
 #include "fwd_launch_api.h"
 #include "params.h"
-#include "static_switch.h"
 
 namespace {
 
@@ -41,103 +39,61 @@ at::Tensor aligned_for_16_byte_loads(const at::Tensor& t) {
 // Strides of dims of size 1 are never multiplied by a nonzero index; zero them so odd values cannot matter.
 int64_t used_stride(const at::Tensor& t, int dim) { return t.size(dim) == 1 ? 0 : t.stride(dim); }
 
-// The kernels live in their own libraries (one per translation unit, built on first use by kernels/cuda/_loader.py),
-// which file their launchers here through flash_attention::cuda_load_kernel. Slots are written under a mutex and
-// read without one on every call.
-constexpr int kNumHeadDims = 7;  // FLASH_FOR_EACH_HEADDIM
-std::atomic<flash::FwdLaunchFn> g_launchers[2][2][kNumHeadDims][2];  // [family][dtype][head dim][causal]
-std::atomic<flash::FwdLaunchFn> g_varlen_launchers[2][kNumHeadDims][2];  // SM90 packed batches: [dtype][hd][causal]
+// The kernels live in their own libraries (one per kernel that kernels/cuda/_registry.py lists, built on first use
+// by kernels/cuda/_loader.py), which the binding dlopens when Python asks (cuda_load_kernel, cuda_load_decode_kernel)
+// and files under the handle the registry gave the kernel. Every call names its kernel by that handle: the choice of
+// a kernel (family, head dim, arch) is the registry's alone. Slots are written under a mutex and read without one on
+// every call.
+constexpr int64_t kMaxKernels = 256;
+std::atomic<const flash::KernelEntry*> g_forward_entries[kMaxKernels];
+std::atomic<const flash::KernelEntry*> g_varlen_entries[kMaxKernels];  // the SM90 libraries' packed-batch kernels
+std::atomic<const flash::DecodeKernelEntry*> g_decode_entries[kMaxKernels];
 std::mutex g_load_mutex;
 
-int head_dim_slot(int padded) {
-  int slot = 0;
-#define FLASH_SLOT(D) \
-  if (padded == D) return slot; \
-  ++slot;
-  FLASH_FOR_EACH_HEADDIM(FLASH_SLOT)
-#undef FLASH_SLOT
-  return -1;
+void check_handle(int64_t handle) {
+  TORCH_CHECK_VALUE(handle >= 0 && handle < kMaxKernels, "flash_attention cuda: kernel handle ", handle,
+                    " is out of range [0, ", kMaxKernels, ")");
 }
 
-std::atomic<flash::FwdLaunchFn>& launcher_slot(flash::KernelFamily family, flash::DType dtype, int padded_head_dim,
-                                               bool causal) {
-  return g_launchers[static_cast<int>(family)][static_cast<int>(dtype)][head_dim_slot(padded_head_dim)][causal];
-}
-
-// The translation unit's file stem, as the loader names its library: fwd_[sm90_]hdim<D>_<dtype>[_causal].
-std::string kernel_stem(flash::KernelFamily family, flash::DType dtype, int padded_head_dim, bool causal) {
-  std::string stem = family == flash::KernelFamily::kSm90 ? "fwd_sm90_hdim" : "fwd_hdim";
-  stem += std::to_string(padded_head_dim) + (dtype == flash::DType::kFloat16 ? "_fp16" : "_bf16");
-  return causal ? stem + "_causal" : stem;
-}
-
-// The entry a kernel library exports as flash_attention_<stem>, of type Entry, after dlopen (the library stays open
-// for the life of the process) and a check that it was built against this binding's Params layout.
+// The entry a kernel library exports as `symbol`, of type Entry, after dlopen (the library stays open for the life
+// of the process) and a check that it was built against this binding's Params layout. Null if it exports none and
+// none is required.
 template <typename Entry, typename Params>
-const Entry* open_kernel_entry(const std::string& path, const std::string& stem) {
-  void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
-  TORCH_CHECK(handle != nullptr, "flash_attention cuda: cannot load kernel library ", path, ": ", dlerror());
-  const std::string symbol = "flash_attention_" + stem;
-  const auto* entry = static_cast<const Entry*>(dlsym(handle, symbol.c_str()));
-  TORCH_CHECK(entry != nullptr, "flash_attention cuda: ", path, " does not export ", symbol);
-  TORCH_CHECK(entry->params_bytes == static_cast<int>(sizeof(Params)),
+const Entry* open_kernel_entry(const std::string& path, const char* symbol, bool required = true) {
+  void* library = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  TORCH_CHECK(library != nullptr, "flash_attention cuda: cannot load kernel library ", path, ": ", dlerror());
+  const auto* entry = static_cast<const Entry*>(dlsym(library, symbol));
+  TORCH_CHECK(entry != nullptr || !required, "flash_attention cuda: ", path, " does not export ", symbol);
+  TORCH_CHECK(entry == nullptr || entry->params_bytes == static_cast<int>(sizeof(Params)),
               "flash_attention cuda: ", path, " was built against another parameter layout; clear the cache");
   return entry;
 }
 
-// flash_attention::cuda_load_kernel(path, stem): dlopen a kernel library and file the launcher it exports as
-// flash_attention_<stem>, and an SM90 library's packed-batch launcher, flash_attention_<stem>_varlen. Called by the
-// loader once per library and process; loading one twice is harmless.
-void cuda_load_kernel(const std::string& path, const std::string& stem) {
+// flash_attention::cuda_load_kernel(path, handle): dlopen a forward kernel library and file its entry (and an SM90
+// library's packed-batch entry) under `handle`. Called by the loader once per library and process; loading one
+// twice is harmless.
+void cuda_load_kernel(const std::string& path, int64_t handle) {
+  check_handle(handle);
   std::lock_guard<std::mutex> lock(g_load_mutex);
-  const auto* entry = open_kernel_entry<flash::KernelEntry, flash::FwdParams>(path, stem);
-  TORCH_CHECK(head_dim_slot(entry->head_dim) >= 0 && !entry->varlen &&
-                  kernel_stem(entry->family, entry->dtype, entry->head_dim, entry->causal) == stem,
-              "flash_attention cuda: the entry of ", path, " describes another kernel than ", stem);
-  launcher_slot(entry->family, entry->dtype, entry->head_dim, entry->causal).store(entry->launch);
-  if (entry->family != flash::KernelFamily::kSm90) return;
-  const auto* varlen = open_kernel_entry<flash::KernelEntry, flash::FwdParams>(path, stem + "_varlen");
-  TORCH_CHECK(varlen->varlen && varlen->dtype == entry->dtype && varlen->head_dim == entry->head_dim &&
-                  varlen->causal == entry->causal,
-              "flash_attention cuda: the varlen entry of ", path, " describes another kernel than ", stem);
-  g_varlen_launchers[static_cast<int>(varlen->dtype)][head_dim_slot(varlen->head_dim)][varlen->causal].store(
-      varlen->launch);
+  g_forward_entries[handle].store(
+      open_kernel_entry<flash::KernelEntry, flash::FwdParams>(path, "flash_attention_kernel_entry"));
+  g_varlen_entries[handle].store(open_kernel_entry<flash::KernelEntry, flash::FwdParams>(
+      path, "flash_attention_varlen_entry", /*required=*/false));
 }
 
-// The Hopper kernel family serves compute capability 9.0 and the head dims it instantiates (64, 128, 256, and the
-// sizes that round up to them; TMA zero-fills the padding columns): flash_attention.cuda.kernel_stem says the same in
-// Python, and a GPU test checks that the two agree. FLASH_ATTENTION_CUDA_KERNEL=sm80 holds such calls to the SM80
-// family (to test or time both on a Hopper GPU).
-bool sm90_head_dim(int padded_head_dim) {
-  return padded_head_dim == 64 || padded_head_dim == 128 || padded_head_dim == 256;
-}
-
-bool use_sm90_kernel(int major, int minor, int padded_head_dim) {
-  if (major != 9 || minor != 0 || !sm90_head_dim(padded_head_dim)) return false;
-  const char* family = std::getenv("FLASH_ATTENTION_CUDA_KERNEL");
-  return family == nullptr || std::strcmp(family, "sm80") != 0;
-}
-
-// The SM90 grid, from FLASH_ATTENTION_SM90_SCHEDULER (unset: auto, which the launcher resolves by its tile height).
-flash::Sm90Schedule sm90_schedule_from_environment() {
-  const char* value = std::getenv("FLASH_ATTENTION_SM90_SCHEDULER");
-  const std::string choice = value != nullptr ? value : "auto";
-  if (choice == "auto") return flash::Sm90Schedule::kAuto;
-  if (choice == "static") return flash::Sm90Schedule::kStatic;
-  if (choice == "dynamic") return flash::Sm90Schedule::kDynamic;
-  TORCH_CHECK_VALUE(choice == "per-tile",
-                    "FLASH_ATTENTION_SM90_SCHEDULER must be auto, static, dynamic or per-tile, got ", choice);
-  return flash::Sm90Schedule::kPerTile;
-}
-
-// FLASH_ATTENTION_SM90_CLUSTER: auto (unset; pairs of CTAs share K/V where tile_scheduler.h's sm90_pairs_apply
-// allows) or off (single CTAs only, to test or time both).
-bool sm90_pairs_from_environment() {
-  const char* value = std::getenv("FLASH_ATTENTION_SM90_CLUSTER");
-  const std::string choice = value != nullptr ? value : "auto";
-  TORCH_CHECK_VALUE(choice == "auto" || choice == "off",
-                    "FLASH_ATTENTION_SM90_CLUSTER must be auto or off, got ", choice);
-  return choice == "auto";
+// The entry filed under `handle`, checked against the call it is to run: a handle that names another kernel (a
+// direct torch.ops call) is refused, never launched on operands it does not fit.
+const flash::KernelEntry& forward_entry(const std::atomic<const flash::KernelEntry*>* table, int64_t handle,
+                                        at::ScalarType dtype, int64_t head_dim, bool causal, const char* what) {
+  check_handle(handle);
+  const flash::KernelEntry* entry = table[handle].load();
+  TORCH_CHECK(entry != nullptr, "flash_attention cuda: no ", what, " kernel is loaded under handle ", handle,
+              ": flash_attention.cuda selects, builds and loads kernels (flash_attention.cuda.load_kernel)");
+  const flash::DType want = dtype == at::kHalf ? flash::DType::kFloat16 : flash::DType::kBFloat16;
+  TORCH_CHECK_VALUE(entry->dtype == want && entry->causal == causal && head_dim <= entry->head_dim,
+                    "flash_attention cuda: kernel ", handle, " (head dim ", entry->head_dim, ", causal ",
+                    entry->causal, ") does not run this call (head dim ", head_dim, ", causal ", causal, ")");
+  return *entry;
 }
 
 // The dynamic deal's counter for a call on `stream` (current device). Every kernel leaves it zero (finish_draws in
@@ -189,16 +145,13 @@ void fill_common_params(flash::FwdParams& p, const at::Tensor& q, const at::Tens
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&p.num_sms, cudaDevAttrMultiProcessorCount, device));
 }
 
-// The compute capability of `device`, (major, minor).
-std::pair<int, int> compute_capability(int device) {
-  int major = 0, minor = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
-  return {major, minor};
-}
-
+// flash_attention::cuda_fwd: the forward kernel filed under `kernel` (kernels/cuda/_registry.py chose it) on
+// (batch, heads, seqlen, head_dim) operands. The SM90 family's launch options: `sm90_schedule` (flash::Sm90Schedule,
+// the grid and its deal; auto lets the launcher decide by the tiles) and `sm90_cta_pairs` (pairs of CTAs may share
+// K/V where tile_scheduler.h's sm90_pairs_apply allows). Functional: allocates and returns (out, lse).
 std::tuple<at::Tensor, at::Tensor> cuda_fwd(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
-                                            bool causal, double softmax_scale) {
+                                            bool causal, double softmax_scale, int64_t kernel,
+                                            int64_t sm90_schedule, bool sm90_cta_pairs) {
   TORCH_CHECK_VALUE(q_in.is_cuda() && k_in.is_cuda() && v_in.is_cuda(), "flash_attention cuda: inputs must be CUDA");
   TORCH_CHECK_VALUE(q_in.dim() == 4 && k_in.dim() == 4 && v_in.dim() == 4, "flash_attention cuda: inputs must be 4-D");
   const auto dtype = q_in.scalar_type();
@@ -215,6 +168,10 @@ std::tuple<at::Tensor, at::Tensor> cuda_fwd(const at::Tensor& q_in, const at::Te
   TORCH_CHECK_VALUE(seqlen_q < (int64_t(1) << 31) && seqlen_k < (int64_t(1) << 31) && batch * heads_q < (int64_t(1) << 32),
                     "flash_attention cuda: sizes too large");
   TORCH_CHECK_VALUE(std::isfinite(softmax_scale), "flash_attention cuda: softmax_scale must be finite");
+  TORCH_CHECK_VALUE(sm90_schedule >= static_cast<int64_t>(flash::Sm90Schedule::kAuto) &&
+                        sm90_schedule <= static_cast<int64_t>(flash::Sm90Schedule::kPerTile),
+                    "flash_attention cuda: sm90_schedule ", sm90_schedule, " is not a flash::Sm90Schedule");
+  const flash::KernelEntry& entry = forward_entry(g_forward_entries, kernel, dtype, head_dim, causal, "forward");
 
   c10::cuda::CUDAGuard guard(q_in.device());
   const at::Tensor q = aligned_for_16_byte_loads(q_in);
@@ -236,28 +193,18 @@ std::tuple<at::Tensor, at::Tensor> cuda_fwd(const at::Tensor& q_in, const at::Te
   p.batch = static_cast<int>(batch);
   p.seqlen_q = static_cast<int>(seqlen_q);
   p.seqlen_k = static_cast<int>(seqlen_k);
-  const auto [major, minor] = compute_capability(device);
-  const int padded = flash::padded_head_dim(p.head_dim);
-  const flash::KernelFamily family =
-      use_sm90_kernel(major, minor, padded) ? flash::KernelFamily::kSm90 : flash::KernelFamily::kSm80;
-  const flash::DType kernel_dtype = dtype == at::kHalf ? flash::DType::kFloat16 : flash::DType::kBFloat16;
-  const flash::FwdLaunchFn launch = launcher_slot(family, kernel_dtype, padded, causal).load();
-  // SM90 grid (tile_scheduler.h): persistent, dealing equal tiles statically and unequal ones (causal, or a
-  // partial tile per head) from the counter. FLASH_ATTENTION_SM90_SCHEDULER=static|dynamic|per-tile overrides.
+  // SM90 grid (tile_scheduler.h): by default persistent, dealing equal tiles statically and unequal ones (causal,
+  // or a partial tile per head) from the counter.
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   at::Tensor graph_tile_counter;
-  if (family == flash::KernelFamily::kSm90) {
-    p.sm90_schedule = sm90_schedule_from_environment();
-    p.sm90_allow_pairs = sm90_pairs_from_environment();
+  if (entry.family == flash::KernelFamily::kSm90) {
+    p.sm90_schedule = static_cast<flash::Sm90Schedule>(sm90_schedule);
+    p.sm90_allow_pairs = sm90_cta_pairs;
     const bool may_draw = p.sm90_schedule == flash::Sm90Schedule::kAuto ||
                           p.sm90_schedule == flash::Sm90Schedule::kDynamic;
     if (may_draw) p.tile_counter = tile_counter_for(stream, q_in.options(), graph_tile_counter);
   }
-  TORCH_CHECK(launch != nullptr, "flash_attention cuda: kernel ", kernel_stem(family, kernel_dtype, padded, causal),
-              " is not loaded: flash_attention.attention builds and loads it on first use; before calling the op "
-              "directly, call flash_attention.cuda.load_kernel(query, causal)");
-  const cudaError_t err = launch(p, stream);
-  C10_CUDA_CHECK(err);
+  C10_CUDA_CHECK(entry.launch(p, stream));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (!out_aligned.is_same(out)) out.copy_(out_aligned);
   return {out, lse};
@@ -281,7 +228,8 @@ constexpr int64_t kVarlenListRowsPerTile = 64;
 std::tuple<at::Tensor, at::Tensor> cuda_varlen_fwd(const at::Tensor& q_in, const at::Tensor& k_in,
                                                    const at::Tensor& v_in, const at::Tensor& cu_seqlens_q,
                                                    const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q,
-                                                   int64_t max_seqlen_k, bool causal, double softmax_scale) {
+                                                   int64_t max_seqlen_k, bool causal, double softmax_scale,
+                                                   int64_t kernel) {
   TORCH_CHECK_VALUE(q_in.is_cuda() && k_in.is_cuda() && v_in.is_cuda(), "flash_attention cuda: inputs must be CUDA");
   TORCH_CHECK_VALUE(q_in.dim() == 3 && k_in.dim() == 3 && v_in.dim() == 3,
                     "flash_attention cuda: packed inputs must be 3-D (total, heads, head_dim)");
@@ -310,6 +258,7 @@ std::tuple<at::Tensor, at::Tensor> cuda_varlen_fwd(const at::Tensor& q_in, const
                     "flash_attention cuda: sizes too large");
   TORCH_CHECK_VALUE(std::isfinite(softmax_scale) && softmax_scale > 0, "flash_attention cuda: softmax_scale must be "
                     "positive here (flash_attention.cuda folds other scales into the query)");
+  const flash::KernelEntry& entry = forward_entry(g_varlen_entries, kernel, dtype, head_dim, causal, "varlen");
 
   c10::cuda::CUDAGuard guard(q_in.device());
   const at::Tensor q = packed_for_16_byte_loads(q_in);
@@ -326,19 +275,6 @@ std::tuple<at::Tensor, at::Tensor> cuda_varlen_fwd(const at::Tensor& q_in, const
   }
 
   const int device = q_in.device().index();
-  const auto [major, minor] = compute_capability(device);
-  TORCH_CHECK_VALUE(major == 9 && minor == 0, "flash_attention cuda: the varlen kernel runs on compute capability "
-                    "9.0 only");
-  const int padded = flash::padded_head_dim(static_cast<int>(head_dim));
-  TORCH_CHECK_VALUE(sm90_head_dim(padded),
-                    "flash_attention cuda: the varlen kernel serves head dims 40-64, 104-128 and 200-256");
-  const flash::DType kernel_dtype = dtype == at::kHalf ? flash::DType::kFloat16 : flash::DType::kBFloat16;
-  const flash::FwdLaunchFn launch =
-      g_varlen_launchers[static_cast<int>(kernel_dtype)][head_dim_slot(padded)][causal].load();
-  TORCH_CHECK(launch != nullptr, "flash_attention cuda: the varlen kernel of ",
-              kernel_stem(flash::KernelFamily::kSm90, kernel_dtype, padded, causal),
-              " is not loaded: flash_attention.attention_varlen builds and loads it on first use");
-
   flash::FwdParams p{};
   fill_common_params(p, q, k, v, out_aligned, lse, heads_q, heads_kv, head_dim, softmax_scale, causal, device);
   p.q_head_stride = used_stride(q, 1), p.q_row_stride = used_stride(q, 0);
@@ -362,32 +298,19 @@ std::tuple<at::Tensor, at::Tensor> cuda_varlen_fwd(const at::Tensor& q_in, const
   at::Tensor graph_tile_counter;
   p.sm90_schedule = flash::Sm90Schedule::kDynamic;
   p.tile_counter = tile_counter_for(stream, q_in.options(), graph_tile_counter);
-  C10_CUDA_CHECK(launch(p, stream));
+  C10_CUDA_CHECK(entry.launch(p, stream));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (!out_aligned.is_same(out)) out.copy_(out_aligned);
   return {out, lse};
 }
 
 // ------------------------------------------------------------------------------------------------ decode
-// The decode kernels' launchers, by dtype and the head dim the caller names (flash_attention.cuda picks it: 64, 128
-// or 256, the next one up from the call's head_dim).
-constexpr int kDecodeHeadDims[] = {64, 128, 256};
-std::atomic<const flash::DecodeKernelEntry*> g_decode_entries[2][3];
-
-int decode_head_dim_slot(int64_t head_dim) {
-  for (int slot = 0; slot < 3; ++slot) {
-    if (kDecodeHeadDims[slot] == head_dim) return slot;
-  }
-  return -1;
-}
-
-// flash_attention::cuda_load_decode_kernel(path, stem): as cuda_load_kernel, for a decode_hdim<D>_<dtype> library.
-void cuda_load_decode_kernel(const std::string& path, const std::string& stem) {
+// flash_attention::cuda_load_decode_kernel(path, handle): as cuda_load_kernel, for a decode kernel library.
+void cuda_load_decode_kernel(const std::string& path, int64_t handle) {
+  check_handle(handle);
   std::lock_guard<std::mutex> lock(g_load_mutex);
-  const auto* entry = open_kernel_entry<flash::DecodeKernelEntry, flash::DecodeParams>(path, stem);
-  const int slot = decode_head_dim_slot(entry->head_dim);
-  TORCH_CHECK(slot >= 0, "flash_attention cuda: ", path, " exports a decode kernel of head dim ", entry->head_dim);
-  g_decode_entries[static_cast<int>(entry->dtype)][slot].store(entry);
+  g_decode_entries[handle].store(
+      open_kernel_entry<flash::DecodeKernelEntry, flash::DecodeParams>(path, "flash_attention_decode_entry"));
 }
 
 // A cache is read in place (and written by the append), so it is never copied: its base and used strides must
@@ -440,12 +363,16 @@ void fill_cache_params(flash::DecodeParams& p, const at::Tensor& k_cache, const 
   p.capacity = static_cast<int>(paged ? block_table->size(1) * k_cache.size(2) : k_cache.size(2));
 }
 
-const flash::DecodeKernelEntry& decode_entry(at::ScalarType dtype, int64_t kernel_head_dim) {
-  const int slot = decode_head_dim_slot(kernel_head_dim);
-  TORCH_CHECK_VALUE(slot >= 0, "flash_attention cuda: no decode kernel of head dim ", kernel_head_dim);
-  const flash::DecodeKernelEntry* entry = g_decode_entries[dtype == at::kHalf ? 0 : 1][slot].load();
-  TORCH_CHECK(entry != nullptr, "flash_attention cuda: decode kernel of head dim ", kernel_head_dim,
-              " is not loaded: flash_attention.attention_with_kvcache builds and loads it on first use");
+// The decode entry filed under `handle`, checked against the call (as forward_entry).
+const flash::DecodeKernelEntry& decode_entry(int64_t handle, at::ScalarType dtype, int64_t head_dim) {
+  check_handle(handle);
+  const flash::DecodeKernelEntry* entry = g_decode_entries[handle].load();
+  TORCH_CHECK(entry != nullptr, "flash_attention cuda: no decode kernel is loaded under handle ", handle,
+              ": flash_attention.cuda selects, builds and loads kernels");
+  TORCH_CHECK_VALUE(entry->dtype == (dtype == at::kHalf ? flash::DType::kFloat16 : flash::DType::kBFloat16) &&
+                        head_dim <= entry->head_dim,
+                    "flash_attention cuda: decode kernel ", handle, " (head dim ", entry->head_dim,
+                    ") does not run this call (head dim ", head_dim, ")");
   return *entry;
 }
 
@@ -453,7 +380,7 @@ const flash::DecodeKernelEntry& decode_entry(at::ScalarType dtype, int64_t kerne
 // cache_seqlens[b], in place; positions outside the cache are skipped.
 void cuda_kvcache_append(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& k_new_in,
                          const at::Tensor& v_new_in, const at::Tensor& seqlens,
-                         const c10::optional<at::Tensor>& block_table, int64_t kernel_head_dim) {
+                         const c10::optional<at::Tensor>& block_table, int64_t kernel) {
   TORCH_CHECK_VALUE(k_new_in.dim() == 4 && k_new_in.sizes() == v_new_in.sizes() && k_new_in.is_cuda() &&
                         v_new_in.is_cuda() && k_new_in.scalar_type() == k_cache.scalar_type() &&
                         v_new_in.scalar_type() == k_cache.scalar_type(),
@@ -472,7 +399,7 @@ void cuda_kvcache_append(const at::Tensor& k_cache, const at::Tensor& v_cache, c
   p.k_new_row_stride = used_stride(k_new, 2);
   p.v_new_batch_stride = used_stride(v_new, 0), p.v_new_head_stride = used_stride(v_new, 1);
   p.v_new_row_stride = used_stride(v_new, 2);
-  const flash::DecodeKernelEntry& entry = decode_entry(k_cache.scalar_type(), kernel_head_dim);
+  const flash::DecodeKernelEntry& entry = decode_entry(kernel, k_cache.scalar_type(), p.head_dim);
   C10_CUDA_CHECK(entry.append(p, c10::cuda::getCurrentCUDAStream().stream()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -483,7 +410,7 @@ std::tuple<at::Tensor, at::Tensor> cuda_decode(const at::Tensor& q_in, const at:
                                                const at::Tensor& v_cache, const c10::optional<at::Tensor>& seqlens,
                                                const c10::optional<at::Tensor>& block_table, int64_t seqlen_new,
                                                bool causal, double softmax_scale, int64_t num_splits,
-                                               int64_t kernel_head_dim) {
+                                               int64_t kernel) {
   TORCH_CHECK_VALUE(q_in.is_cuda() && q_in.dim() == 4, "flash_attention cuda: query must be a 4-D CUDA tensor");
   const auto dtype = q_in.scalar_type();
   TORCH_CHECK_TYPE(k_cache.scalar_type() == dtype, "flash_attention cuda: query and caches must share a dtype");
@@ -495,9 +422,9 @@ std::tuple<at::Tensor, at::Tensor> cuda_decode(const at::Tensor& q_in, const at:
                     "flash_attention cuda: seqlen_new counts appended tokens, which need cache_seqlens");
   flash::DecodeParams p{};
   fill_cache_params(p, k_cache, v_cache, seqlens, block_table, batch, head_dim);
-  TORCH_CHECK_VALUE(heads_q % p.heads_kv == 0 && head_dim % 8 == 0 && head_dim <= kernel_head_dim,
+  TORCH_CHECK_VALUE(heads_q % p.heads_kv == 0 && head_dim % 8 == 0,
                     "flash_attention cuda: query and cache shapes do not match");
-  const flash::DecodeKernelEntry& entry = decode_entry(dtype, kernel_head_dim);
+  const flash::DecodeKernelEntry& entry = decode_entry(kernel, dtype, head_dim);
 
   c10::cuda::CUDAGuard guard(q_in.device());
   const at::Tensor q = aligned_for_16_byte_loads(q_in);
@@ -533,8 +460,8 @@ std::tuple<at::Tensor, at::Tensor> cuda_decode(const at::Tensor& q_in, const at:
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(flash_attention, m) {
-  m.def("cuda_load_kernel(str path, str stem) -> ()", &cuda_load_kernel);
-  m.def("cuda_load_decode_kernel(str path, str stem) -> ()", &cuda_load_decode_kernel);
+  m.def("cuda_load_kernel(str path, int handle) -> ()", &cuda_load_kernel);
+  m.def("cuda_load_decode_kernel(str path, int handle) -> ()", &cuda_load_decode_kernel);
 }
 TORCH_LIBRARY_IMPL(flash_attention, CUDA, m) {
   m.impl("cuda_fwd", &cuda_fwd);

@@ -53,7 +53,7 @@ using DecodeLaunchFn = cudaError_t (*)(const DecodeParams&, cudaStream_t);
 template <DType kDType, int kHeadDim>
 cudaError_t run_decode(const DecodeParams& params, cudaStream_t stream);
 
-// What a decode kernel library (decode_hdim<D>_<dtype>.cu) exports under flash_attention_<file stem>.
+// What a decode kernel library (decode.cu, built per head dim and dtype) exports as flash_attention_decode_entry.
 struct DecodeKernelEntry {
   int params_bytes;
   DType dtype;
@@ -63,8 +63,3 @@ struct DecodeKernelEntry {
 };
 
 }  // namespace flash
-
-#define FLASH_EXPORT_DECODE_KERNEL(STEM, DTYPE, HEADDIM)                                                        \
-  extern "C" __attribute__((visibility("default"))) const ::flash::DecodeKernelEntry flash_attention_##STEM = { \
-      static_cast<int>(sizeof(::flash::DecodeParams)), ::flash::DType::DTYPE, HEADDIM,                          \
-      &::flash::run_decode<::flash::DType::DTYPE, HEADDIM>, &::flash::run_decode_append};

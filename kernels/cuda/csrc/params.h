@@ -73,7 +73,7 @@ struct FwdParams {
   Sm90Schedule sm90_schedule;
   TileCounter* tile_counter;  // zero on entry, left zero by every kernel that draws from it (null: no dynamic deal)
   // SM90, head dim 128: pairs of CTAs that share each K/V tile (sm90_pairs_apply says where); false holds every call
-  // to single CTAs (FLASH_ATTENTION_SM90_CLUSTER=off).
+  // to single CTAs (the backend's sm90_cta_pairs=False).
   bool sm90_allow_pairs;
 
   // Packed variable-length batches (the varlen kernels; null for dense calls). q/k/v/o are then (total, heads, D)

@@ -80,14 +80,17 @@ struct Sm90FwdTraits {
   using SmemLayoutO = SmemLayoutQConsumer;
   using SmemCopyAtomO = Copy_Atom<SM90_U32x4_STSM_N, Element>;
   static constexpr int kSmemLimit = 227 * 1024;  // opt-in shared memory per block on compute capability 9.0
+  // What the tile buffers leave for the barriers, the tile slots and the alignment of SharedStorage's 1024-byte
+  // aligned arrays (the static_assert on kSmemSize below is the exact check; this one chooses the buffers).
+  static constexpr int kSmemSlack = 1024;
   static constexpr bool kSeparateO =
-      (2 * kBlockM * kHeadDim + 2 * kStages * kBlockN * kHeadDim) * int(sizeof(Element)) + 1024 <= kSmemLimit;
+      (2 * kBlockM * kHeadDim + 2 * kStages * kBlockN * kHeadDim) * int(sizeof(Element)) + kSmemSlack <= kSmemLimit;
   // Q has two buffers where they fit beside O (head dims 64 and 128): the producer loads the next tile's Q, and so
   // its K and V, while the current tile still runs, so the K/V pipeline streams on across tiles and a short tile
   // (a few key tiles, as at N = 512-1k or on the causal diagonal) does not wait a load's latency at its start.
   static constexpr int kQStages =
-      kSeparateO && (3 * kBlockM * kHeadDim + 2 * kStages * kBlockN * kHeadDim) * int(sizeof(Element)) + 1024 <=
-                        kSmemLimit ? 2 : 1;
+      kSeparateO && (3 * kBlockM * kHeadDim + 2 * kStages * kBlockN * kHeadDim) * int(sizeof(Element)) +
+                                kSmemSlack <= kSmemLimit ? 2 : 1;
 
   // A CTA's i-th Q load (tiles whose rows see no key load none) uses buffer q_stage(i); it is that buffer's
   // q_use(i)-th load (producer and consumers agree through these two, so the barrier phases they wait on match).

@@ -95,7 +95,7 @@ cudaError_t launch_fwd_sm90(const FwdParams& args, cudaStream_t stream) {
     err = max_active_clusters<kernel>(config, clusters);
     if (err != cudaSuccess) return err;
     if (clusters <= 0) return cudaErrorInvalidConfiguration;
-    const int cap = scheduler.persistent ? clusters * kClusterM : 0x7fffffff;
+    const int cap = scheduler.persistent ? clusters * kClusterM : kMaxGridX;
     config.gridDim = dim3(static_cast<unsigned>(std::min(scheduler.num_tiles, cap)));
     return cudaLaunchKernelEx(&config, kernel, params);
   }

@@ -49,20 +49,3 @@ cudaError_t run_fwd_sm90_for_headdim(const FwdParams& params, cudaStream_t strea
 }
 
 }  // namespace flash
-
-// One SM90 instantiation file: the dense and the packed (varlen) kernel of a (dtype, head dim, mask), exported as
-// flash_attention_<STEM> and flash_attention_<STEM>_varlen.
-#define FLASH_SM90_INSTANTIATION(STEM, DTYPE, HEADDIM, CAUSAL)                                                 \
-  namespace flash {                                                                                            \
-  template <>                                                                                                  \
-  cudaError_t run_fwd_sm90<DType::DTYPE, HEADDIM, CAUSAL>(const FwdParams& params, cudaStream_t stream) {     \
-    return run_fwd_sm90_for_headdim<HEADDIM, element_t<DType::DTYPE>, CAUSAL>(params, stream);              \
-  }                                                                                                            \
-  template <>                                                                                                  \
-  cudaError_t run_fwd_sm90_varlen<DType::DTYPE, HEADDIM, CAUSAL>(const FwdParams& params,                     \
-                                                                 cudaStream_t stream) {                        \
-    return run_fwd_sm90_varlen_for_headdim<HEADDIM, element_t<DType::DTYPE>, CAUSAL>(params, stream);       \
-  }                                                                                                            \
-  }                                                                                                            \
-  FLASH_EXPORT_KERNEL(STEM, kSm90, DTYPE, HEADDIM, CAUSAL, run_fwd_sm90)                                       \
-  FLASH_EXPORT_VARLEN_KERNEL(STEM, DTYPE, HEADDIM, CAUSAL, run_fwd_sm90_varlen)

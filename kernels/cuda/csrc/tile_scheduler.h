@@ -11,12 +11,16 @@
 
 namespace flash {
 
-// x: query tiles (limit 2^31 - 1). batch * heads is folded over y (< 65,536) and z, and CTAs past the end exit, so
-// 100k (or 4 billion) batch * heads needs no second launch.
+// CUDA's grid limits: x up to 2^31 - 1 blocks, y and z up to 65,535.
+constexpr int kMaxGridX = 0x7fffffff;
+constexpr long long kMaxGridYZ = 65535;
+
+// x: query tiles. batch * heads is folded over y and z, and CTAs past the end exit, so 100k (or 4 billion)
+// batch * heads needs no second launch.
 inline dim3 fwd_grid(const FwdParams& params, int block_m) {
   const long long num_m_blocks = (params.seqlen_q + block_m - 1) / block_m;
   const long long bh = static_cast<long long>(params.batch) * params.heads_q;
-  const unsigned grid_y = static_cast<unsigned>(bh < 65535 ? bh : 65535);
+  const unsigned grid_y = static_cast<unsigned>(bh < kMaxGridYZ ? bh : kMaxGridYZ);
   const unsigned grid_z = static_cast<unsigned>((bh + grid_y - 1) / grid_y);
   return dim3(static_cast<unsigned>(num_m_blocks), grid_y, grid_z);
 }
@@ -52,7 +56,7 @@ __forceinline__ __device__ TileCoord current_tile(const FwdParams& params) {
 }
 
 // SM90: the same order as one flat list, walked by a grid of one of three kinds (FwdParams::sm90_schedule, kAuto
-// unless FLASH_ATTENTION_SM90_SCHEDULER overrides it; make_persistent_scheduler resolves it):
+// unless the backend's sm90_schedule option overrides it; make_persistent_scheduler resolves it):
 // - one CTA per tile (CTA b runs tile b), the hardware's block scheduler balancing them;
 // - persistent, static: one CTA per SM, CTA b takes tiles b, b + gridDim.x, b + 2 gridDim.x, ... Its next Q and K/V
 //   loads overlap its current tile's last GEMM and epilogue, and no tile pays for a launch, a prologue or barrier
@@ -95,7 +99,7 @@ inline bool make_persistent_scheduler(const FwdParams& params, int block_m, int 
   const bool dynamic =
       schedule == Sm90Schedule::kDynamic || (schedule == Sm90Schedule::kAuto && unequal_tiles);
   s.counter = dynamic ? params.tile_counter : nullptr;
-  return num_tiles <= 0x7fffffff && (!dynamic || s.counter != nullptr);
+  return num_tiles <= kMaxGridX && (!dynamic || s.counter != nullptr);
 }
 
 // Where pairs of CTAs (a cluster of two, Sm90FwdTraits::kClusterM) share K/V: the two tiles of a pair are query
@@ -121,7 +125,7 @@ __forceinline__ __device__ TileRows tile_rows(const PersistentTileScheduler& s, 
 }
 
 inline dim3 persistent_grid(const PersistentTileScheduler& s, const FwdParams& params) {
-  const int cap = s.persistent ? std::max(params.num_sms, 1) : 0x7fffffff;
+  const int cap = s.persistent ? std::max(params.num_sms, 1) : kMaxGridX;
   return dim3(static_cast<unsigned>(std::min(s.num_tiles, cap)));
 }
 

@@ -1,7 +1,0 @@
-// Instantiation: the decode (KV-cache) kernel at head_dim 256, bf16. One library per (head_dim, dtype), built on
-// first use like the forward kernels (kernels/cuda/_loader.py).
-#include "decode_kernel.h"
-
-template cudaError_t flash::run_decode<flash::DType::kBFloat16, 256>(const flash::DecodeParams&, cudaStream_t);
-
-FLASH_EXPORT_DECODE_KERNEL(decode_hdim256_bf16, kBFloat16, 256)

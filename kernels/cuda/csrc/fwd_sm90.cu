@@ -1,0 +1,17 @@
+// The SM90a family's kernel library (TMA, warpgroup MMAs, warp specialization; compute capability 9.0 only): the
+// dense and the packed variable-length kernel of one (head dim, dtype, mask), chosen by the -D flags of
+// instantiation.h.
+#include "instantiation.h"
+#include "fwd_launch_api.h"
+#include "sm90_tile_config.h"
+
+#ifndef FLASH_CAUSAL
+#error "the forward families are built with -DFLASH_CAUSAL=true|false"
+#endif
+
+FLASH_EXPORT_ENTRY(flash_attention_kernel_entry, kSm90,
+                   (&::flash::run_fwd_sm90_for_headdim<FLASH_HEAD_DIM,
+                                                       ::flash::element_t<::flash::DType::FLASH_DTYPE>, FLASH_CAUSAL>))
+FLASH_EXPORT_ENTRY(flash_attention_varlen_entry, kSm90,
+                   (&::flash::run_fwd_sm90_varlen_for_headdim<
+                       FLASH_HEAD_DIM, ::flash::element_t<::flash::DType::FLASH_DTYPE>, FLASH_CAUSAL>))

@@ -1,5 +1,0 @@
-// Instantiation: SM90a kernels (dense and packed varlen), head_dim 128, fp16, causal.
-// One file per (family, head_dim, dtype, causal): the loader builds each as its own library on first use.
-#include "sm90_tile_config.h"
-
-FLASH_SM90_INSTANTIATION(fwd_sm90_hdim128_fp16_causal, kFloat16, 128, true)
