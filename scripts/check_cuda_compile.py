@@ -213,7 +213,7 @@ def smem_bytes(name: str) -> str:
         d, stages = int(m[1]), int(m[2])
         warps = 4 if d == 256 else 8  # decode::StageChoice
         return f"{(16 + warps * stages * 2 * 16) * (d + 8) * 2 // 1024} KiB"
-    m = re.search(r"Sm90FwdTraits<(\d+), (\d+), (\d+), (\d+), cutlass::(\w+)>", name)
+    m = re.search(r"Sm90FwdTraits<(\d+), (\d+), (\d+), (\d+), cutlass::(\w+)(?:, \d+)?>", name)
     if m:
         d, bm, bn, stages = int(m[1]), int(m[2]), int(m[3]), int(m[4])
         # As Sm90FwdTraits sizes it: Q + stages x (K + V) tiles; + O where it fits, then + a second Q where that fits.

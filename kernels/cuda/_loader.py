@@ -222,24 +222,25 @@ def _check_toolchain() -> Path:
     return include
 
 
-def _build(arch: str, stem: str | None, directory: Path, verbose: bool) -> None:
+def _build(arch: str, stem: str | None, directory: Path, verbose: bool, csrc: Path = CSRC) -> None:
     """Build one library into `directory`: the binding (stem None) or the registry's kernel of that stem (its
-    family's translation unit with the kernel's -D flags)."""
+    family's translation unit with the kernel's -D flags), from the sources in `csrc` (another tree's, to compare
+    kernels: scripts/ab_kernels.py)."""
     from torch.utils import cpp_extension
 
     include = _check_toolchain()
     directory.mkdir(parents=True, exist_ok=True)
     if stem is None:  # host code only, against torch's CUDA headers and libraries
-        sources, cuda_flags = [CSRC / "binding.cpp"], []
+        sources, cuda_flags = [csrc / "binding.cpp"], []
     else:
         kernel = _registry.by_stem(stem)
-        sources, cuda_flags = [CSRC / kernel.family.source], NVCC_FLAGS + arch_flags(arch) + kernel.defines
+        sources, cuda_flags = [csrc / kernel.family.source], NVCC_FLAGS + arch_flags(arch) + kernel.defines
     cpp_extension.load(
         name=library_name(stem),
         sources=[str(p) for p in sources],
         extra_cflags=HOST_FLAGS,
         extra_cuda_cflags=cuda_flags,
-        extra_include_paths=[str(include), str(CSRC)],
+        extra_include_paths=[str(include), str(csrc)],
         build_directory=str(directory),
         with_cuda=True,
         is_python_module=False,

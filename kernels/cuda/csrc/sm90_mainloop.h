@@ -60,6 +60,76 @@ struct Sm90PingPong {
   }
 };
 
+// The Q buffers (Traits::kQStages) as a pipeline between the producer and the consumer warpgroups. A CTA's i-th Q
+// load (tiles whose rows see no key load none) goes to buffer Traits::q_stage(i); producer and consumers count their
+// loads alike, so the barrier phases they wait on match. The producer acquires the buffer (every consumer released
+// its previous load), commits the load to the buffer's full barrier (the TMA's bytes complete it) and advances; a
+// consumer acquires the next load's buffer, waits for it, and releases it once no GEMM or epilogue store reads it.
+template <typename Traits>
+class Sm90QPipeline {
+ public:
+  using Storage = typename Traits::SharedStorage;
+  struct Buffer {  // a consumer's view of one load: its buffer, and the phase with which the load completes
+    int stage;
+    int phase;
+  };
+
+  __forceinline__ __device__ explicit Sm90QPipeline(Storage& storage) : storage_(storage) {}
+
+  __forceinline__ __device__ int producer_acquire() const {
+    const int stage = Traits::q_stage(loads_);
+    // A wait on an "empty" barrier uses the parity of the use before (a fresh barrier counts its phase -1 as done),
+    // so the first loads pass at once.
+    storage_.barrier_q_empty[stage].wait((Traits::q_use(loads_) & 1) ^ 1);
+    return stage;
+  }
+  // The barrier the load's TMA completes, once the producer expects its bytes.
+  __forceinline__ __device__ uint64_t& producer_commit(int stage) const {
+    storage_.barrier_q[stage].arrive_and_expect_tx(Traits::kQBytes);
+    return reinterpret_cast<uint64_t&>(storage_.barrier_q[stage]);
+  }
+  __forceinline__ __device__ void producer_advance() { ++loads_; }
+
+  __forceinline__ __device__ Buffer consumer_acquire() {
+    const int stage = Traits::q_stage(loads_++);
+    return {stage, (phases_ >> stage) & 1};
+  }
+  __forceinline__ __device__ void consumer_wait(const Buffer& buffer) const {
+    storage_.barrier_q[buffer.stage].wait(buffer.phase);
+  }
+  __forceinline__ __device__ void consumer_release(const Buffer& buffer) const {
+    storage_.barrier_q_empty[buffer.stage].arrive();
+  }
+  __forceinline__ __device__ void consumer_advance(const Buffer& buffer) { phases_ ^= 1 << buffer.stage; }
+
+ private:
+  Storage& storage_;
+  int phases_ = 0;  // consumers: bit s, the phase with which buffer s's next load completes
+  int loads_ = 0;   // Q loads so far, as this role counts them
+};
+
+// What the producer carries across its tiles: the K and V pipelines and their shared state, and the Q pipeline.
+template <typename Traits>
+struct Sm90ProducerPipelines {
+  typename Traits::Pipeline& k;
+  typename Traits::Pipeline& v;
+  typename Traits::PipelineState& state;
+  Sm90QPipeline<Traits>& q;
+};
+
+// What a consumer warpgroup carries across its tiles: the K and V pipelines and their states, the Q pipeline, its
+// turn in the ping-pong, and its index (which 64 rows of a tile are its own).
+template <typename Traits>
+struct Sm90ConsumerPipelines {
+  typename Traits::Pipeline& k;
+  typename Traits::Pipeline& v;
+  typename Traits::PipelineState& state_k;
+  typename Traits::PipelineState& state_v;
+  Sm90QPipeline<Traits>& q;
+  const Sm90PingPong<Traits::kNumConsumers>& ping_pong;
+  int consumer;
+};
+
 // acc (+)= A * B as warpgroup MMAs over the K slices. A is descriptors (shared memory) or registers (P). The batch is
 // committed; kWait >= 0 waits until at most kWait batches are still in flight, -1 returns at once.
 template <bool kZeroInit, int kWait, typename TiledMma, typename TensorA, typename TensorB, typename TensorC>
@@ -81,14 +151,12 @@ __forceinline__ __device__ void warpgroup_gemm(TiledMma& tiled_mma, TensorA& tCr
   if constexpr (kRegisterA) warpgroup_fence_operand(tCrA);
 }
 
-// Producer, one tile: Q rows [first_row, first_row + kBlockM) of the tile's sequence into buffer q_stage, then K[n]
-// and V[n] for n = n_block_max - 1 down to 0 (the consumers' order: masked tiles first). `state` carries on from the
-// CTA's previous tile.
+// Producer, one tile: Q rows [first_row, first_row + kBlockM) of the tile's sequence into the Q pipeline's buffer
+// q_stage (acquired), then K[n] and V[n] for n = n_block_max - 1 down to 0 (the consumers' order: masked tiles
+// first). The pipeline states carry on from the CTA's previous tile.
 template <typename Traits, typename Params, typename Sequence>
 __forceinline__ __device__ void sm90_load(const Params& params, typename Traits::SharedStorage& storage,
-                                          typename Traits::Pipeline& pipeline_k,
-                                          typename Traits::Pipeline& pipeline_v,
-                                          typename Traits::PipelineState& state, const TileCoord& tile,
+                                          Sm90ProducerPipelines<Traits>& pipes, const TileCoord& tile,
                                           int first_row, int n_block_max, int q_stage, const Sequence& seq) {
   const int batch = tile.batch, head = tile.head, head_kv = tile.head_kv;
   using Pipeline = typename Traits::Pipeline;
@@ -143,43 +211,45 @@ __forceinline__ __device__ void sm90_load(const Params& params, typename Traits:
     }
   };
 
-  storage.barrier_q[q_stage].arrive_and_expect_tx(Traits::kQBytes);
-  copy(params.tma_q.with(reinterpret_cast<uint64_t&>(storage.barrier_q[q_stage])), tQgQ, tQsQ);
+  copy(params.tma_q.with(pipes.q.producer_commit(q_stage)), tQgQ, tQsQ);
 
+  typename Traits::PipelineState& state = pipes.state;
   CUTE_NO_UNROLL
   for (int n_block = n_block_max - 1; n_block >= 0; --n_block) {
-    pipeline_k.producer_acquire(state);
-    copy(with_barrier(params.tma_k, *pipeline_k.producer_get_barrier(state)), tKgK(_, n_block),
+    pipes.k.producer_acquire(state);
+    copy(with_barrier(params.tma_k, *pipes.k.producer_get_barrier(state)), tKgK(_, n_block),
          tKsK(_, state.index()));
-    pipeline_v.producer_acquire(state);
-    copy(with_barrier(params.tma_v, *pipeline_v.producer_get_barrier(state)), tVgV(_, n_block),
+    pipes.v.producer_acquire(state);
+    copy(with_barrier(params.tma_v, *pipes.v.producer_get_barrier(state)), tVgV(_, n_block),
          tVsV(_, state.index()));
     ++state;
   }
 }
 
-// Consumer, one tile: this warpgroup's 64 query rows from row_offset (in Q buffer q_stage, whose load completes
-// phase q_phase; the tile's rows end at end_row) against every key tile. Returns with acc_o normalised and lse
+// Consumer, one tile: this warpgroup's 64 query rows from row_offset (in the Q buffer q; the tile's rows end at
+// end_row and see the key tiles `range` of `mask`) against every key tile. Returns with acc_o normalised and lse
 // filled; calls release_q() once no GEMM of this tile will read Q again. The pipeline states carry on across tiles.
-template <typename Traits, bool kCausal, typename PingPong, typename TensorO, int kRows, typename Sequence,
-          typename ReleaseQ>
+template <typename Traits, bool kCausal, typename TensorO, int kRows, typename ReleaseQ>
 __forceinline__ __device__ void sm90_mma(const FwdParams& args, typename Traits::SharedStorage& storage,
-                                         typename Traits::Pipeline& pipeline_k,
-                                         typename Traits::Pipeline& pipeline_v,
-                                         typename Traits::PipelineState& state_k,
-                                         typename Traits::PipelineState& state_v, int q_stage, int q_phase,
-                                         const PingPong& ping_pong, TensorO& acc_o, float (&lse)[kRows],
-                                         int consumer, int row_offset, int end_row, KeyTileRange range,
-                                         const Sequence& seq, ReleaseQ&& release_q) {
+                                         Sm90ConsumerPipelines<Traits>& pipes,
+                                         const typename Sm90QPipeline<Traits>::Buffer& q, int row_offset,
+                                         int end_row, const KeyTileRange& range,
+                                         const KeyMask<kCausal, Traits::kBlockN>& mask, TensorO& acc_o,
+                                         float (&lse)[kRows], ReleaseQ&& release_q) {
   using Element = typename Traits::Element;
+  typename Traits::Pipeline& pipeline_k = pipes.k;
+  typename Traits::Pipeline& pipeline_v = pipes.v;
+  typename Traits::PipelineState& state_k = pipes.state_k;
+  typename Traits::PipelineState& state_v = pipes.state_v;
+  const auto& ping_pong = pipes.ping_pong;
   constexpr int kBlockN = Traits::kBlockN;
   constexpr int kHeadDim = Traits::kHeadDim;
   constexpr int kRowsPerConsumer = Traits::kRowsPerConsumer;
   const int tid = threadIdx.x % cutlass::NumThreadsPerWarpGroup;
 
-  Tensor sQ = make_tensor(make_smem_ptr(storage.q.data() + q_stage * cute::cosize_v<typename Traits::SmemLayoutQ>),
+  Tensor sQ = make_tensor(make_smem_ptr(storage.q.data() + q.stage * cute::cosize_v<typename Traits::SmemLayoutQ>),
                           typename Traits::SmemLayoutQ{});
-  Tensor sQc = local_tile(sQ, Shape<Int<kRowsPerConsumer>, Int<kHeadDim>>{}, make_coord(consumer, _0{}));
+  Tensor sQc = local_tile(sQ, Shape<Int<kRowsPerConsumer>, Int<kHeadDim>>{}, make_coord(pipes.consumer, _0{}));
   Tensor sK = make_tensor(make_smem_ptr(storage.k.data()), typename Traits::SmemLayoutK{});
   Tensor sVt = make_tensor(make_smem_ptr(storage.v.data()), typename Traits::SmemLayoutVt{});
 
@@ -197,17 +267,14 @@ __forceinline__ __device__ void sm90_mma(const FwdParams& args, typename Traits:
   Tensor rP = make_tensor<Element>(partition_fragment_C(mma_qk, Shape<Int<kRowsPerConsumer>, Int<kBlockN>>{}).layout());
   clear(acc_o);
 
-  storage.barrier_q[q_stage].wait(q_phase);
+  pipes.q.consumer_wait(q);
 
-  // This warpgroup's key tiles: its rows may see fewer than the tile's rows do (the upper rows of a tile taller than
-  // a key tile, rows past the end of the tile or of the queries, causal rows that see no key). For each key tile it
-  // does not need, it takes its turn without a GEMM and releases K and V once they have landed: a release before the
-  // load would count towards the stage's previous use. A warpgroup that needs none ends with O = 0 and LSE = -inf.
-  const int last_row = min(row_offset + kRowsPerConsumer, min(end_row, seq.seqlen_q(args))) - 1;
-  int visible_end = seq.seqlen_k(args);  // keys [0, visible_end) are visible to some row of this warpgroup
-  if constexpr (kCausal) visible_end = min(visible_end, last_row + seq.seqlen_k(args) - seq.seqlen_q(args) + 1);
-  const int n_block_max =
-      last_row < row_offset || visible_end <= 0 ? 0 : min(range.n_block_max, ceil_div(visible_end, kBlockN));
+  // This warpgroup's key tiles (its rows may see fewer than the tile's rows do). For each key tile it does not
+  // need, it takes its turn without a GEMM and releases K and V once they have landed: a release before the load
+  // would count towards the stage's previous use. A warpgroup that needs none ends with O = 0 and LSE = -inf.
+  const RowKeys keys = mask.keys_of_rows(row_offset, kRowsPerConsumer, end_row, range);
+  const int visible_end = keys.visible_end;
+  const int n_block_max = keys.n_block_max;
   for (int n = range.n_block_max - 1; n >= n_block_max; --n) {
     ping_pong.wait_turn();
     ping_pong.pass_turn();
@@ -253,7 +320,7 @@ __forceinline__ __device__ void sm90_mma(const FwdParams& args, typename Traits:
     CUTE_UNROLL
     for (int i = 0; i < size(acc); ++i) acc_s(i) = acc(i);
     if (n_block >= range.n_block_unmasked_end) {  // always so for a left-half tile
-      apply_mask<kCausal>(acc_s, tScS, row_offset, n_block * kBlockN, seq.seqlen_q(args), seq.seqlen_k(args));
+      mask.apply(acc_s, tScS, row_offset, n_block * kBlockN);
     }
     constexpr int kThreadCols = decltype(size<1>(acc_rowcol_layout(acc_s.layout())))::value;
     softmax.template exponentiate<true, kThreadCols * kCols / kBlockN>(acc_s, args.scale_log2, correction);
@@ -281,7 +348,7 @@ __forceinline__ __device__ void sm90_mma(const FwdParams& args, typename Traits:
     pipeline_k.consumer_release(state_k);
     ++state_k;
     if constexpr (decltype(needs_mask)::value) {
-      apply_mask<kCausal>(acc_s, tScS, row_offset, n * kBlockN, seq.seqlen_q(args), seq.seqlen_k(args));
+      mask.apply(acc_s, tScS, row_offset, n * kBlockN);
     }
     softmax.template exponentiate<false>(acc_s, args.scale_log2, correction);
     warpgroup_wait<0>();  // P V done: rP and V's stage are free

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 
+#include "mask.h"
 #include "params.h"
 
 namespace flash {
@@ -205,5 +206,105 @@ __forceinline__ __device__ void finish_draws(TileCounter* counter) {
     atomicExch(&counter->finished, 0u);
   }
 }
+
+// The tiles one SM90 CTA runs, as its producer and its consumers walk them: the same tiles in the same order,
+// skipping the same empty ones (causal rows that see no key), so the K/V/Q barrier phases agree. Under a static deal
+// (and one CTA per tile) each role steps by the grid itself; under a dynamic one the producer draws each next tile
+// and hands it on: the i-th tile goes through slot i % 2, whose full barrier completes for the i/2-th time when it
+// is written and whose empty barrier when every consumer has read it. The index past the end is handed on too: it
+// stops the consumers. A packed batch's tiles are entries of its list (their count is known only on the device),
+// handed on with their index. The deal is a property of the call (make_persistent_scheduler), so one kernel serves
+// all three and the roles call the same functions whichever it is; the producer's test of it is one uniform branch
+// per tile. `Storage` holds the slots and their barriers (Sm90FwdTraits::SharedStorage).
+template <bool kVarlen, int kClusterM, typename Storage>
+class Sm90TileStream {
+ public:
+  struct Work {
+    int index;         // in the flat tile order (dense calls) or the tile list (packed batches)
+    VarlenTile entry;  // packed batches: the list's entry for the tile
+  };
+
+  __forceinline__ __device__ Sm90TileStream(const PersistentTileScheduler& scheduler, const FwdParams& args,
+                                            Storage& storage)
+      : scheduler_(scheduler),
+        args_(args),
+        storage_(storage),
+        dynamic_(kVarlen || (kClusterM == 1 && scheduler.counter != nullptr)),
+        num_tiles_(kVarlen ? *args.varlen_tiles.num_tiles : scheduler.num_tiles) {}
+
+  __forceinline__ __device__ bool done(const Work& work) const { return work.index >= num_tiles_; }
+
+  // Each role's loop: take a tile (done: the one past the end), run it, advance. The producer hands each tile on
+  // under a dynamic deal, and calls finish() after the tile past the end; the consumers take what it handed on, or
+  // step by the grid as it does.
+  __forceinline__ __device__ Work producer_take() { return hand_on(next_); }
+  __forceinline__ __device__ void producer_advance(const Work& work) {
+    next_ = next_tile(scheduler_, work.index);
+    ++round_;
+  }
+  __forceinline__ __device__ void producer_finish() const {
+    if (dynamic_) finish_draws(scheduler_.counter);
+  }
+
+  __forceinline__ __device__ Work consumer_take() {
+    Work work{next_, VarlenTile{}};
+    if (dynamic_) {
+      const int slot = round_ & 1;
+      storage_.barrier_tile_full[slot].wait((round_ >> 1) & 1);
+      work.index = next_ = storage_.tile_slot[slot];
+      if constexpr (kVarlen) work.entry = storage_.varlen_slot[slot];
+      storage_.barrier_tile_empty[slot].arrive();
+    }
+    return work;
+  }
+  __forceinline__ __device__ void consumer_advance() {
+    if (!dynamic_) next_ += grid_size();
+    ++round_;
+  }
+
+  // Calls body(tile, rows, key_tiles, sequence) for the tile: its coordinates, its query rows, the key tiles those
+  // rows see (mask.h), and where its sequence lies (TileSequence).
+  template <bool kCausal, int kBlockM, int kBlockN, typename Body>
+  __forceinline__ __device__ void visit(const Work& work, Body&& body) const {
+    if constexpr (kVarlen) {
+      const VarlenTile& entry = work.entry;
+      const TileSequence<true> seq{entry.q_offset, entry.seqlen_q, entry.k_offset, entry.seqlen_k};
+      const TileRows rows{entry.first_row, entry.end_row};
+      body(varlen_tile_coord(args_, entry), rows,
+           KeyMask<kCausal, kBlockN>{seq.q_len, seq.k_len}.tiles_of_rows(rows.first, rows.end), seq);
+    } else {
+      const TileCoord tile = persistent_tile<kCausal>(scheduler_, args_, work.index);
+      const TileRows rows = tile_rows(scheduler_, tile.m_block, kBlockM);
+      body(tile, rows, KeyMask<kCausal, kBlockN>{args_.seqlen_q, args_.seqlen_k}.tiles_of_rows(rows.first, rows.end),
+           TileSequence<false>{});
+    }
+  }
+
+ private:
+  __forceinline__ __device__ Work hand_on(int t) {
+    Work work{t, VarlenTile{}};
+    if (dynamic_) {
+      const int slot = round_ & 1;
+      if constexpr (kVarlen) {
+        if (t < num_tiles_) work.entry = args_.varlen_tiles.tiles[t];
+      }
+      // Waits on an "empty" barrier use the parity of the use before (a fresh barrier counts its phase -1 as done),
+      // so the first uses pass at once without a branch: the producer has 24 registers.
+      storage_.barrier_tile_empty[slot].wait(((round_ >> 1) & 1) ^ 1);  // the index it held before was read
+      storage_.tile_slot[slot] = t;
+      if constexpr (kVarlen) storage_.varlen_slot[slot] = work.entry;
+      storage_.barrier_tile_full[slot].arrive();
+    }
+    return work;
+  }
+
+  const PersistentTileScheduler& scheduler_;
+  const FwdParams& args_;
+  Storage& storage_;
+  const bool dynamic_;
+  const int num_tiles_;
+  int next_ = int(blockIdx.x);  // the tile to take next (the producer's own, or as the consumers last saw it)
+  int round_ = 0;               // tiles taken so far
+};
 
 }  // namespace flash
