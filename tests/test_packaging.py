@@ -27,32 +27,72 @@ def _split(requirement: str) -> tuple[str, str]:
     return match.group(1).lower(), match.group(3).replace(" ", "")
 
 
-def pyproject_requirements() -> dict[str, str]:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    requirements = list(project["dependencies"])
-    for extra in project["optional-dependencies"].values():
-        requirements += [r for r in extra if not r.startswith(project["name"])]
-    return dict(_split(r) for r in requirements)
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 
-def pixi_requirements() -> dict[str, str]:
-    pixi = tomllib.loads((ROOT / "pixi.toml").read_text())
+def _pixi() -> dict:
+    return tomllib.loads((ROOT / "pixi.toml").read_text())
+
+
+def _requirements(requirements) -> dict[str, str]:
+    return dict(_split(r) for r in requirements if not r.startswith(_pyproject()["name"]))
+
+
+def _pixi_table(table: dict) -> dict[str, str]:
+    """name -> pin of a pixi table's conda and PyPI dependencies, without the conda-only toolchain."""
     found = {}
-    for table in ("dependencies", "pypi-dependencies"):
-        for name, spec in pixi[table].items():
+    for kind in ("dependencies", "pypi-dependencies"):
+        for name, spec in table.get(kind, {}).items():
             if name.lower() in CONDA_TOOLCHAIN or name == "flash-attention":
                 continue
             found[name.lower()] = (spec["version"] if isinstance(spec, dict) else spec).replace(" ", "")
     return found
 
 
-def test_same_packages_and_pins():
-    assert pyproject_requirements() == pixi_requirements()
+# pyproject's extras and the pixi features that hold the same packages (the build feature adds the toolchain).
+EXTRA_FEATURES = {"cuda": "build", "bench": "bench", "hf": "hf", "test": "test"}
+
+
+def test_each_extra_is_a_pixi_feature_with_the_same_pins():
+    project, pixi = _pyproject(), _pixi()
+    for extra, feature in EXTRA_FEATURES.items():
+        assert _requirements(project["optional-dependencies"][extra]) == _pixi_table(pixi["feature"][feature]), extra
+    assert set(project["optional-dependencies"]) == set(EXTRA_FEATURES)
+    # The runtime needs: the workspace's own, plus torch, which each torch feature pins alike from its own index.
+    core = _pixi_table(pixi)
+    for feature in ("gpu", "cpu"):
+        assert _requirements(project["dependencies"]) == {**core, **_pixi_table(pixi["feature"][feature])}, feature
+
+
+def test_pixi_environments_gpu_by_default_and_a_cpu_one_that_needs_no_cuda():
+    pixi = _pixi()
+    environments = pixi["environments"]
+    assert set(environments["default"]) == {"gpu", *EXTRA_FEATURES.values()}
+    assert set(environments["cpu"]) == {"cpu", "bench", "hf", "test"}
+    features = pixi["feature"]
+    assert features["gpu"]["system-requirements"] == {"cuda": "13.0"}
+    assert not any("system-requirements" in features[name] for name in environments["cpu"])
+    assert "system-requirements" not in pixi
+    assert features["cpu"]["pypi-dependencies"]["torch"]["index"].endswith("/whl/cpu")
+    assert features["gpu"]["pypi-dependencies"]["torch"]["index"].endswith("/whl/cu130")
+    readme = (ROOT / "README.md").read_text()
+    assert "pixi run -e cpu test" in readme and "CONDA_OVERRIDE_CUDA" in readme
+
+
+def test_pixi_python_is_the_one_ci_runs():
+    ci = (ROOT / ".ci" / "run").read_text()
+    ci_python = re.search(r"Python (3\.\d+)", ci).group(1)
+    assert _pixi()["dependencies"]["python"] == f"{ci_python}.*"
+    minimum = re.fullmatch(r">=(3\.\d+)", _pyproject()["requires-python"]).group(1)
+    assert tuple(map(int, minimum.split("."))) <= tuple(map(int, ci_python.split(".")))
 
 
 def test_pixi_tasks_run_the_readme_commands():
-    tasks = tomllib.loads((ROOT / "pixi.toml").read_text())["tasks"]
-    assert {"test", "bench-runtime", "bench-memory", "build"} <= tasks.keys()
+    pixi = _pixi()
+    tasks = pixi["tasks"]
+    assert {"test", "bench-runtime", "bench-memory"} <= tasks.keys()
+    assert pixi["feature"]["build"]["tasks"]["build"] == "python -m flash_attention.cuda.build"
     assert tasks["bench-runtime"] == "python benchmarks/runtime.py"
     assert tasks["bench-memory"] == "python benchmarks/memory.py"
     readme = (ROOT / "README.md").read_text()
@@ -62,8 +102,7 @@ def test_pixi_tasks_run_the_readme_commands():
 
 
 def test_pixi_installs_the_package_from_this_folder():
-    pixi = tomllib.loads((ROOT / "pixi.toml").read_text())
-    assert pixi["pypi-dependencies"]["flash-attention"] == {"path": ".", "editable": True}
+    assert _pixi()["pypi-dependencies"]["flash-attention"] == {"path": ".", "editable": True}
 
 
 def _cutlass_version(include: Path) -> str:
@@ -75,7 +114,7 @@ def _cutlass_version(include: Path) -> str:
 def test_cutlass_submodule_and_wheel_pin_agree():
     """third_party/cutlass is pinned (a gitlink) to the same CUTLASS release as the nvidia-cutlass wheel."""
     assert 'path = third_party/cutlass' in (ROOT / ".gitmodules").read_text()
-    wheel_pin = pyproject_requirements()["nvidia-cutlass"]  # "==4.2.0.0"
+    wheel_pin = _requirements(_pyproject()["optional-dependencies"]["cuda"])["nvidia-cutlass"]  # "==4.2.0.0"
     release = ".".join(wheel_pin.lstrip("=").split(".")[:3])
     checked_out = ROOT / "third_party" / "cutlass" / "include"
     if (checked_out / "cutlass" / "version.h").is_file():
