@@ -36,6 +36,12 @@ at::Tensor aligned_for_16_byte_loads(const at::Tensor& t) {
   return ok ? t : t.contiguous();
 }
 
+// Numbers in error messages are formatted here, not by the ostream that c10::str builds: inserting an integer into it
+// crashed inside this library on the GPU machine (torch 2.11, a libstdc++ there older than the compiler's headers;
+// strings pass unharmed).
+std::string text(int64_t value) { return std::to_string(value); }
+const char* text(bool value) { return value ? "true" : "false"; }
+
 // Strides of dims of size 1 are never multiplied by a nonzero index; zero them so odd values cannot matter.
 int64_t used_stride(const at::Tensor& t, int dim) { return t.size(dim) == 1 ? 0 : t.stride(dim); }
 
@@ -51,8 +57,8 @@ std::atomic<const flash::DecodeKernelEntry*> g_decode_entries[kMaxKernels];
 std::mutex g_load_mutex;
 
 void check_handle(int64_t handle) {
-  TORCH_CHECK_VALUE(handle >= 0 && handle < kMaxKernels, "flash_attention cuda: kernel handle ", handle,
-                    " is out of range [0, ", kMaxKernels, ")");
+  TORCH_CHECK_VALUE(handle >= 0 && handle < kMaxKernels, "flash_attention cuda: kernel handle ", text(handle),
+                    " is out of range [0, ", text(kMaxKernels), ")");
 }
 
 // The entry a kernel library exports as `symbol`, of type Entry, after dlopen (the library stays open for the life
@@ -87,12 +93,13 @@ const flash::KernelEntry& forward_entry(const std::atomic<const flash::KernelEnt
                                         at::ScalarType dtype, int64_t head_dim, bool causal, const char* what) {
   check_handle(handle);
   const flash::KernelEntry* entry = table[handle].load();
-  TORCH_CHECK(entry != nullptr, "flash_attention cuda: no ", what, " kernel is loaded under handle ", handle,
+  TORCH_CHECK(entry != nullptr, "flash_attention cuda: no ", what, " kernel is loaded under handle ", text(handle),
               ": flash_attention.cuda selects, builds and loads kernels (flash_attention.cuda.load_kernel)");
   const flash::DType want = dtype == at::kHalf ? flash::DType::kFloat16 : flash::DType::kBFloat16;
   TORCH_CHECK_VALUE(entry->dtype == want && entry->causal == causal && head_dim <= entry->head_dim,
-                    "flash_attention cuda: kernel ", handle, " (head dim ", entry->head_dim, ", causal ",
-                    entry->causal, ") does not run this call (head dim ", head_dim, ", causal ", causal, ")");
+                    "flash_attention cuda: kernel ", text(handle), " (head dim ", text(entry->head_dim), ", causal ",
+                    text(entry->causal), ") does not run this call (head dim ", text(head_dim), ", causal ",
+                    text(causal), ")");
   return *entry;
 }
 
@@ -170,7 +177,7 @@ std::tuple<at::Tensor, at::Tensor> cuda_fwd(const at::Tensor& q_in, const at::Te
   TORCH_CHECK_VALUE(std::isfinite(softmax_scale), "flash_attention cuda: softmax_scale must be finite");
   TORCH_CHECK_VALUE(sm90_schedule >= static_cast<int64_t>(flash::Sm90Schedule::kAuto) &&
                         sm90_schedule <= static_cast<int64_t>(flash::Sm90Schedule::kPerTile),
-                    "flash_attention cuda: sm90_schedule ", sm90_schedule, " is not a flash::Sm90Schedule");
+                    "flash_attention cuda: sm90_schedule ", text(sm90_schedule), " is not a flash::Sm90Schedule");
   const flash::KernelEntry& entry = forward_entry(g_forward_entries, kernel, dtype, head_dim, causal, "forward");
 
   c10::cuda::CUDAGuard guard(q_in.device());
@@ -367,12 +374,12 @@ void fill_cache_params(flash::DecodeParams& p, const at::Tensor& k_cache, const 
 const flash::DecodeKernelEntry& decode_entry(int64_t handle, at::ScalarType dtype, int64_t head_dim) {
   check_handle(handle);
   const flash::DecodeKernelEntry* entry = g_decode_entries[handle].load();
-  TORCH_CHECK(entry != nullptr, "flash_attention cuda: no decode kernel is loaded under handle ", handle,
+  TORCH_CHECK(entry != nullptr, "flash_attention cuda: no decode kernel is loaded under handle ", text(handle),
               ": flash_attention.cuda selects, builds and loads kernels");
   TORCH_CHECK_VALUE(entry->dtype == (dtype == at::kHalf ? flash::DType::kFloat16 : flash::DType::kBFloat16) &&
                         head_dim <= entry->head_dim,
-                    "flash_attention cuda: decode kernel ", handle, " (head dim ", entry->head_dim,
-                    ") does not run this call (head dim ", head_dim, ")");
+                    "flash_attention cuda: decode kernel ", text(handle), " (head dim ", text(entry->head_dim),
+                    ") does not run this call (head dim ", text(head_dim), ")");
   return *entry;
 }
 
@@ -387,8 +394,8 @@ void cuda_kvcache_append(const at::Tensor& k_cache, const at::Tensor& v_cache, c
                     "flash_attention cuda: key/value must be (batch, heads_kv, new_tokens, head_dim) like the cache");
   flash::DecodeParams p{};
   fill_cache_params(p, k_cache, v_cache, seqlens, block_table, k_new_in.size(0), k_new_in.size(3));
-  TORCH_CHECK_VALUE(k_new_in.size(1) == p.heads_kv, "flash_attention cuda: key has ", k_new_in.size(1),
-                    " heads, the cache ", p.heads_kv);
+  TORCH_CHECK_VALUE(k_new_in.size(1) == p.heads_kv, "flash_attention cuda: key has ", text(k_new_in.size(1)),
+                    " heads, the cache ", text(p.heads_kv));
   c10::cuda::CUDAGuard guard(k_cache.device());
   const at::Tensor k_new = aligned_for_16_byte_loads(k_new_in);
   const at::Tensor v_new = aligned_for_16_byte_loads(v_new_in);

@@ -5,6 +5,8 @@
 
 #include <cute/tensor.hpp>
 
+#include "params.h"
+
 namespace flash {
 
 using namespace cute;
@@ -66,23 +68,28 @@ struct RowKeys {
 
 // The mask of one sequence pair (query rows [0, seqlen_q), keys [0, seqlen_k)), as every part of the SM90 kernel asks
 // it: which key tiles a tile's rows see and from which one on they need no mask (tiles_of_rows: the loops' trip
-// counts), how far a warpgroup's share of those rows sees (keys_of_rows), and the -inf fill (apply).
-template <bool kCausal, int kBlockN>
+// counts), how far a warpgroup's share of those rows sees (keys_of_rows), and the -inf fill (apply). The lengths are
+// the tile's Sequence's (tile_scheduler.h: TileSequence), read at each use: a dense call's stay kernel parameters,
+// which instructions read from the constant bank, instead of taking registers for the whole tile.
+template <bool kCausal, int kBlockN, typename Sequence>
 struct KeyMask {
-  int seqlen_q;
-  int seqlen_k;
+  const FwdParams& args;
+  Sequence seq;
+
+  __forceinline__ __device__ int seqlen_q() const { return seq.seqlen_q(args); }
+  __forceinline__ __device__ int seqlen_k() const { return seq.seqlen_k(args); }
 
   __forceinline__ __device__ KeyTileRange tiles_of_rows(int first_row, int end_row) const {
-    return key_tile_range_of_rows<kCausal, kBlockN>(first_row, end_row, seqlen_q, seqlen_k);
+    return key_tile_range_of_rows<kCausal, kBlockN>(first_row, end_row, seqlen_q(), seqlen_k());
   }
 
   // Rows [first_row, first_row + rows) of a tile whose rows end at end_row and see the key tiles `tile`: they may see
   // fewer (the upper rows of a tile taller than a key tile, rows past the end of the tile or of the queries, causal
   // rows that see no key). No rows, or rows that see no key: no tiles.
   __forceinline__ __device__ RowKeys keys_of_rows(int first_row, int rows, int end_row, const KeyTileRange& tile) const {
-    const int last_row = min(first_row + rows, min(end_row, seqlen_q)) - 1;
-    int visible_end = seqlen_k;
-    if constexpr (kCausal) visible_end = min(visible_end, last_row + seqlen_k - seqlen_q + 1);
+    const int last_row = min(first_row + rows, min(end_row, seqlen_q())) - 1;
+    int visible_end = seqlen_k();
+    if constexpr (kCausal) visible_end = min(visible_end, last_row + seqlen_k() - seqlen_q() + 1);
     const int n_block_max =
         last_row < first_row || visible_end <= 0 ? 0 : min(tile.n_block_max, ceil_div(visible_end, kBlockN));
     return {n_block_max, visible_end};
@@ -91,7 +98,7 @@ struct KeyMask {
   // -inf where the rows from row_offset do not see the keys from col_offset (coord_s: see apply_mask).
   template <typename TensorS, typename TensorC>
   __forceinline__ __device__ void apply(TensorS& acc_s, TensorC const& coord_s, int row_offset, int col_offset) const {
-    apply_mask<kCausal>(acc_s, coord_s, row_offset, col_offset, seqlen_q, seqlen_k);
+    apply_mask<kCausal>(acc_s, coord_s, row_offset, col_offset, seqlen_q(), seqlen_k());
   }
 };
 

@@ -152,7 +152,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
             auto release_q = [&] {
               if constexpr (Traits::kSeparateO) q_pipeline.consumer_release(q);
             };
-            const KeyMask<kCausal, kBlockN> mask{seq.seqlen_q(args), seq.seqlen_k(args)};
+            const KeyMask<kCausal, kBlockN, decltype(seq)> mask{args, seq};
             sm90_mma<Traits, kCausal>(args, storage, pipes, q, first_row, rows.end, range, mask, acc_o, lse,
                                       release_q);
             q_pipeline.consumer_advance(q);

@@ -104,8 +104,8 @@ class Sm90QPipeline {
 
  private:
   Storage& storage_;
-  int phases_ = 0;  // consumers: bit s, the phase with which buffer s's next load completes
   int loads_ = 0;   // Q loads so far, as this role counts them
+  int phases_ = 0;  // consumers: bit s, the phase with which buffer s's next load completes
 };
 
 // What the producer carries across its tiles: the K and V pipelines and their shared state, and the Q pipeline.
@@ -229,12 +229,11 @@ __forceinline__ __device__ void sm90_load(const Params& params, typename Traits:
 // Consumer, one tile: this warpgroup's 64 query rows from row_offset (in the Q buffer q; the tile's rows end at
 // end_row and see the key tiles `range` of `mask`) against every key tile. Returns with acc_o normalised and lse
 // filled; calls release_q() once no GEMM of this tile will read Q again. The pipeline states carry on across tiles.
-template <typename Traits, bool kCausal, typename TensorO, int kRows, typename ReleaseQ>
+template <typename Traits, bool kCausal, typename Mask, typename TensorO, int kRows, typename ReleaseQ>
 __forceinline__ __device__ void sm90_mma(const FwdParams& args, typename Traits::SharedStorage& storage,
                                          Sm90ConsumerPipelines<Traits>& pipes,
                                          const typename Sm90QPipeline<Traits>::Buffer& q, int row_offset,
-                                         int end_row, const KeyTileRange& range,
-                                         const KeyMask<kCausal, Traits::kBlockN>& mask, TensorO& acc_o,
+                                         int end_row, const KeyTileRange& range, const Mask& mask, TensorO& acc_o,
                                          float (&lse)[kRows], ReleaseQ&& release_q) {
   using Element = typename Traits::Element;
   typename Traits::Pipeline& pipeline_k = pipes.k;

@@ -271,31 +271,32 @@ class Sm90TileStream {
       const TileSequence<true> seq{entry.q_offset, entry.seqlen_q, entry.k_offset, entry.seqlen_k};
       const TileRows rows{entry.first_row, entry.end_row};
       body(varlen_tile_coord(args_, entry), rows,
-           KeyMask<kCausal, kBlockN>{seq.q_len, seq.k_len}.tiles_of_rows(rows.first, rows.end), seq);
+           KeyMask<kCausal, kBlockN, TileSequence<true>>{args_, seq}.tiles_of_rows(rows.first, rows.end), seq);
     } else {
       const TileCoord tile = persistent_tile<kCausal>(scheduler_, args_, work.index);
       const TileRows rows = tile_rows(scheduler_, tile.m_block, kBlockM);
-      body(tile, rows, KeyMask<kCausal, kBlockN>{args_.seqlen_q, args_.seqlen_k}.tiles_of_rows(rows.first, rows.end),
-           TileSequence<false>{});
+      const TileSequence<false> seq{};
+      body(tile, rows, KeyMask<kCausal, kBlockN, TileSequence<false>>{args_, seq}.tiles_of_rows(rows.first, rows.end),
+           seq);
     }
   }
 
  private:
   __forceinline__ __device__ Work hand_on(int t) {
-    Work work{t, VarlenTile{}};
+    VarlenTile entry{};
     if (dynamic_) {
       const int slot = round_ & 1;
       if constexpr (kVarlen) {
-        if (t < num_tiles_) work.entry = args_.varlen_tiles.tiles[t];
+        if (t < num_tiles_) entry = args_.varlen_tiles.tiles[t];
       }
       // Waits on an "empty" barrier use the parity of the use before (a fresh barrier counts its phase -1 as done),
       // so the first uses pass at once without a branch: the producer has 24 registers.
       storage_.barrier_tile_empty[slot].wait(((round_ >> 1) & 1) ^ 1);  // the index it held before was read
       storage_.tile_slot[slot] = t;
-      if constexpr (kVarlen) storage_.varlen_slot[slot] = work.entry;
+      if constexpr (kVarlen) storage_.varlen_slot[slot] = entry;
       storage_.barrier_tile_full[slot].arrive();
     }
-    return work;
+    return Work{t, entry};
   }
 
   const PersistentTileScheduler& scheduler_;
