@@ -1,19 +1,22 @@
-"""The benchmark commands end to end on CPU: `--smoke --markdown` under TRITON_INTERPRET=1 (as CI runs them), the
-results files, and the refusal to run without a GPU. Plus a few fast checks of the shared harness.
+"""The benchmark commands end to end on CPU: `--smoke --markdown` of every grid under TRITON_INTERPRET=1 (as CI runs
+them), the results files (strict JSON, CSV that pandas reads, PNG), and the refusal to run without a GPU. Plus fast
+checks of the harness's parts in process.
 
 The subprocesses hide any GPU (CUDA_VISIBLE_DEVICES=""), so these tests take the CPU path on every machine.
 """
 
 from __future__ import annotations
 
-import csv
+import ast
 import importlib.util
 import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -21,30 +24,41 @@ from flash_attention.triton import interpreter_problem
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = REPO_ROOT / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))  # as `python benchmarks/runtime.py` has it: the harness package is importable
+
+from harness import checking, dense, grids, kvcache, plot, provenance, report, sweep, timing  # noqa: E402
+
 SHAPE_COLUMNS = ["head_dim", "batch_size", "num_tokens"]
 METHODS = ["baseline", "triton", "cuda", "sdpa_flash", "sdpa_cudnn"]
 # The interpreted Triton kernel must run in smoke mode, unless this Triton's interpreter cannot run it at all (the
 # backend then says why in the table, which is what it should do).
 MUST_RUN_ON_CPU = ["baseline"] + (["triton"] if interpreter_problem() is None else [])
-PROVENANCE_KEYS = ["gpu", "driver", "cuda", "torch", "triton", "cudnn", "date", "commit"]
+PROVENANCE_KEYS = ["gpu", "driver", "cuda", "torch", "triton", "cudnn", "date", "commit", "settings"]
 SMOKE_ROWS = 4  # head_dim {32, 64} x num_tokens {16, 48}
 WRONG = "✗"
 
+# Every grid's smoke run: the command line after `--smoke --markdown`, and the stem of the files it writes.
+SMOKE_RUNS = {
+    "runtime": (("runtime.py", "--mask", "both"), "runtime_smoke_fp16_both"),
+    "memory": (("memory.py", "--mask", "both"), "memory_smoke_fp16_both"),
+    "decode": (("runtime.py", "--grid", "decode", "--host"), "runtime_smoke-decode_bf16"),
+    "varlen": (("runtime.py", "--grid", "varlen", "--mask", "both"), "runtime_smoke-varlen_bf16_both"),
+    "model": (("runtime.py", "--grid", "model"), "runtime_smoke-model_bf16"),
+}
+
 
 def _load_script(name: str):
-    """benchmarks/ is a folder of scripts, not a package: load one by path, under the name the others import."""
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    """A command script by path (benchmarks/ is a folder of scripts around the harness package)."""
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses, and runtime.py's `import harness`, look it up there
     spec.loader.exec_module(module)
     return module
 
 
-harness = _load_script("harness")
 runtime = _load_script("runtime")
 
 
-def run_command(script: str, *args: str, timeout: float = 150) -> subprocess.CompletedProcess:
+def run_command(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
     return subprocess.run([sys.executable, str(BENCHMARKS / script), *args], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
@@ -62,21 +76,62 @@ def markdown_tables(text: str) -> list[tuple[list[str], list[list[str]]]]:
     return tables
 
 
-@pytest.fixture(scope="module", params=["runtime", "memory"])
-def smoke(request, tmp_path_factory):
-    """Each command once with --smoke --markdown --mask both --output DIR (one run serves stdout and file checks)."""
-    output = tmp_path_factory.mktemp(request.param)
-    result = run_command(f"{request.param}.py", "--smoke", "--markdown", "--mask", "both", "--output", str(output))
-    return request.param, result, output
+def strict_json(text: str):
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    return json.loads(text, parse_constant=refuse)
 
 
-def test_smoke_exits_zero(smoke):
-    command, result, _ = smoke
-    assert result.returncode == 0, f"{command} failed:\n{result.stderr[-4000:]}"
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """smoke(name) -> (completed process, stem of its files): each grid's smoke run once, on first use."""
+    done = {}
+
+    def run(name: str):
+        if name not in done:
+            (script, *args), stem = SMOKE_RUNS[name]
+            output = tmp_path_factory.mktemp(name)
+            done[name] = run_command(script, "--smoke", "--markdown", *args, "--output", str(output)), output / stem
+        return done[name]
+
+    return run
 
 
-def test_smoke_tables_have_every_method_and_correct_results(smoke):
-    command, result, _ = smoke
+@pytest.mark.parametrize("name", list(SMOKE_RUNS))
+def test_every_grid_smoke_writes_its_results_files(smoke, name):
+    """Markdown as printed, with the provenance; strict JSON (no NaN or Infinity) and CSV (provenance as '#' lines)
+    with one record per (shape, method); a PNG with the provenance in its metadata."""
+    result, stem = smoke(name)
+    assert result.returncode == 0, f"{name} failed:\n{result.stderr[-4000:]}"
+    markdown = stem.with_suffix(".md").read_text(encoding="utf-8")
+    assert markdown == result.stdout
+    for key in PROVENANCE_KEYS:
+        assert f"- {key}: " in markdown
+    assert "- settings: " in markdown and "TRITON_INTERPRET=1" in markdown
+
+    written = strict_json(stem.with_suffix(".json").read_text(encoding="utf-8"))
+    assert set(PROVENANCE_KEYS) <= set(written["provenance"])
+    records = written["records"]
+    per_method = Counter(record["method"] for record in records)
+    assert len(set(per_method.values())) == 1, per_method  # one record per (shape, method)
+
+    lines = stem.with_suffix(".csv").read_text(encoding="utf-8").splitlines()
+    assert set(PROVENANCE_KEYS) <= {line[2:].split(":")[0] for line in lines if line.startswith("# ")}
+    frame = pd.read_csv(stem.with_suffix(".csv"), comment="#")
+    assert len(frame) == len(records) and {"method", "status", "max_error", "tolerance", "note"} <= set(frame)
+
+    png = stem.with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    with Image.open(png) as image:
+        assert "commit:" in image.text["Description"]
+
+
+@pytest.mark.parametrize("command", ["runtime", "memory"])
+def test_smoke_tables_have_every_method_and_correct_results(smoke, command):
+    result, _ = smoke(command)
     tables = markdown_tables(result.stdout)
     # runtime: ms, TFLOPS and IQR tables per mask; memory: beyond-inputs and absolute tables per mask.
     assert len(tables) == (6 if command == "runtime" else 4), result.stdout
@@ -97,32 +152,41 @@ def test_smoke_tables_have_every_method_and_correct_results(smoke):
         assert "n/a on CPU" in result.stdout
 
 
-def test_smoke_writes_results_files_with_provenance(smoke):
-    command, result, output = smoke
-    assert result.returncode == 0, result.stderr[-4000:]
-    stem = output / f"{command}_smoke_fp16_both"
-    markdown = stem.with_suffix(".md").read_text(encoding="utf-8")
-    assert markdown == result.stdout
-    for key in PROVENANCE_KEYS:
-        assert f"- {key}: " in markdown
+def test_decode_grid_smoke_times_every_shape_contiguous_and_paged(smoke):
+    """`runtime.py --grid decode --smoke --host`: every shape's triton cell is timed (kernel and host) and correct,
+    contiguous and paged, and paged rows are read against their contiguous twin."""
+    result, stem = smoke("decode")
+    assert "### Median runtime (µs)" in result.stdout and "triton/contiguous" in result.stdout
+    assert "### Host time per call (µs), back-to-back loop" in result.stdout
+    records = strict_json(stem.with_suffix(".json").read_text())["records"]
+    if "triton" in MUST_RUN_ON_CPU:
+        triton_rows = [r for r in records if r["method"] == "triton"]
+        assert triton_rows and all(r["status"] == "ok" and r["median_ms"] > 0 and r["tbps"] > 0 and r["host_us"] > 0
+                                   for r in triton_rows), triton_rows
+        assert {r["cache"] for r in triton_rows} == {"contiguous", "paged"}
 
-    data = json.loads(stem.with_suffix(".json").read_text(encoding="utf-8"))
-    assert set(PROVENANCE_KEYS) <= set(data["provenance"])
-    methods = {record["method"] for record in data["records"]}
-    assert set(METHODS) <= methods and len(data["records"]) == 2 * SMOKE_ROWS * len(methods)
 
-    lines = stem.with_suffix(".csv").read_text(encoding="utf-8").splitlines()
-    comments = [line for line in lines if line.startswith("# ")]
-    assert set(PROVENANCE_KEYS) <= {line[2:].split(":")[0] for line in comments}
-    rows = list(csv.DictReader(line for line in lines if not line.startswith("#")))
-    assert {"head_dim", "batch_size", "num_tokens", "method", "status"} <= set(rows[0])
+def test_varlen_grid_smoke_reads_ragged_mixes_against_a_dense_one(smoke):
+    result, stem = smoke("varlen")
+    assert "uniform-5-40 is read against equal-32" in result.stdout and "triton/dense" in result.stdout
+    if "triton" in MUST_RUN_ON_CPU:
+        triton_rows = [r for r in strict_json(stem.with_suffix(".json").read_text())["records"]
+                       if r["method"] == "triton"]
+        assert len(triton_rows) == 6 and all(r["status"] == "ok" and r["median_ms"] > 0 for r in triton_rows)
 
-    png = stem.with_suffix(".png")
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    from PIL import Image
 
-    with Image.open(png) as image:
-        assert "commit:" in image.text["Description"]
+def test_model_grid_smoke_runs_gqa_and_chunked_prefill(smoke):
+    """`runtime.py --grid model --smoke`: GQA and MQA heads, chunked prefill (Nq < Nk, bottom-right causal) and a
+    no-mask row, our kernels and SDPA correct on each, and the ratios of ours to each peer."""
+    result, stem = smoke("model")
+    header, rows = markdown_tables(result.stdout)[1]
+    assert header[:7] == ["model", "Hq/Hkv", "D", "B", "Nq", "Nk", "mask"]
+    assert "baseline" not in header and "triton/sdpa_flash" in header and "cuda/sdpa_cudnn" in header
+    assert any(int(row[4]) < int(row[5]) for row in rows) and {row[6] for row in rows} == {"causal", "none"}
+    records = strict_json(stem.with_suffix(".json").read_text())["records"]
+    for method in ["sdpa_flash"] + [m for m in MUST_RUN_ON_CPU if m == "triton"]:
+        mine = [r for r in records if r["method"] == method]
+        assert len(mine) == len(rows) and all(r["status"] == "ok" and r["tflops"] > 0 for r in mine), mine
 
 
 def test_without_gpu_and_without_smoke_exits_2_with_a_clear_message():
@@ -130,109 +194,6 @@ def test_without_gpu_and_without_smoke_exits_2_with_a_clear_message():
     assert result.returncode == 2
     assert "no CUDA GPU" in result.stderr and "--smoke" in result.stderr
     assert result.stdout == ""
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The harness in process (fast)
-
-
-def test_seed_and_paper_grids():
-    seed = harness.sweep_shapes(harness.GRIDS["seed"], [False], "fp16")
-    assert [(s.head_dim, s.batch, s.heads, s.tokens) for s in seed[:4]] == [
-        (64, 32, 8, 512), (64, 16, 8, 1024), (64, 8, 8, 2048), (64, 4, 8, 4096)]
-    assert {(s.head_dim, s.heads) for s in seed} == {(64, 8), (128, 4)}
-    paper = harness.sweep_shapes(harness.GRIDS["paper"], [False, True], "bf16")
-    assert len(paper) == 2 * 2 * 6
-    assert all(s.batch * s.tokens == 16384 and s.heads * s.head_dim == 2048 for s in paper)
-
-
-def test_causal_flops_are_half():
-    shape = harness.Shape(64, 2, 4, 128, False, "fp16")
-    assert shape.flops == 4 * 2 * 4 * 128 * 128 * 64
-    assert harness.Shape(64, 2, 4, 128, True, "fp16").flops == shape.flops / 2
-
-
-@pytest.mark.parametrize("causal", [False, True])
-def test_reference_accepts_sdpa_and_flags_a_wrong_output(causal):
-    shape = harness.Shape(32, 1, 2, 40, causal, "fp16")
-    query, key, value = harness.make_inputs(shape, torch.device("cpu"))
-    reference = harness.Reference.for_inputs(query, key, value, causal)
-    right = torch.nn.functional.scaled_dot_product_attention(query, key, value, is_causal=causal)
-    assert reference.max_error(right) <= reference.tolerance
-    wrong = right.clone()
-    wrong[0, 1, -1, 0] += 0.05  # one element of a checked head
-    assert reference.max_error(wrong) > reference.tolerance
-    wrong[0, 0, 0, 0] = float("nan")
-    assert not reference.max_error(wrong) <= reference.tolerance
-
-
-def test_a_wrong_result_is_marked_in_the_table_and_listed_below_it():
-    args = harness.parse_args("runtime", "", ["--smoke", "--markdown"])
-    args.device = torch.device("cpu")
-    shapes = harness.sweep_shapes(harness.GRIDS["smoke"], [False], "fp16")[:1]
-    methods, _ = harness.build_methods(("baseline",))
-    off_by_one_tenth = harness.Method("triton", lambda q, k, v, causal: methods[0].run(q, k, v, causal) + 0.1,
-                                      lambda query: None)
-    fixed_timing = {"median_ms": 1.0, "q25_ms": 0.9, "q75_ms": 1.1, "tflops": 2.0}
-    records = harness.run_sweep(shapes, methods + [off_by_one_tenth], args.device,
-                                lambda methods, *cell: {method.name: fixed_timing for method in methods})
-    assert [record.status for record in records] == ["ok", "wrong"]
-    text = runtime.make_report(args, "smoke", {"commit": "test"}, records, ["baseline", "triton"], []).document(True)
-    header, rows = markdown_tables(text)[0]
-    assert rows[0][header.index("triton")] == "1.00" + WRONG
-    assert rows[0][header.index("baseline")] == "1.00"
-    assert f"{WRONG} triton, D=32 B=1 H=2 N=16 no mask: max abs error" in text
-
-
-def test_commit_named_by_environment_wins_over_git(monkeypatch):
-    """A tree shipped to a GPU machine may carry a stale .git; FLASH_ATTENTION_COMMIT names what was measured."""
-    monkeypatch.delenv("FLASH_ATTENTION_COMMIT", raising=False)
-    assert "FLASH_ATTENTION_COMMIT" not in harness.git_commit()
-    monkeypatch.setenv("FLASH_ATTENTION_COMMIT", "abc1234")
-    assert harness.git_commit().startswith("abc1234 ")
-
-
-def test_interleaved_timing_rotates_the_order_each_round():
-    order = harness.interleaved_order(["a", "b", "c"], 6)
-    assert all(sorted(one_round) == ["a", "b", "c"] for one_round in order)
-    for position in range(3):  # each method as often in each position
-        assert sorted(one_round[position] for one_round in order) == ["a", "a", "b", "b", "c", "c"]
-
-
-def test_a_method_that_fails_to_measure_spoils_no_other():
-    shapes = harness.sweep_shapes(harness.GRIDS["smoke"], [False], "fp16")[:1]
-    baseline = harness.build_methods(("baseline",))[0][0]
-    methods = [baseline, harness.Method("triton", baseline.run, lambda query: None)]
-
-    def measure(methods, inputs, shape, device):
-        if any(method.name == "triton" for method in methods):
-            if len(methods) == 1:
-                raise torch.OutOfMemoryError("pretend")
-            raise RuntimeError("together")
-        return {method.name: {"median_ms": 1.0} for method in methods}
-
-    records = harness.run_sweep(shapes, methods, torch.device("cpu"), measure)
-    assert [(r.method, r.status) for r in records] == [("baseline", "ok"), ("triton", "oom")]
-    assert records[0].values == {"median_ms": 1.0}
-
-
-def test_decode_grid_smoke_runs_and_writes_results(tmp_path):
-    """`runtime.py --grid decode --smoke --host`: every shape's triton cell is timed (kernel and host) and correct,
-    contiguous and paged, and the results files are written."""
-    result = run_command("runtime.py", "--grid", "decode", "--smoke", "--markdown", "--host", "--output",
-                         str(tmp_path))
-    assert result.returncode == 0, result.stderr
-    assert "### µs per call (median)" in result.stdout and "Paged against contiguous" in result.stdout
-    assert "### Host time per call (µs), back-to-back loop" in result.stdout
-    written = json.loads((tmp_path / "runtime_smoke_bf16.json").read_text())
-    records = written["records"]
-    assert set(PROVENANCE_KEYS) <= set(written["provenance"])
-    if "triton" in MUST_RUN_ON_CPU:
-        triton_rows = [r for r in records if r["method"] == "triton"]
-        assert triton_rows and all(r["status"] == "ok" and r["us"] > 0 and r["host_us"] > 0
-                                   for r in triton_rows), triton_rows
-        assert {r["paged"] for r in triton_rows} == {False, True}
-    assert (tmp_path / "runtime_smoke_bf16.md").read_text().startswith("# Decode runtime")
 
 
 def test_host_time_table_of_the_runtime_command(tmp_path):
@@ -248,61 +209,17 @@ def test_host_time_table_of_the_runtime_command(tmp_path):
     assert all(r["host_us"] > 0 for r in records if r["method"] in MUST_RUN_ON_CPU)
 
 
-def test_decode_tables_state_ratios_the_right_way_round():
-    """Ours against a peer is peer time over ours (> 1: ours faster); paged against contiguous is contiguous time over
-    paged (1.00: the page table costs nothing, 0.50: paged takes twice as long)."""
-    decode = _load_script("decode")
-    args = decode.parse_args(["--smoke", "--markdown", "--methods", "triton,sdpa_flash"])
-    shape = dict(batch=1, heads_q=4, heads_kv=2, seqlen_q=1, keys=64, head_dim=32, dtype="bf16", status="ok", note="")
-    rows = [dict(shape, paged=False, method="triton", us=10.0, tbps=1.0),
-            dict(shape, paged=False, method="sdpa_flash", us=30.0, tbps=0.33),
-            dict(shape, paged=True, method="triton", us=20.0, tbps=0.5),
-            dict(shape, paged=True, method="sdpa_flash", status="unavailable", note="no pages")]
-    text = decode.report(args, {"gpu": "test"}, rows, None, torch.device("cpu"))
-    peer_table, paged_table = text.split("### TB/s of K/V read")[1].split("### Paged against contiguous")
-    assert "3.00" in peer_table.splitlines()[4], peer_table  # the contiguous row: 30 µs / 10 µs
-    assert "0.50" in paged_table.splitlines()[4], paged_table
-
-
-def test_varlen_grid_smoke_runs_and_writes_results(tmp_path):
-    """`runtime.py --grid varlen --smoke`: every mix's triton cell is timed and correct, the ragged mixes are read
-    against a dense one, and the results files are written."""
-    result = run_command("runtime.py", "--grid", "varlen", "--smoke", "--markdown", "--mask", "both", "--output",
-                         str(tmp_path))
-    assert result.returncode == 0, result.stderr
-    assert "uniform-5-40 is read against equal-32" in result.stdout
-    written = json.loads((tmp_path / "runtime_smoke-varlen_bf16_both.json").read_text())
-    assert set(PROVENANCE_KEYS) <= set(written["provenance"])
-    if "triton" in MUST_RUN_ON_CPU:
-        triton_rows = [r for r in written["records"] if r["method"] == "triton"]
-        assert len(triton_rows) == 6 and all(r["status"] == "ok" and r["ms"] > 0 for r in triton_rows), triton_rows
-
-
-def test_smoke_runs_set_the_interpreter_themselves_and_write_strict_json(tmp_path):
-    """`--smoke` on a machine without a GPU needs no TRITON_INTERPRET from the caller, and the JSON has no NaN or
-    Infinity (a strict parser reads it)."""
+def test_smoke_runs_set_the_interpreter_themselves(tmp_path):
+    """`--smoke` on a machine without a GPU needs no TRITON_INTERPRET from the caller."""
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env["CUDA_VISIBLE_DEVICES"] = ""
     result = subprocess.run([sys.executable, str(BENCHMARKS / "runtime.py"), "--smoke", "--markdown", "--methods",
                              "baseline,triton", "--head-dims", "32", "--tokens", "16", "--output", str(tmp_path)],
                             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=150)
     assert result.returncode == 0, result.stderr
-    text = (tmp_path / "runtime_smoke-custom_fp16.json").read_text()
-
-    def refuse(constant):
-        raise ValueError(f"non-standard JSON constant {constant}")
-
-    records = json.loads(text, parse_constant=refuse)["records"]
+    records = strict_json((tmp_path / "runtime_smoke-custom_fp16.json").read_text())["records"]
     if "triton" in MUST_RUN_ON_CPU:
         assert any(r["method"] == "triton" and r["status"] == "ok" for r in records), records
-
-
-def test_strict_json_and_the_cudnn_version():
-    assert harness.strict_json({"a": [1.0, float("inf")], "b": (float("nan"), "x")}) == {"a": [1.0, None],
-                                                                                          "b": [None, "x"]}
-    assert harness.cudnn_version_text(91900) == "9.19.0"
-    assert harness.cudnn_version_text(90100) == "9.1.0"
-    assert harness.cudnn_version_text(8902) == "8.9.2"
 
 
 def test_memory_help_is_whole_and_takes_no_timing_flags():
@@ -314,17 +231,196 @@ def test_memory_help_is_whole_and_takes_no_timing_flags():
     assert result.returncode == 2 and "unrecognized arguments: --rep-ms" in result.stderr
 
 
-def test_the_plot_lists_every_method_with_the_status_of_those_that_did_not_run():
-    import matplotlib
+def test_a_shape_flag_of_another_grid_is_an_error():
+    result = run_command("runtime.py", "--grid", "decode", "--smoke", "--tokens", "64")
+    assert result.returncode == 2 and "--tokens does not apply to the decode grid" in result.stderr
+    result = run_command("runtime.py", "--grid", "model", "--smoke", "--mask", "none")
+    assert result.returncode == 2 and "the model grid" in result.stderr
 
-    matplotlib.use("Agg")
+
+# ---------------------------------------------------------------------------------------------------------------
+# The harness in process (fast)
+
+
+def test_seed_paper_and_model_grids():
+    seed = grids.GRIDS["seed"].axes.shapes("fp16")
+    assert [(s.head_dim, s.batch, s.heads_q, s.seqlen_q) for s in seed[:4]] == [
+        (64, 32, 8, 512), (64, 16, 8, 1024), (64, 8, 8, 2048), (64, 4, 8, 4096)]
+    assert {(s.head_dim, s.heads_q) for s in seed} == {(64, 8), (128, 4)}
+    paper = grids.GRIDS["paper"].axes
+    paper = type(paper)(**{**paper.__dict__, "masks": (False, True)}).shapes("bf16")
+    assert len(paper) == 2 * 2 * 6
+    assert all(s.batch * s.seqlen_q == 16384 and s.heads_q * s.head_dim == 2048 for s in paper)
+    model = grids.GRIDS["model"].axes.shapes("bf16")
+    assert len(model) == 4 * 3 + 3 + 1
+    assert all(s.batch == max(1, 16384 // s.seqlen_k) for s in model if s.seqlen_q == s.seqlen_k)
+    assert {(s.heads_q, s.heads_kv, s.head_dim) for s in model} == {(32, 8, 128), (64, 8, 128), (28, 4, 128),
+                                                                    (16, 8, 256)}
+    chunked = [s for s in model if s.seqlen_q < s.seqlen_k]
+    assert [(s.batch, s.seqlen_q, s.seqlen_k, s.causal) for s in chunked] == [
+        (1, 2048, 8192, True), (1, 2048, 16384, True), (1, 2048, 32768, True)]
+    assert [(s.batch, s.seqlen_q, s.causal) for s in model if not s.causal] == [(4, 4096, False)]
+
+
+def test_flops_count_the_score_entries_computed():
+    """No mask: Nq*Nk; causal Nq == Nk: half of N^2 (the papers' count); bottom-right causal Nq < Nk: exactly the
+    entries its mask keeps."""
+    shape = dense.Shape(2, 4, 4, 128, 128, 64, False, "fp16")
+    assert shape.work == 4 * 2 * 4 * 128 * 128 * 64
+    assert dense.Shape(2, 4, 4, 128, 128, 64, True, "fp16").work == shape.work / 2
+    for seqlen_q, seqlen_k in [(1, 9), (5, 9), (16, 48), (2048, 8192), (9, 5)]:
+        rows = torch.arange(seqlen_q)[:, None]
+        kept = (torch.arange(seqlen_k)[None, :] <= rows + seqlen_k - seqlen_q).sum().item()
+        assert dense.score_entries(seqlen_q, seqlen_k, True) == kept, (seqlen_q, seqlen_k)
+        assert dense.Shape(1, 8, 2, seqlen_q, seqlen_k, 32, True, "bf16").work == 4 * 32 * 8 * kept
+
+
+@pytest.mark.parametrize("heads_q, heads_kv, seqlen_q, seqlen_k, causal", [
+    (2, 2, 40, 40, False), (2, 2, 40, 40, True), (4, 2, 24, 56, True), (28, 4, 17, 33, True), (6, 3, 1, 20, True)])
+def test_reference_accepts_sdpa_and_flags_a_wrong_output(heads_q, heads_kv, seqlen_q, seqlen_k, causal):
+    """GQA and bottom-right causal with Nq < Nk included: SDPA given our mask is within the tolerance, one wrong
+    element of a checked head or a NaN is not."""
+    shape = dense.Shape(1, heads_q, heads_kv, seqlen_q, seqlen_k, 32, causal, "fp16")
+    inputs = dense.make_inputs(shape, torch.device("cpu"))
+    reference = dense.reference(inputs)
+    right = dense.make_method("sdpa_flash").run(inputs)
+    assert reference.max_error(right) <= reference.tolerance
+    wrong = right.clone()
+    wrong[0, 1, -1, 0] += 0.05  # one element of a checked head
+    assert reference.max_error(wrong) > reference.tolerance
+    wrong[0, 0, 0, 0] = float("nan")
+    assert not reference.max_error(wrong) <= reference.tolerance
+
+
+def make_run(grid_name: str, records: list, methods: list[str], copy_tbps=None) -> report.Run:
+    grid = grids.GRIDS[grid_name]
+    shapes = list(dict.fromkeys(record.shape for record in records))
+    return report.Run(title="test", stem="test", grid=grid, shapes=shapes, methods=methods, method_notes=[],
+                      device=torch.device("cpu"), warmup_ms=1.0, rep_ms=1.0, host=False, info={"commit": "test"},
+                      copy_tbps=copy_tbps, frame=sweep.records_frame(records, shapes, grid.columns))
+
+
+def test_a_wrong_result_is_marked_in_the_table_and_listed_below_it():
+    shapes = grids.GRIDS["smoke"].axes.shapes("fp16")[:1]
+    baseline = dense.make_method("baseline")
+    off_by_one_tenth = dense.Method("triton", lambda inputs: baseline.run(inputs) + 0.1, lambda inputs: None)
+    fixed_timing = {"median_ms": 1.0, "q25_ms": 0.9, "q75_ms": 1.1, "tflops": 2.0}
+    records = sweep.run_sweep(dense, shapes, [baseline, off_by_one_tenth], torch.device("cpu"),
+                              lambda methods, *cell: {method.name: fixed_timing for method in methods})
+    assert [record.status for record in records] == ["ok", "wrong"]
+    text = report.document(make_run("smoke", records, ["baseline", "triton"]), runtime.RUNTIME, markdown=True)
+    header, rows = markdown_tables(text)[0]
+    assert rows[0][header.index("triton")] == "1.00" + WRONG
+    assert rows[0][header.index("baseline")] == "1.00"
+    assert f"{WRONG} triton, D=32 B=1 H=2 N=16 no mask: max abs error" in text
+
+
+def test_decode_tables_state_ratios_the_right_way_round():
+    """Ours against a peer is peer time over ours (> 1: ours faster); paged against contiguous is contiguous time over
+    paged (1.00: the page table costs nothing, 0.50: paged takes twice as long); % copy is ours over the copy."""
+    contiguous = kvcache.Shape(1, 4, 2, 1, 64, 32, False, False, "bf16")
+    paged = kvcache.Shape(1, 4, 2, 1, 64, 32, True, False, "bf16")
+
+    def timed(shape, method, ms):
+        return sweep.Record(shape, method, values={"median_ms": ms, "q25_ms": ms, "q75_ms": ms,
+                                                   "tbps": timing.Rate.of(shape.work, ms)})
+
+    records = [timed(contiguous, "triton", 0.010), timed(contiguous, "sdpa_flash", 0.030),
+               timed(paged, "triton", 0.020), sweep.Record(paged, "sdpa_flash", "unavailable", "no pages")]
+    copy = 2 * timing.Rate.of(contiguous.work, 0.010)
+    text = report.document(make_run("smoke-decode", records, ["triton", "sdpa_flash"], copy), runtime.RUNTIME, True)
+    header, rows = markdown_tables(text.split("### TB/s of K/V read")[1])[0]
+    assert [row[header.index("triton/best peer")] for row in rows] == ["3.00", "—"]
+    assert [row[header.index("triton/contiguous")] for row in rows] == ["—", "0.50"]
+    assert [row[header.index("triton % copy")] for row in rows] == ["50%", "25%"]
+
+
+def test_a_method_that_fails_to_measure_spoils_no_other():
+    shapes = grids.GRIDS["smoke"].axes.shapes("fp16")[:1]
+    baseline = dense.make_method("baseline")
+    methods = [baseline, dense.Method("triton", baseline.run, lambda inputs: None)]
+
+    def measure(methods, inputs, shape):
+        if any(method.name == "triton" for method in methods):
+            if len(methods) == 1:
+                raise torch.OutOfMemoryError("pretend")
+            raise RuntimeError("together")
+        return {method.name: {"median_ms": 1.0} for method in methods}
+
+    records = sweep.run_sweep(dense, shapes, methods, torch.device("cpu"), measure)
+    assert [(r.method, r.status) for r in records] == [("baseline", "ok"), ("triton", "oom")]
+    assert records[0].values == {"median_ms": 1.0}
+
+
+def test_kernel_families_are_chosen_by_keyword_not_environment(monkeypatch):
+    """cuda_sm80 / cuda_sm90 call flash_attention.cuda.attention(..., kernel_family=...)."""
+    from flash_attention import cuda
+
+    calls = []
+    monkeypatch.setattr(cuda, "attention", lambda *args, **options: calls.append(options) or args[0])
+    inputs = dense.make_inputs(dense.Shape(1, 2, 2, 8, 8, 32, True, "fp16"), torch.device("cpu"))
+    for family in ("sm80", "sm90"):
+        dense.make_method(f"cuda_{family}").run(inputs)
+    assert calls == [{"causal": True, "kernel_family": "sm80"}, {"causal": True, "kernel_family": "sm90"}]
+
+
+def test_the_benchmarks_write_no_environment_but_the_smoke_interpreter():
+    """The one write to os.environ: --smoke's TRITON_INTERPRET, before triton is imported (Triton reads it then)."""
+    writes = []
+    for path in sorted(BENCHMARKS.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                written = node.func.attr in ("setdefault", "update", "pop", "popitem", "clear", "putenv")
+                target = node.func.value if written else None
+            elif isinstance(node, (ast.Assign, ast.AugAssign, ast.Delete)):
+                targets = getattr(node, "targets", None) or [node.target]
+                target = next((t.value for t in targets if isinstance(t, ast.Subscript)), None)
+            else:
+                target = None
+            if target is not None and ast.unparse(target) in ("os.environ", "os"):
+                writes.append(f"{path.relative_to(BENCHMARKS)}: {ast.unparse(node)}")
+    assert writes == ["harness/cli.py: os.environ.setdefault('TRITON_INTERPRET', '1')"]
+
+
+def test_commit_named_by_environment_wins_over_git(monkeypatch):
+    """A tree shipped to a GPU machine may carry a stale .git; FLASH_ATTENTION_COMMIT names what was measured."""
+    monkeypatch.delenv("FLASH_ATTENTION_COMMIT", raising=False)
+    assert "FLASH_ATTENTION_COMMIT" not in provenance.git_commit()
+    monkeypatch.setenv("FLASH_ATTENTION_COMMIT", "abc1234")
+    assert provenance.git_commit().startswith("abc1234 ")
+    monkeypatch.setenv("FLASH_ATTENTION_AUTOTUNE", "0")
+    assert "FLASH_ATTENTION_AUTOTUNE=0" in provenance.settings_text()
+    assert "FLASH_ATTENTION_COMMIT" not in provenance.settings_text()
+
+
+def test_interleaved_timing_rotates_the_order_each_round():
+    order = timing.interleaved_order(["a", "b", "c"], 6)
+    assert all(sorted(one_round) == ["a", "b", "c"] for one_round in order)
+    for position in range(3):  # each method as often in each position
+        assert sorted(one_round[position] for one_round in order) == ["a", "a", "b", "b", "c", "c"]
+
+
+def test_strict_json_and_the_cudnn_version():
+    assert report.strict_json({"a": [1.0, float("inf")], "b": (float("nan"), "x"), "c": pd.NA}) == {
+        "a": [1.0, None], "b": [None, "x"], "c": None}
+    assert provenance.cudnn_version_text(91900) == "9.19.0"
+    assert provenance.cudnn_version_text(90100) == "9.1.0"
+    assert provenance.cudnn_version_text(8902) == "8.9.2"
+
+
+def test_the_plot_lists_every_method_with_the_status_of_those_that_did_not_run():
     from matplotlib import pyplot
 
-    shape = harness.Shape(head_dim=32, batch=1, heads=2, tokens=16, causal=False, dtype="fp16")
-    records = [harness.Record(shape, "baseline", values={"tflops": 1.0}),
-               harness.Record(shape, "cuda", status="unavailable", note="no GPU")]
-    figure = pyplot.figure()
-    harness.plot_by_head_dim(figure, records, "tflops", "TFLOPS")
+    shape = dense.Shape(1, 2, 2, 16, 16, 32, False, "fp16")
+    records = [sweep.Record(shape, "baseline", values={"tflops": 1.0}),
+               sweep.Record(shape, "cuda", status="unavailable", note="no GPU")]
+    figure = plot.draw(make_run("smoke", records, ["baseline", "cuda"]), key="tflops", label="TFLOPS")
     labels = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
     pyplot.close(figure)
     assert labels == ["baseline", "cuda: unavailable"]
+
+
+def test_the_check_pairs_each_query_head_with_its_key_head():
+    query, key, value = (torch.randn(1, heads, 5, 8) for heads in (6, 2, 2))
+    q, k, v = checking.query_heads(query, key, value, 4)
+    assert q.shape[1] == k.shape[1] == 4 and torch.equal(k[0, 2], key[0, 0]) and torch.equal(k[0, 3], key[0, 1])
