@@ -286,7 +286,10 @@ def test_torch_compile_fullgraph(varlen_backend):
 
     expected = layer(query, key, value, cu, cu)
     compiled = torch.compile(layer, fullgraph=True)(query, key, value, cu, cu)
-    torch.testing.assert_close(compiled, expected)
+    if varlen_backend == "naive":  # Inductor fuses the naive math (fp16 rounding differs): fp16's tolerance
+        torch.testing.assert_close(compiled, expected, atol=2e-3, rtol=2e-3)
+    else:  # the compiled graph calls the same kernel
+        torch.testing.assert_close(compiled, expected, atol=0, rtol=0)
 
 
 @requires_gpu

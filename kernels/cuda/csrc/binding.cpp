@@ -39,7 +39,8 @@ at::Tensor aligned_for_16_byte_loads(const at::Tensor& t) {
 // Numbers in error messages are formatted here, not by the ostream that c10::str builds: inserting an integer into it
 // crashed inside this library on the GPU machine (torch 2.11, a libstdc++ there older than the compiler's headers;
 // strings pass unharmed).
-std::string text(int64_t value) { return std::to_string(value); }
+template <typename Integer>
+std::string text(Integer value) { return std::to_string(value); }
 const char* text(bool value) { return value ? "true" : "false"; }
 
 // Strides of dims of size 1 are never multiplied by a nonzero index; zero them so odd values cannot matter.
