@@ -262,7 +262,8 @@ def run_validated(query, key, value, shape, *, causal, return_lse, kernel_family
 
     Options (None: the defaults of flash_attention._settings): `kernel_family` "sm80" or "sm90" forces a family;
     `sm90_schedule` ("auto", "static", "dynamic", "per-tile") the SM90 grid and its deal; `sm90_cta_pairs` False holds
-    the SM90 family to single CTAs. A decode-shaped call (few packed rows) runs the decode kernel, which has none."""
+    the SM90 family to single CTAs. A decode-shaped call (few packed rows) runs the decode kernel, unless
+    `kernel_family` names a forward family."""
     check_cuda_tensor("cuda", query)
     options = _registry.launch_options(kernel_family, sm90_schedule, sm90_cta_pairs)
     if _decode_plan.decode_shaped(shape.seqlen_q, shape.heads_q // shape.heads_kv) and options.kernel_family is None:
