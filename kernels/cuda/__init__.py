@@ -152,7 +152,7 @@ def kernel_stem(major_minor: tuple[int, int], head_dim: int, dtype: torch.dtype,
                 kernel_family: str | None = None) -> str:
     """The library (kernel) that runs `attention` of this head_dim, dtype and mask on a GPU of compute capability
     `major_minor`, as the registry selects it (kernel_family None: the default option)."""
-    family = kernel_family or _registry.DEFAULT_OPTIONS.kernel_family
+    family = _registry.launch_options(kernel_family=kernel_family).kernel_family
     return _registry.forward_kernel(major_minor, head_dim, dtype, causal, family).stem
 
 
@@ -397,12 +397,12 @@ def varlen_auto_eligible(query, causal: bool = False) -> bool:
 
 def _varlen_kernel(query, causal: bool) -> Kernel:
     """The (loaded, unless tracing) SM90 library that holds the varlen kernel of a packed call."""
-    kernel = _registry.varlen_kernel(query.shape[-1], query.dtype, causal)
     if torch.compiler.is_compiling():
-        return kernel
+        return _registry.varlen_kernel(query.shape[-1], query.dtype, causal)
     key = ("varlen", query.device, query.dtype, query.shape[-1], bool(causal))
-    if key not in _ready_kernels:
-        _ready_kernels[key] = _load(query, kernel)
+    kernel = _ready_kernels.get(key)
+    if kernel is None:
+        kernel = _ready_kernels[key] = _load(query, _registry.varlen_kernel(query.shape[-1], query.dtype, causal))
     return kernel
 
 
