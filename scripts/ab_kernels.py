@@ -3,6 +3,7 @@
 
     git worktree add /tmp/base <commit>
     python scripts/ab_kernels.py --baseline /tmp/base --grids paper,seed --dtype fp16 --output ab.md
+    python scripts/ab_kernels.py --baseline /tmp/base --grids paper --head-dims 256 --dtype bf16
 
 Builds the kernels that the grids' calls run (the registry's choice on this GPU) twice: from this tree (the loader's
 cache) and from the baseline tree's kernels/cuda/csrc (a cache folder of its own). Both are loaded into this tree's
@@ -34,10 +35,12 @@ from harness.grids import GRIDS  # noqa: E402  (the benchmark's grids: benchmark
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def shapes_of(grid_names: list[str], dtype: str) -> list:
+def shapes_of(grid_names: list[str], dtype: str, head_dims: tuple[int, ...] | None = None) -> list:
     shapes = []
     for name in grid_names:
         axes = dataclasses.replace(GRIDS[name].axes, masks=(False, True))
+        if head_dims is not None:
+            axes = dataclasses.replace(axes, head_dims=head_dims)
         shapes += axes.shapes(dtype)
     return shapes
 
@@ -84,6 +87,8 @@ def main(argv=None) -> int:
     parser.add_argument("--baseline", type=Path, required=True, help="the other tree's root")
     parser.add_argument("--grids", default="paper,seed", help="benchmark grids, comma-separated (default paper,seed)")
     parser.add_argument("--dtype", choices=DTYPES, default="fp16")
+    parser.add_argument("--head-dims", default=None,
+                        help="comma-separated head dims instead of the grids' own, e.g. 256 (heads = hidden // head_dim)")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--output", type=Path, default=None, help="also write the table here")
     args = parser.parse_args(argv)
@@ -92,7 +97,8 @@ def main(argv=None) -> int:
     major, minor = torch.cuda.get_device_capability()
     arch = f"{major}{minor}"
     dtype = DTYPES[args.dtype]
-    shapes = shapes_of(args.grids.split(","), args.dtype)
+    head_dims = None if args.head_dims is None else tuple(int(d) for d in args.head_dims.split(","))
+    shapes = shapes_of(args.grids.split(","), args.dtype, head_dims)
     kernels = sorted({_registry.forward_kernel((major, minor), s.head_dim, dtype, s.causal) for s in shapes},
                      key=lambda kernel: kernel.handle)
     started = time.perf_counter()
