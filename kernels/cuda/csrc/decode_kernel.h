@@ -50,10 +50,14 @@ struct Traits {
   static constexpr int kStages = kStages_;
   static constexpr int kWarps = StageChoice<kHeadDim>::kWarps;
   static constexpr int kThreads = kWarps * 32;
-  // Rows padded by 16 bytes: the 8 rows an ldmatrix reads land in 8 different 4-bank groups.
+  // Q's rows are padded by 16 bytes: the 8 rows an ldmatrix reads land in 8 different 4-bank groups.
   static constexpr int kRowPitch = kHeadDim + 8;
-  static constexpr int kTileElems = kBlockN * kRowPitch;
   static constexpr int kQElems = kRows * kRowPitch;
+  // K and V tiles are unpadded and swizzled instead (kv_tile_offset): with padded rows a warp's 512-byte copy asked
+  // L2 for 24 sectors instead of 16, and the kernel streamed at 83% of DRAM peak instead of 91% (results/NOTES.md,
+  // CUDA decode v6).
+  static constexpr int kTileElems = kBlockN * kHeadDim;
+  static_assert(kHeadDim >= 64, "the swizzle permutes 8 16-byte chunks of a row");
   static constexpr int kWarpElems = kStages * 2 * kTileElems;  // K and V per stage
   static constexpr int kSmemBytes = (kQElems + kWarps * kWarpElems) * 2;
   static constexpr int kChunksPerRow = kHeadDim / 8;  // 16-byte chunks
@@ -181,6 +185,14 @@ struct DecodeWork {
   }
 };
 
+// Element offset of (row, 16-byte chunk) in a K or V tile of rows of kHeadDim elements: chunk c of row r is stored
+// at chunk c ^ (r % 8), so the 8 rows an ldmatrix reads at one column fall in 8 different 4-bank groups, and the
+// 8 chunks of each 128 bytes of a copied row stay within the same 128 bytes of shared memory.
+template <int kHeadDim>
+__device__ __forceinline__ int kv_tile_offset(int row, int chunk) {
+  return row * kHeadDim + ((chunk ^ (row % 8)) * 8);
+}
+
 // Element offset of key `key` of (batch, kv_head) in a cache with these strides.
 __device__ __forceinline__ index_t key_offset(const DecodeParams& p, int page, int batch, int kv_head, int key,
                                               index_t batch_stride, index_t head_stride, index_t row_stride) {
@@ -245,22 +257,26 @@ __global__ void __launch_bounds__(StageChoice<kHeadDim>::kWarps * 32) decode_ker
   const Element* v_lane = v_cache + (paged ? 0 : work.batch * p.v_batch_stride) + work.kv_head * p.v_head_stride +
                           lane_row * p.v_row_stride + lane_col;
   const index_t k_step = kRowsPerStep * p.k_row_stride, v_step = kRowsPerStep * p.v_row_stride;
-  const uint32_t kv_smem = smem_address(smem_kv + lane_row * T::kRowPitch + lane_col);
-  constexpr uint32_t kStepBytes = kRowsPerStep * T::kRowPitch * 2, kTileBytes = T::kTileElems * 2;
+  const uint32_t kv_smem = smem_address(smem_kv);
+  constexpr uint32_t kTileBytes = T::kTileElems * 2;
+  // Where this lane's j-th copy of a tile lands (bytes from the tile's start).
+  auto lane_destination = [&](int j) {
+    return static_cast<uint32_t>(kv_tile_offset<kHeadDim>(lane_row + j * kRowsPerStep, lane_col / 8) * 2);
+  };
   auto copy_tile = [&](const Element* k_row, const Element* v_row, int stage, int first_key) {
     const uint32_t k_tile = kv_smem + stage * 2 * kTileBytes, v_tile = k_tile + kTileBytes;
     if (lane_col_valid && first_key + kBlockN <= work.key_end) {
 #pragma unroll
       for (int j = 0; j < kBlockN / kRowsPerStep; ++j) {
-        cp_async_16(k_tile + j * kStepBytes, k_row + j * k_step, true);
-        cp_async_16(v_tile + j * kStepBytes, v_row + j * v_step, true);
+        cp_async_16(k_tile + lane_destination(j), k_row + j * k_step, true);
+        cp_async_16(v_tile + lane_destination(j), v_row + j * v_step, true);
       }
     } else {
 #pragma unroll
       for (int j = 0; j < kBlockN / kRowsPerStep; ++j) {
         const bool valid = lane_col_valid && first_key + lane_row + j * kRowsPerStep < work.key_end;
-        cp_async_16(k_tile + j * kStepBytes, valid ? k_row + j * k_step : k_cache, valid);
-        cp_async_16(v_tile + j * kStepBytes, valid ? v_row + j * v_step : v_cache, valid);
+        cp_async_16(k_tile + lane_destination(j), valid ? k_row + j * k_step : k_cache, valid);
+        cp_async_16(v_tile + lane_destination(j), valid ? v_row + j * v_step : v_cache, valid);
       }
     }
   };
@@ -291,8 +307,8 @@ __global__ void __launch_bounds__(StageChoice<kHeadDim>::kWarps * 32) decode_ker
         const index_t in_page = key % p.page_size - lane_row;  // k_lane already holds lane_row rows
         const Element* k_source = k_lane + key_page * p.k_batch_stride + in_page * p.k_row_stride;
         const Element* v_source = v_lane + key_page * p.v_batch_stride + in_page * p.v_row_stride;
-        cp_async_16(k_tile + j * kStepBytes, valid ? k_source : k_cache, valid);
-        cp_async_16(v_tile + j * kStepBytes, valid ? v_source : v_cache, valid);
+        cp_async_16(k_tile + lane_destination(j), valid ? k_source : k_cache, valid);
+        cp_async_16(v_tile + lane_destination(j), valid ? v_source : v_cache, valid);
       }
     }
   };
@@ -340,11 +356,11 @@ __global__ void __launch_bounds__(StageChoice<kHeadDim>::kWarps * 32) decode_ker
 
     // S = Q K^T, 16 rows x 16 keys: s[n] holds keys n * 8 + 2t, + 1 of rows g (0, 1) and g + 8 (2, 3).
     float s[2][4] = {};
-    const uint32_t k_address = smem_address(k_tile + ((m / 2) * 8 + mr) * T::kRowPitch + (m % 2) * 8);
+    const uint32_t k_address = smem_address(k_tile);
 #pragma unroll
     for (int kk = 0; kk < kHeadDim / 16; ++kk) {
       uint32_t b[4];
-      ldmatrix_x4(b, k_address + kk * 32);
+      ldmatrix_x4(b, k_address + kv_tile_offset<kHeadDim>((m / 2) * 8 + mr, 2 * kk + m % 2) * 2);
       if constexpr (kQInRegisters) {
         mma_16x8x16<kDType>(s[0], q_fragments[kk], b[0], b[1]);
         mma_16x8x16<kDType>(s[1], q_fragments[kk], b[2], b[3]);
@@ -402,11 +418,11 @@ __global__ void __launch_bounds__(StageChoice<kHeadDim>::kWarps * 32) decode_ker
                             pack_pair<kDType>(probability[0][2], probability[0][3]),
                             pack_pair<kDType>(probability[1][0], probability[1][1]),
                             pack_pair<kDType>(probability[1][2], probability[1][3])};
-    const uint32_t v_address = smem_address(v_tile + ((m % 2) * 8 + mr) * T::kRowPitch + (m / 2) * 8);
+    const uint32_t v_address = smem_address(v_tile);
 #pragma unroll
     for (int n = 0; n < kHeadDim / 8; n += 2) {
       uint32_t b[4];
-      ldmatrix_x4_trans(b, v_address + n * 16);
+      ldmatrix_x4_trans(b, v_address + kv_tile_offset<kHeadDim>((m % 2) * 8 + mr, n + m / 2) * 2);
       mma_16x8x16<kDType>(acc[n], pa, b[0], b[1]);
       mma_16x8x16<kDType>(acc[n + 1], pa, b[2], b[3]);
     }
