@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
-"""A/B the CUDA forward kernels of this tree against another tree's, in one process on one GPU.
+"""A/B the CUDA kernels of this tree against another tree's, in one process on one GPU.
 
     git worktree add /tmp/base <commit>
     python scripts/ab_kernels.py --baseline /tmp/base --grids paper,seed --dtype fp16 --output ab.md
     python scripts/ab_kernels.py --baseline /tmp/base --grids paper --head-dims 256 --dtype bf16
+    python scripts/ab_kernels.py --baseline /tmp/base --grids decode --dtype bf16
 
 Builds the kernels that the grids' calls run (the registry's choice on this GPU) twice: from this tree (the loader's
 cache) and from the baseline tree's kernels/cuda/csrc (a cache folder of its own). Both are loaded into this tree's
 binding, the baseline's under handles past the registry's, which the binding allows because a kernel entry carries
-its own FwdParams size (checked at load): so this compares kernel code, with one binding, one process, one GPU. On
-every shape of the grids (both masks) it checks that the two give the same bits, then times them interleaved: rounds
-of back-to-back calls between CUDA events, A B then B A, the median per-call time of each over the rounds.
+its own params size (checked at load): so this compares kernel code, with one binding, one process, one GPU. On
+every shape of the grids it checks that the two give the same bits, then times them interleaved, A B then B A, the
+median over the rounds: prefill grids (seed, paper; both masks) as rounds of back-to-back calls between CUDA events;
+the decode grid (contiguous and paged caches, calls of a few to a few hundred µs) as one CUDA-graph replay per
+round with L2 flushed before it, as the benchmark flushes it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -82,58 +86,141 @@ def interleaved_ms(calls: dict, rounds: int, target_ms: float = 20.0) -> dict:
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+@dataclasses.dataclass
+class Case:
+    """One shape of the A/B: its table cells, the kernel it runs, and `prepare`, which makes the shape's inputs (only
+    when its turn comes, so that one shape's tensors are alive at a time) and returns the call of a given handle."""
+    cells: tuple
+    kernel: _registry.Kernel
+    prepare: Callable[[], Callable[[int], Callable[[], tuple]]]
+
+
+def prefill_cases(grid_names, dtype_name, head_dims, capability, device) -> list[Case]:
+    dtype = DTYPES[dtype_name]
+    cases = []
+    for shape in shapes_of(grid_names, dtype_name, head_dims):
+        def prepare(shape=shape):
+            generator = torch.Generator(device=device).manual_seed(shape.seqlen_q + shape.head_dim)
+            q, k, v = (torch.randn(shape.batch, heads, shape.seqlen_q, shape.head_dim, device=device, dtype=dtype,
+                                   generator=generator)
+                       for heads in (shape.heads_q, shape.heads_kv, shape.heads_kv))
+            return lambda handle: lambda: torch.ops.flash_attention.cuda_fwd(
+                q, k, v, shape.causal, shape.head_dim ** -0.5, handle, 0, True)
+
+        kernel = _registry.forward_kernel(capability, shape.head_dim, dtype, shape.causal)
+        cells = (shape.head_dim, shape.batch, shape.heads_q, shape.seqlen_q, "causal" if shape.causal else "none")
+        cases.append(Case(cells, kernel, prepare))
+    return cases
+
+
+def decode_cases(dtype_name, head_dims, device) -> list[Case]:
+    from flash_attention.cuda import decode_num_splits
+    from harness.kvcache import make_inputs
+
+    axes = GRIDS["decode"].axes
+    if head_dims is not None:
+        axes = dataclasses.replace(axes, head_dims=head_dims)
+    cases = []
+    for shape in axes.shapes(dtype_name):
+        def prepare(shape=shape):
+            x = make_inputs(shape, device)
+            splits = decode_num_splits(x.query, x.key_cache, x.block_table)
+            return lambda handle: lambda: torch.ops.flash_attention.cuda_decode(
+                x.query, x.key_cache, x.value_cache, x.cache_seqlens, x.block_table, 0, x.causal,
+                shape.head_dim ** -0.5, splits, handle)
+
+        kernel = _registry.decode_kernel(shape.head_dim, DTYPES[dtype_name])
+        cells = (shape.head_dim, shape.batch, f"{shape.heads_q}/{shape.heads_kv}", shape.seqlen_q, shape.keys,
+                 "paged" if shape.paged else "contiguous")
+        cases.append(Case(cells, kernel, prepare))
+    return cases
+
+
+def graph_replay_ms(calls: dict, rounds: int) -> dict:
+    """Median ms of one CUDA-graph replay of each callable over `rounds` rounds, L2 flushed before each replay, the
+    order alternating each round."""
+    flush = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
+    graphs = {}
+    for name, call in calls.items():
+        call()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            call()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=stream):
+                call()
+        torch.cuda.current_stream().wait_stream(stream)
+        graphs[name] = graph
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = {name: [] for name in graphs}
+    names = list(graphs)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            flush.zero_()
+            start.record()
+            graphs[name].replay()
+            end.record()
+            torch.cuda.synchronize()
+            times[name].append(start.elapsed_time(end))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", type=Path, required=True, help="the other tree's root")
-    parser.add_argument("--grids", default="paper,seed", help="benchmark grids, comma-separated (default paper,seed)")
-    parser.add_argument("--dtype", choices=DTYPES, default="fp16")
+    parser.add_argument("--grids", default="paper,seed",
+                        help="benchmark grids, comma-separated: seed and paper, or decode alone (default paper,seed)")
     parser.add_argument("--head-dims", default=None,
                         help="comma-separated head dims instead of the grids' own, e.g. 256 (heads = hidden // head_dim)")
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--dtype", choices=DTYPES, default="fp16")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="interleaved rounds (default: 10 for prefill grids, 15 for decode)")
     parser.add_argument("--output", type=Path, default=None, help="also write the table here")
     args = parser.parse_args(argv)
+    grid_names = args.grids.split(",")
+    decode = "decode" in grid_names
+    if decode and len(grid_names) > 1:
+        parser.error("--grids decode runs alone (its table has other columns)")
+    head_dims = None if args.head_dims is None else tuple(int(d) for d in args.head_dims.split(","))
+    rounds = args.rounds or (15 if decode else 10)
 
     device = torch.device("cuda")
     major, minor = torch.cuda.get_device_capability()
     arch = f"{major}{minor}"
-    dtype = DTYPES[args.dtype]
-    head_dims = None if args.head_dims is None else tuple(int(d) for d in args.head_dims.split(","))
-    shapes = shapes_of(args.grids.split(","), args.dtype, head_dims)
-    kernels = sorted({_registry.forward_kernel((major, minor), s.head_dim, dtype, s.causal) for s in shapes},
-                     key=lambda kernel: kernel.handle)
+    cases = (decode_cases(args.dtype, head_dims, device) if decode
+             else prefill_cases(grid_names, args.dtype, head_dims, (major, minor), device))
+    kernels = sorted({case.kernel for case in cases}, key=lambda kernel: kernel.handle)
     started = time.perf_counter()
     _loader.load(device, kernels=[kernel.stem for kernel in kernels])
     offset = len(_registry.KERNELS)  # the baseline's handles: past every registry handle
+    load = (torch.ops.flash_attention.cuda_load_decode_kernel if decode
+            else torch.ops.flash_attention.cuda_load_kernel)
     with tempfile.TemporaryDirectory() as tmp:
         for kernel, library in build_baseline(args.baseline / "kernels" / "cuda" / "csrc", kernels, Path(tmp),
                                               arch).items():
-            torch.ops.flash_attention.cuda_load_kernel(str(library), offset + kernel.handle)
+            load(str(library), offset + kernel.handle)
     print(f"built {len(kernels)} kernels twice in {time.perf_counter() - started:.0f} s", flush=True)
 
-    lines = [f"A/B of the CUDA forward kernels on {torch.cuda.get_device_name()} ({args.dtype}, {args.rounds} "
-             f"interleaved rounds; baseline {args.baseline})", "",
-             "| D | B | H | N | mask | kernel | this tree ms | baseline ms | baseline / this | same bits |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    columns = ("D | B | Hq/Hkv | Nq | keys | cache" if decode else "D | B | H | N | mask")
+    how = ("graph replays, L2 flushed" if decode else "rounds of back-to-back calls")
+    lines = [f"A/B of the CUDA kernels on {torch.cuda.get_device_name()} ({args.dtype}, {rounds} interleaved "
+             f"rounds of {how}; baseline {args.baseline})", "",
+             f"| {columns} | kernel | this tree ms | baseline ms | baseline / this | same bits |",
+             "|" + "---|" * (len(columns.split("|")) + 5)]
     print("\n".join(lines), flush=True)
-    for shape in shapes:
-        generator = torch.Generator(device=device).manual_seed(shape.seqlen_q + shape.head_dim)
-        q, k, v = (torch.randn(shape.batch, heads, shape.seqlen_q, shape.head_dim, device=device, dtype=dtype,
-                               generator=generator)
-                   for heads in (shape.heads_q, shape.heads_kv, shape.heads_kv))
-        kernel = _registry.forward_kernel((major, minor), shape.head_dim, dtype, shape.causal)
-        scale = shape.head_dim ** -0.5
-
-        def run(handle):
-            return lambda: torch.ops.flash_attention.cuda_fwd(q, k, v, shape.causal, scale, handle, 0, True)
-
-        calls = {"this": run(kernel.handle), "baseline": run(offset + kernel.handle)}
+    for case in cases:
+        call = case.prepare()
+        calls = {"this": call(case.kernel.handle), "baseline": call(offset + case.kernel.handle)}
         same = all(torch.equal(a, b) for a, b in zip(calls["this"](), calls["baseline"]()))
-        ms = interleaved_ms(calls, args.rounds)
-        line = (f"| {shape.head_dim} | {shape.batch} | {shape.heads_q} | {shape.seqlen_q} | "
-                f"{'causal' if shape.causal else 'none'} | {kernel.stem} | {ms['this']:.3f} | {ms['baseline']:.3f} | "
-                f"{ms['baseline'] / ms['this']:.3f} | {'yes' if same else 'NO'} |")
+        ms = graph_replay_ms(calls, rounds) if decode else interleaved_ms(calls, rounds)
+        line = (f"| {' | '.join(str(cell) for cell in case.cells)} | {case.kernel.stem} | {ms['this']:.4f} | "
+                f"{ms['baseline']:.4f} | {ms['baseline'] / ms['this']:.3f} | {'yes' if same else 'NO'} |")
         lines.append(line)
         print(line, flush=True)
+        del call, calls
+        torch.cuda.empty_cache()
     if args.output is not None:
         args.output.write_text("\n".join(lines) + "\n")
     return 0

@@ -51,6 +51,7 @@ def _load_script(name: str):
     """A command script by path (benchmarks/ is a folder of scripts around the harness package)."""
     spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("ab_kernels", module)  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -424,3 +425,27 @@ def test_the_check_pairs_each_query_head_with_its_key_head():
     query, key, value = (torch.randn(1, heads, 5, 8) for heads in (6, 2, 2))
     q, k, v = checking.query_heads(query, key, value, 4)
     assert q.shape[1] == k.shape[1] == 4 and torch.equal(k[0, 2], key[0, 0]) and torch.equal(k[0, 3], key[0, 1])
+
+
+def _ab_kernels():
+    spec = importlib.util.spec_from_file_location("ab_kernels", REPO_ROOT / "scripts" / "ab_kernels.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("ab_kernels", module)  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ab_kernels_takes_the_benchmark_grids_shapes_and_the_registrys_kernels():
+    """scripts/ab_kernels.py A/Bs the kernels the grids' calls run: its cases are the grids' shapes (inputs made only
+    when a case runs), each with the registry's kernel; decode runs alone."""
+    ab = _ab_kernels()
+    prefill = ab.prefill_cases(["paper"], "fp16", (256,), (9, 0), torch.device("cpu"))
+    assert len(prefill) == 2 * len(grids.GRIDS["paper"].axes.tokens)  # both masks
+    assert {case.kernel.stem for case in prefill} == {"fwd_sm90_hdim256_fp16", "fwd_sm90_hdim256_fp16_causal"}
+    decode = ab.decode_cases("bf16", None, torch.device("cpu"))
+    assert [case.cells[1:] for case in decode] == [
+        (s.batch, f"{s.heads_q}/{s.heads_kv}", s.seqlen_q, s.keys, "paged" if s.paged else "contiguous")
+        for s in grids.GRIDS["decode"].axes.shapes("bf16")]
+    assert {case.kernel.stem for case in decode} == {"decode_hdim128_bf16"}
+    with pytest.raises(SystemExit):
+        ab.main(["--baseline", ".", "--grids", "decode,paper"])

@@ -345,17 +345,23 @@ def _call(op, *args):
     return op.default.redispatch(_CUDA_KERNEL_ONLY, *args)
 
 
+def decode_num_splits(query, key_cache, block_table) -> int:
+    """The key splits the decode kernel runs a call in (`_decode_plan.choose_num_splits` over this kernel's CTAs:
+    one per batch, K/V head and block of _DECODE_ROWS packed rows)."""
+    batch, heads_q, seqlen_q, _ = query.shape
+    heads_kv = key_cache.shape[1]
+    programs = batch * heads_kv * -(-(heads_q // heads_kv * seqlen_q) // _DECODE_ROWS)
+    capacity = cache_geometry(key_cache, block_table)[0]
+    return _decode_plan.choose_num_splits(programs, capacity, _decode_plan.multiprocessors(device_index(query)),
+                                          _DECODE_PROGRAMS_PER_SM)
+
+
 def _run_decode(query, key_cache, value_cache, cache_seqlens, block_table, key, value, *, causal, softmax_scale,
                 num_splits):
     """Append key/value (if given), then the decode kernel, on validated, 16-byte copyable caches: (out, lse)."""
     kernel = _decode_kernel(query)
-    batch, heads_q, seqlen_q, head_dim = query.shape
-    heads_kv = key_cache.shape[1]
     if num_splits is None:
-        capacity = cache_geometry(key_cache, block_table)[0]
-        programs = batch * heads_kv * -(-(heads_q // heads_kv * seqlen_q) // _DECODE_ROWS)
-        num_splits = _decode_plan.choose_num_splits(programs, capacity, _decode_plan.multiprocessors(
-            device_index(query)), _DECODE_PROGRAMS_PER_SM)
+        num_splits = decode_num_splits(query, key_cache, block_table)
     seqlen_new = 0
     if key is not None:
         seqlen_new = key.shape[2]
