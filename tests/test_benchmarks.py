@@ -51,7 +51,6 @@ def _load_script(name: str):
     """A command script by path (benchmarks/ is a folder of scripts around the harness package)."""
     spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("ab_kernels", module)  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
