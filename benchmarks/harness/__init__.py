@@ -22,5 +22,6 @@ is checked (`CHECKED`).
 
 Every method goes through a public entry point (`flash_attention.attention(..., backend=...)` and its KV-cache and
 varlen siblings, `flash_attention.cuda.attention` for a forced kernel family, SDPA, FA4's `flash_attn_func`), never
-into kernel internals, and nothing here writes os.environ (but --smoke's TRITON_INTERPRET, see cli.py).
+into kernel internals, and nothing here writes os.environ (--smoke without a GPU restarts the command with
+TRITON_INTERPRET=1 in a copy of it, see cli.py).
 """

@@ -153,12 +153,13 @@ def parse_args(command: Command, argv: list[str]) -> argparse.Namespace:
     return options
 
 
-def prepare_smoke_environment(argv: list[str]) -> None:
-    """A --smoke run on a machine without a GPU runs the Triton kernel under its interpreter: set TRITON_INTERPRET=1
-    (unless the caller set it) before anything imports triton, which picks the interpreter at decoration time. The
-    one place the benchmarks write the environment."""
-    if "--smoke" in argv and not torch.cuda.is_available():
-        os.environ.setdefault("TRITON_INTERPRET", "1")
+def restart_under_interpreter_if_needed(argv: list[str]) -> None:
+    """A --smoke run on a machine without a GPU runs the Triton kernel under its interpreter, which Triton picks from
+    TRITON_INTERPRET when a kernel is decorated. If the caller did not set it, the command starts again as itself with
+    TRITON_INTERPRET=1 in a copy of the environment (exec, before anything imported triton): the benchmarks never
+    write os.environ."""
+    if "--smoke" in argv and not torch.cuda.is_available() and "TRITON_INTERPRET" not in os.environ:
+        os.execve(sys.executable, sys.orig_argv, {**os.environ, "TRITON_INTERPRET": "1"})
 
 
 def pick_device(smoke: bool) -> torch.device:
@@ -190,11 +191,11 @@ def build_methods(grid, requested: tuple[str, ...] | None) -> tuple[list, list[s
 
 def main(command: Command, argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    prepare_smoke_environment(argv)
+    restart_under_interpreter_if_needed(argv)
     options = parse_args(command, argv)
     options.device = device = pick_device(options.smoke)
     try:
-        importlib.import_module("flash_attention")  # here, so that --smoke's TRITON_INTERPRET is set before
+        importlib.import_module("flash_attention")  # here: after --smoke's restart under the interpreter
     except ImportError as error:
         print(f"error: cannot import flash_attention ({error}); run `pip install -e .` in {REPO_ROOT} "
               f"or use `pixi run bench-{command.name}`", file=sys.stderr)
