@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from flash_attention.cuda import _loader, _registry  # noqa: E402
 from harness.grids import GRIDS  # noqa: E402  (the benchmark's grids: benchmarks/harness)
+from harness.timing import L2_FLUSH_BYTES, interleaved_order  # noqa: E402
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -74,9 +75,8 @@ def interleaved_ms(calls: dict, rounds: int, target_ms: float = 20.0) -> dict:
     torch.cuda.synchronize()
     reps = max(1, int(target_ms / max(start.elapsed_time(end), 1e-3)))
     times = {name: [] for name in calls}
-    names = list(calls)
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
+    for order in interleaved_order(list(calls), rounds):
+        for name in order:
             start.record()
             for _ in range(reps):
                 calls[name]()
@@ -139,7 +139,7 @@ def decode_cases(dtype_name, head_dims, device) -> list[Case]:
 def graph_replay_ms(calls: dict, rounds: int) -> dict:
     """Median ms of one CUDA-graph replay of each callable over `rounds` rounds, L2 flushed before each replay, the
     order alternating each round."""
-    flush = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
+    flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.int8, device="cuda")
     graphs = {}
     for name, call in calls.items():
         call()
@@ -155,9 +155,8 @@ def graph_replay_ms(calls: dict, rounds: int) -> dict:
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     times = {name: [] for name in graphs}
-    names = list(graphs)
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
+    for order in interleaved_order(list(graphs), rounds):
+        for name in order:
             flush.zero_()
             start.record()
             graphs[name].replay()
