@@ -40,7 +40,7 @@ from ._registry import KERNELS, Kernel
 __all__ = [
     "attention", "run_validated", "attention_with_kvcache", "run_kvcache_validated", "kvcache_unsupported_reason",
     "attention_varlen", "run_varlen_validated", "varlen_unsupported_reason", "unavailable_reason", "auto_eligible",
-    "kernel_stem", "load_kernel",
+    "kernel_stem", "load_kernel", "decode_num_splits",
 ]
 
 _OP_NAME = "flash_attention::cuda_fwd"
