@@ -5,6 +5,7 @@
     python scripts/ab_kernels.py --baseline /tmp/base --grids paper,seed --dtype fp16 --output ab.md
     python scripts/ab_kernels.py --baseline /tmp/base --grids paper --head-dims 256 --dtype bf16
     python scripts/ab_kernels.py --baseline /tmp/base --grids decode --dtype bf16
+    python scripts/ab_kernels.py --baseline /tmp/base --grids varlen --dtype bf16
 
 Builds the kernels that the grids' calls run (the registry's choice on this GPU) twice: from this tree (the loader's
 cache) and from the baseline tree's kernels/cuda/csrc (a cache folder of its own). Both are loaded into this tree's
@@ -12,8 +13,9 @@ binding, the baseline's under handles past the registry's, which the binding all
 its own params size (checked at load): so this compares kernel code, with one binding, one process, one GPU. On
 every shape of the grids it checks that the two give the same bits, then times them interleaved, A B then B A, the
 median over the rounds: prefill grids (seed, paper; both masks) as rounds of back-to-back calls between CUDA events;
-the decode grid (contiguous and paged caches, calls of a few to a few hundred µs) as one CUDA-graph replay per
-round with L2 flushed before it, as the benchmark flushes it.
+the varlen grid (its packed mixes, both masks) as the prefill grids; the decode grid (contiguous and paged caches,
+calls of a few to a few hundred µs) as one CUDA-graph replay per round with L2 flushed before it, as the benchmark
+flushes it.
 """
 
 from __future__ import annotations
@@ -113,6 +115,27 @@ def prefill_cases(grid_names, dtype_name, head_dims, capability, device) -> list
     return cases
 
 
+def varlen_cases(dtype_name, head_dims, device) -> list[Case]:
+    from harness.varlen import make_inputs
+
+    axes = dataclasses.replace(GRIDS["varlen"].axes, masks=(False, True))
+    if head_dims is not None:
+        axes = dataclasses.replace(axes, head_dims=head_dims)
+    cases = []
+    for shape in axes.shapes(dtype_name):
+        def prepare(shape=shape):
+            x = make_inputs(shape, device)
+            return lambda handle: lambda: torch.ops.flash_attention.cuda_varlen_fwd(
+                x.query, x.key, x.value, x.cu_seqlens, x.cu_seqlens, x.max_seqlen, x.max_seqlen, x.causal,
+                shape.head_dim ** -0.5, handle)
+
+        kernel = _registry.varlen_kernel(shape.head_dim, DTYPES[dtype_name], shape.causal)
+        cells = (shape.head_dim, shape.mix, f"{shape.heads_q}/{shape.heads_kv}", shape.tokens,
+                 "causal" if shape.causal else "none")
+        cases.append(Case(cells, kernel, prepare))
+    return cases
+
+
 def decode_cases(dtype_name, head_dims, device) -> list[Case]:
     from flash_attention.cuda import decode_num_splits
     from harness.kvcache import make_inputs
@@ -170,7 +193,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", type=Path, required=True, help="the other tree's root")
     parser.add_argument("--grids", default="paper,seed",
-                        help="benchmark grids, comma-separated: seed and paper, or decode alone (default paper,seed)")
+                        help="benchmark grids, comma-separated: seed and paper, or decode or varlen alone (default "
+                             "paper,seed)")
     parser.add_argument("--head-dims", default=None,
                         help="comma-separated head dims instead of the grids' own, e.g. 256 (heads = hidden // head_dim)")
     parser.add_argument("--dtype", choices=DTYPES, default="fp16")
@@ -179,17 +203,21 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path, default=None, help="also write the table here")
     args = parser.parse_args(argv)
     grid_names = args.grids.split(",")
-    decode = "decode" in grid_names
-    if decode and len(grid_names) > 1:
-        parser.error("--grids decode runs alone (its table has other columns)")
+    decode, varlen = "decode" in grid_names, "varlen" in grid_names
+    if (decode or varlen) and len(grid_names) > 1:
+        parser.error("--grids decode and --grids varlen run alone (their tables have other columns)")
     head_dims = None if args.head_dims is None else tuple(int(d) for d in args.head_dims.split(","))
     rounds = args.rounds or (15 if decode else 10)
 
     device = torch.device("cuda")
     major, minor = torch.cuda.get_device_capability()
     arch = f"{major}{minor}"
-    cases = (decode_cases(args.dtype, head_dims, device) if decode
-             else prefill_cases(grid_names, args.dtype, head_dims, (major, minor), device))
+    if decode:
+        cases = decode_cases(args.dtype, head_dims, device)
+    elif varlen:
+        cases = varlen_cases(args.dtype, head_dims, device)
+    else:
+        cases = prefill_cases(grid_names, args.dtype, head_dims, (major, minor), device)
     kernels = sorted({case.kernel for case in cases}, key=lambda kernel: kernel.handle)
     started = time.perf_counter()
     _loader.load(device, kernels=[kernel.stem for kernel in kernels])
@@ -202,7 +230,8 @@ def main(argv=None) -> int:
             load(str(library), offset + kernel.handle)
     print(f"built {len(kernels)} kernels twice in {time.perf_counter() - started:.0f} s", flush=True)
 
-    columns = ("D | B | Hq/Hkv | Nq | keys | cache" if decode else "D | B | H | N | mask")
+    columns = ("D | B | Hq/Hkv | Nq | keys | cache" if decode else
+               "D | mix | Hq/Hkv | tokens | mask" if varlen else "D | B | H | N | mask")
     how = ("graph replays, L2 flushed" if decode else "rounds of back-to-back calls")
     lines = [f"A/B of the CUDA kernels on {torch.cuda.get_device_name()} ({args.dtype}, {rounds} interleaved "
              f"rounds of {how}; baseline {args.baseline})", "",
