@@ -138,6 +138,26 @@ def test_split_kv_matches_reference(backend, num_splits, causal, page_size):
     check_against_reference(out, lse, query, cache, lengths, causal=causal)
 
 
+@requires_gpu
+def test_split_kv_on_more_programs_than_the_fused_merge_counts(backend):
+    """The cuda backend merges splits in the decode kernel's last CTA per (batch, K/V head, row block), counting on
+    4096 counters kept per stream; a caller who forces splits on more programs (here 1025 x 4) gets the combine
+    kernel after the decode kernel instead. Both must give the reference, and a fused call right after still
+    finds its counters zero."""
+    cache = Cache(1025, 4, 40, 64, torch.float16)
+    lengths = [40 - b % 37 for b in range(1025)]
+    seqlens = torch.tensor(lengths, dtype=torch.int32, device=DEVICE)
+    query = make_query(1025, 8, 1, 64, torch.float16)
+    out, lse = flash_attention.attention_with_kvcache(query, cache.key, cache.value, cache_seqlens=seqlens,
+                                                      return_lse=True, num_splits=2, backend=backend)
+    check_against_reference(out, lse, query, cache, lengths, causal=False)
+    small = slice(0, 3)
+    out, lse = flash_attention.attention_with_kvcache(query[small], cache.key[small], cache.value[small],
+                                                      cache_seqlens=seqlens[small], return_lse=True, num_splits=3,
+                                                      backend=backend)
+    check_against_reference(out, lse, query[small], cache, lengths[:3], causal=False)
+
+
 def test_causal_rows_before_the_cache_see_nothing(backend):
     """Nq > L_b under causal: the first Nq - L_b rows see no key (output 0, LSE -inf); the rest see a prefix."""
     cache = Cache(2, 1, 40, 32, torch.float16)

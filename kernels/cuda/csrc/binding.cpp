@@ -104,30 +104,47 @@ const flash::KernelEntry& forward_entry(const std::atomic<const flash::KernelEnt
   return *entry;
 }
 
-// The dynamic deal's counter for a call on `stream` (current device). Every kernel leaves it zero (finish_draws in
-// tile_scheduler.h), so one per (device, stream), zeroed once and kept for the process, serves every call in stream
-// order without a zeroing launch per call (a launch, an allocation and host time that a 50 us call notices). Other
-// streams have their own, so concurrent calls never share one. A call under CUDA graph capture gets a fresh zeroed
-// one, held by `owner`, from the graph's pool: a replay may run on any stream, next to eager calls on this one.
-flash::TileCounter* tile_counter_for(cudaStream_t stream, const at::TensorOptions& options, at::Tensor& owner) {
+// Counters (int32) that every kernel leaves zero, as it found them: one buffer of `words` per (device, stream), from
+// `buffers`, zeroed once and kept for the process, serves every call in stream order without a zeroing launch per
+// call (a launch, an allocation and host time that a 50 us call notices). Other streams have their own, so
+// concurrent calls never share one. A call under CUDA graph capture gets a fresh zeroed one of the `used` words it
+// needs, held by `owner`, from the graph's pool: a replay may run on any stream, next to eager calls on this one.
+int32_t* counters_left_zero(std::map<std::pair<int, cudaStream_t>, int32_t*>& buffers, cudaStream_t stream,
+                            const at::TensorOptions& options, at::Tensor& owner, int64_t words, int64_t used) {
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
-  const auto words = static_cast<int64_t>(sizeof(flash::TileCounter) / sizeof(int32_t));
   if (capture != cudaStreamCaptureStatusNone) {
-    owner = at::zeros({words}, options.dtype(at::kInt));
-    return reinterpret_cast<flash::TileCounter*>(owner.data_ptr());
+    owner = at::zeros({used}, options.dtype(at::kInt));
+    return owner.data_ptr<int32_t>();
   }
   static std::mutex mutex;
-  static auto* counters = new std::map<std::pair<int, cudaStream_t>, flash::TileCounter*>();  // never freed
   std::lock_guard<std::mutex> lock(mutex);
-  flash::TileCounter*& counter = (*counters)[{options.device().index(), stream}];
-  if (counter == nullptr) {
+  int32_t*& buffer = buffers[{options.device().index(), stream}];
+  if (buffer == nullptr) {
     // Zeroed on this stream, ahead of the kernel; the tensor is leaked on purpose (no free at process exit, after
     // the allocator may be gone).
     auto* storage = new at::Tensor(at::zeros({words}, options.dtype(at::kInt)));
-    counter = reinterpret_cast<flash::TileCounter*>(storage->data_ptr());
+    buffer = storage->data_ptr<int32_t>();
   }
-  return counter;
+  return buffer;
+}
+
+// The dynamic deal's counter for a call on `stream` (current device); finish_draws (tile_scheduler.h) resets it.
+flash::TileCounter* tile_counter_for(cudaStream_t stream, const at::TensorOptions& options, at::Tensor& owner) {
+  static auto* buffers = new std::map<std::pair<int, cudaStream_t>, int32_t*>();  // never freed
+  const auto words = static_cast<int64_t>(sizeof(flash::TileCounter) / sizeof(int32_t));
+  return reinterpret_cast<flash::TileCounter*>(counters_left_zero(*buffers, stream, options, owner, words, words));
+}
+
+// The decode kernel's per-program split counters (DecodeParams::split_counters), kept zero by the kernel as the tile
+// counter is, so the same rules. A split call has fewer programs than a wave of CTAs (_decode_plan), far under this
+// bound; a caller who forces splits on a larger batch gets the combine kernel (nullptr).
+constexpr int64_t kMaxSplitCounters = 4096;
+int32_t* split_counters_for(cudaStream_t stream, const at::TensorOptions& options, at::Tensor& owner,
+                            int64_t programs) {
+  if (programs > kMaxSplitCounters) return nullptr;
+  static auto* buffers = new std::map<std::pair<int, cudaStream_t>, int32_t*>();  // never freed
+  return counters_left_zero(*buffers, stream, options, owner, kMaxSplitCounters, programs);
 }
 
 // What every forward call fills alike: the operands' and outputs' pointers, the head counts, head_dim, the scale, the
@@ -459,7 +476,14 @@ std::tuple<at::Tensor, at::Tensor> cuda_decode(const at::Tensor& q_in, const at:
     p.partial_o_ptr = partial_o.data_ptr<float>();
     p.partial_lse_ptr = partial_lse.data_ptr<float>();
   }
-  C10_CUDA_CHECK(entry.launch(p, c10::cuda::getCurrentCUDAStream().stream()));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  at::Tensor graph_split_counters;
+  if (num_splits > 1) {
+    const int64_t row_blocks = (p.group * seqlen_q + flash::kDecodeRowsPerCta - 1) / flash::kDecodeRowsPerCta;
+    p.split_counters = split_counters_for(stream, q_in.options(), graph_split_counters,
+                                          batch * p.heads_kv * row_blocks);
+  }
+  C10_CUDA_CHECK(entry.launch(p, stream));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (!out_aligned.is_same(out)) out.copy_(out_aligned);
   return {out, lse};
