@@ -243,7 +243,9 @@ __device__ __forceinline__ index_t decode_output_row(const DecodeParams& p, int 
 template <DType kDType, int kThreads>
 __device__ __forceinline__ void merge_if_last_split(const DecodeParams& p, int batch, int kv_head, int first_row,
                                                     int packed_rows, unsigned char* smem) {
-  __shared__ int is_last;
+  float* weights = reinterpret_cast<float*>(smem);  // [kRows][kMaxSplits]
+  float* inverse = weights + kRows * kMaxSplits;    // [kRows]: 1 / sum of the row's weights
+  int& is_last = *reinterpret_cast<int*>(inverse + kRows);
   __threadfence();
   __syncthreads();
   if (threadIdx.x == 0) {
@@ -254,8 +256,6 @@ __device__ __forceinline__ void merge_if_last_split(const DecodeParams& p, int b
   __syncthreads();
   if (!is_last) return;
   __threadfence();
-  float* weights = reinterpret_cast<float*>(smem);  // [kRows][kMaxSplits]
-  float* inverse = weights + kRows * kMaxSplits;    // [kRows]: 1 / sum of the row's weights
   const index_t rows_total = static_cast<index_t>(p.batch) * p.heads_q * p.seqlen_q;
   constexpr int kWarps = kThreads / 32;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -299,7 +299,10 @@ __global__ void __launch_bounds__(StageChoice<kHeadDim>::kWarps * 32) decode_ker
                                                                                    DecodeParams p) {
   using T = Traits<kDType, kHeadDim, kStages>;
   using Element = typename T::Element;
-  extern __shared__ __align__(16) unsigned char smem[];
+  // 128-byte aligned, and no static shared memory in this kernel to push it along: the K/V tiles' swizzle keeps each
+  // copied 128 bytes inside one 128-byte line of shared memory only from an aligned base (a 4-byte static flag that
+  // moved it to 16 bytes cost 7% at batch 16 x 16k keys: results/NOTES.md, CUDA decode v7).
+  extern __shared__ __align__(128) unsigned char smem[];
   Element* smem_q = reinterpret_cast<Element*>(smem);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   Element* smem_kv = smem_q + T::kQElems + warp * T::kWarpElems;
@@ -585,7 +588,7 @@ __global__ void __launch_bounds__(StageChoice<kHeadDim>::kWarps * 32) decode_ker
     }
   }
   if (p.num_splits > 1 && p.split_counters != nullptr) {
-    static_assert((kRows * kMaxSplits + kRows) * 4 <= T::kSmemBytes, "the merge's weights reuse shared memory");
+    static_assert((kRows * kMaxSplits + kRows + 1) * 4 <= T::kSmemBytes, "the merge reuses shared memory");
     merge_if_last_split<kDType, kThreads>(p, work.batch, work.kv_head, work.first_row, packed_rows, smem);
   }
 }
