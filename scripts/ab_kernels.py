@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from flash_attention.cuda import _loader, _registry  # noqa: E402
 from harness.grids import GRIDS  # noqa: E402  (the benchmark's grids: benchmarks/harness)
-from harness.timing import L2_FLUSH_BYTES, interleaved_order  # noqa: E402
+from harness.timing import L2Flush, interleaved_order  # noqa: E402
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -162,7 +162,7 @@ def decode_cases(dtype_name, head_dims, device) -> list[Case]:
 def graph_replay_ms(calls: dict, rounds: int) -> dict:
     """Median ms of one CUDA-graph replay of each callable over `rounds` rounds, L2 flushed before each replay, the
     order alternating each round."""
-    flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.int8, device="cuda")
+    flush = L2Flush()
     graphs = {}
     for name, call in calls.items():
         call()
@@ -180,7 +180,7 @@ def graph_replay_ms(calls: dict, rounds: int) -> dict:
     times = {name: [] for name in graphs}
     for order in interleaved_order(list(graphs), rounds):
         for name in order:
-            flush.zero_()
+            flush()
             start.record()
             graphs[name].replay()
             end.record()

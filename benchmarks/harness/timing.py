@@ -11,6 +11,19 @@ from typing import Callable
 import torch
 
 L2_FLUSH_BYTES = 256 * 2**20  # larger than any current GPU's L2 (H100: 50 MiB)
+
+
+class L2Flush:
+    """Called before a timed call: evicts its inputs from L2 by reading L2_FLUSH_BYTES, which leaves L2 holding clean
+    lines. A flush that writes (zero_, as do_bench's) leaves them dirty, and the timed call then pays their write-back
+    to memory: on an H100, 9-100 µs more for every method on decode calls of 0.1-0.5 ms (3-22%), where the best peer
+    then reads at 72-97% of the copy ceiling instead of 92-104% (results/NOTES.md, "The L2 flush")."""
+
+    def __init__(self, device: torch.device | str = "cuda"):
+        self._lines = torch.ones(L2_FLUSH_BYTES // 8, dtype=torch.int64, device=device)
+
+    def __call__(self) -> None:
+        self._lines.sum()
 MIN_ROUNDS = 10
 CPU_REPS = 3
 HOST_LOOP_CALLS = 200
@@ -39,7 +52,8 @@ def timing_text(device: torch.device, warmup_ms: float, rep_ms: float) -> str:
     if device.type != "cuda":
         return f"Timing: wall-clock median of {CPU_REPS} calls on CPU (smoke run: the numbers mean nothing)"
     return (f"Timing: CUDA events around each call after {warmup_ms:g} ms of warm-up, with the L2 cache flushed "
-            f"before each call; the methods of a shape timed interleaved (one call of each per round, the order "
+            f"before each call (a read of {L2_FLUSH_BYTES // 2**20} MiB, which leaves no dirty lines for the call to "
+            f"write back); the methods of a shape timed interleaved (one call of each per round, the order "
             f"rotated each round), for about {rep_ms:g} ms per method and at least {MIN_ROUNDS} rounds; median and "
             f"quartiles")
 
@@ -78,13 +92,13 @@ def interleaved_order(names: list[str], rounds: int) -> list[list[str]]:
 
 
 def _cuda_event_times(calls: dict[str, Callable], warmup_ms: float, rep_ms: float) -> dict[str, list[float]]:
-    flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.int8, device="cuda")
+    flush = L2Flush()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     estimates_ms = {}
     for name, fn in calls.items():
         start.record()
         for _ in range(3):
-            flush.zero_()
+            flush()
             fn()
         end.record()
         torch.cuda.synchronize()
@@ -98,7 +112,7 @@ def _cuda_event_times(calls: dict[str, Callable], warmup_ms: float, rep_ms: floa
     for index, order in enumerate(interleaved_order(list(calls), rounds)):
         for name in order:
             begin, finish = events[name][index]
-            flush.zero_()
+            flush()
             begin.record()
             calls[name]()
             finish.record()
