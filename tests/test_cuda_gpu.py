@@ -368,6 +368,7 @@ def test_direct_op_call_after_load_kernel():
 def test_runs_on_current_stream_and_other_device_index():
     q, k, v = rand(1, 2, 64, 64), rand(1, 2, 64, 64), rand(1, 2, 64, 64)
     stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())  # q, k, v are written on the default stream
     with torch.cuda.stream(stream):
         out = fa_cuda.attention(q, k, v)
     stream.synchronize()

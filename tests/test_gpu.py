@@ -194,6 +194,7 @@ def test_cuda_graph_capture_and_replay(kernel_backend):
 def test_non_default_stream_is_respected(kernel_backend):
     q, k, v = random_qkv(4, 8, 8, 1024, 1024, 128, torch.float16)
     stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())  # q, k, v are written on the default stream
     with torch.cuda.stream(stream):
         # Inputs made on this stream: a kernel on the default stream could read them before they are written.
         q2, k2, v2 = (t * 1.5 for t in (q, k, v))
