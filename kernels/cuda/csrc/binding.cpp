@@ -430,12 +430,13 @@ void cuda_kvcache_append(const at::Tensor& k_cache, const at::Tensor& v_cache, c
 }
 
 // flash_attention::cuda_decode: query against the caches, sequence b holding cache_seqlens[b] + seqlen_new keys
-// (None: all of them). Functional: allocates and returns (out, lse).
+// (None: all of them). Functional: allocates and returns (out, lse). Splits are merged by the decode kernel's last CTA
+// of each program where fused_merge (and the counters suffice), else by the combine kernel: the same bits.
 std::tuple<at::Tensor, at::Tensor> cuda_decode(const at::Tensor& q_in, const at::Tensor& k_cache,
                                                const at::Tensor& v_cache, const c10::optional<at::Tensor>& seqlens,
                                                const c10::optional<at::Tensor>& block_table, int64_t seqlen_new,
                                                bool causal, double softmax_scale, int64_t num_splits,
-                                               int64_t kernel) {
+                                               bool fused_merge, int64_t kernel) {
   TORCH_CHECK_VALUE(q_in.is_cuda() && q_in.dim() == 4, "flash_attention cuda: query must be a 4-D CUDA tensor");
   const auto dtype = q_in.scalar_type();
   TORCH_CHECK_TYPE(k_cache.scalar_type() == dtype, "flash_attention cuda: query and caches must share a dtype");
@@ -478,7 +479,7 @@ std::tuple<at::Tensor, at::Tensor> cuda_decode(const at::Tensor& q_in, const at:
   }
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   at::Tensor graph_split_counters;
-  if (num_splits > 1) {
+  if (num_splits > 1 && fused_merge) {
     const int64_t row_blocks = (p.group * seqlen_q + flash::kDecodeRowsPerCta - 1) / flash::kDecodeRowsPerCta;
     p.split_counters = split_counters_for(stream, q_in.options(), graph_split_counters,
                                           batch * p.heads_kv * row_blocks);
