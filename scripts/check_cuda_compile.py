@@ -119,6 +119,13 @@ def short_name(demangled: str) -> str:
         pair = f" cluster{cluster}" if cluster not in (None, "1") else ""
         return (f"sm90 d{d} {t} {bm}x{bn} {stages}st{pair}" + (" causal" if causal == "true" else "")
                 + (" varlen" if varlen == "true" else ""))
+    # c++filt gives up on some of the longest SM90 names (their TMA types): read the mangled form.
+    m = re.search(r"Sm90FwdTraitsILi(\d+)ELi(\d+)ELi(\d+)ELi(\d+)EN7cutlass\d+(half_t|bfloat16_t)ELi(\d+)EEELb([01])"
+                  r"ELb([01])", demangled)
+    if m:
+        d, bm, bn, stages, t, cluster, causal, varlen = m.groups()
+        return short_name(f"Sm90FwdTraits<{d}, {bm}, {bn}, {stages}, cutlass::{t}, {cluster}>, "
+                          f"{'true' if causal == '1' else 'false'}, {'true' if varlen == '1' else 'false'}")
     m = re.search(r"varlen_tile_list_kernel<(\d+), (\d+), (true|false)>", demangled)
     if m:
         return f"varlen tile list {m[1]}-row tiles" + (" causal" if m[3] == "true" else "")

@@ -15,6 +15,10 @@
 
 #include "params.h"
 
+#ifndef CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED
+#error "define CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED before any CuTe header (fwd_sm90.cu does): key tiles of 80 keys"
+#endif
+
 namespace flash {
 
 using namespace cute;
