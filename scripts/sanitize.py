@@ -48,6 +48,9 @@ WORKER_CASES = [
     (1, 16, 4, 2100, 257, 64, "float16", True, "bhsd"),
     (2, 16, 8, 1100, 200, 64, "bfloat16", False, "bhsd"),
     (2, 8, 8, 1100, 200, 128, "bfloat16", False, "bhsd"),
+    # Rows of >= 8192 keys at head dim 128: 176-key tiles, O staged in Q's buffer (causal; pairs without a mask).
+    (1, 2, 1, 200, 8300, 128, "bfloat16", True, "bhsd"),
+    (1, 2, 2, 256, 8192, 128, "float16", False, "bhsd"),
     # Head dim 128 without a mask, query tiles even in number per head, rows of >= 4096 keys: pairs of CTAs share
     # each K/V tile (TMA multicast into both, releases from both), more pairs of tiles than an H100 has pairs of
     # SMs; a partial last key tile; GQA.

@@ -224,6 +224,22 @@ def test_cta_pairs_share_kv_tiles(shape, dtype, kernel_family):
         assert torch.equal(out, expected[0]) and torch.equal(lse, expected[1]), scheduler
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", [(1, 2, 2, 300, 8200), (1, 4, 2, 512, 8192), (2, 2, 1, 130, 9000)])
+def test_long_rows_at_head_dim_128(shape, causal, kernel_family):
+    """Rows of at least 8192 keys at head dim 128 take the SM90 family's 176-key tiles (sm90_tile_config.h): partial
+    last key tiles, GQA and MQA, a partial query tile, and (no mask, even full query tiles) the pair kernel; the
+    kernel that runs must be the 176-key one, and its output the float64 reference's."""
+    batch, heads_q, heads_kv, nq, nk = shape
+    torch.manual_seed(nq + nk)
+    q = rand(batch, heads_q, nq, 128)
+    k, v = rand(batch, heads_kv, nk, 128), rand(batch, heads_kv, nk, 128)
+    if kernel_family == "sm90":
+        names = launched_kernels(lambda: fa_cuda.attention(q, k, v, causal=causal))
+        assert len(names) == 1 and any(tile in names[0] for tile in ("128, 128, 176", "ILi128ELi128ELi176E")), names
+    check(q, k, v, causal)
+
+
 @pytest.mark.parametrize("seqlens", [(2100, 2300), (2300, 2100)])
 def test_causal_long_queries_at_head_dim_64(seqlens):
     """Causal calls at head dim 64 take the SM90 family's 192-row tile: partial tiles, diagonals that cross three

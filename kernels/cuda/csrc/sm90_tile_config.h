@@ -11,41 +11,61 @@
 
 namespace flash {
 
+// The tile of each head dim, for dense and packed variable-length calls alike.
+template <int kHeadDim, typename Element>
+struct Sm90Tile;
+
+// Three consumer warpgroups (192-row tiles) keep more MMAs in flight per softmax: 1.05-1.12x the two-consumer tile
+// from N = 2k without a mask, and causal ones at every length since each warpgroup runs only the key tiles its own
+// rows see and the partial tile is the shortest (results/NOTES.md, SM90 v9).
+template <typename Element>
+struct Sm90Tile<64, Element> {
+  using Traits = Sm90FwdTraits<64, 192, 128, 3, Element>;  // 168 KiB
+};
+
+template <typename Element>
+struct Sm90Tile<128, Element> {
+  using Traits = Sm90FwdTraits<128, 128, 128, 2, Element>;  // 224 KiB
+  // K and V multicast to a pair of CTAs: each K/V byte leaves L2 once per two query tiles (results/NOTES.md, SM90
+  // v11: +2-5% from N = 4k).
+  using PairTraits = Sm90FwdTraits<128, 128, 128, 2, Element, 2>;
+  // Rows of at least kLongRowKeys keys: 176-key tiles (FlashAttention-3's), O staged in Q's buffer and one Q
+  // (208 KiB). Fewer softmax rounds per key: +1-3% from 8k keys; below, the single Q buffer and the wider partial
+  // key tile cost 2-27% (results/NOTES.md, SM90 v12).
+  static constexpr int kLongRowKeys = 8192;
+  using LongRowTraits = Sm90FwdTraits<128, 128, 176, 2, Element>;
+  using LongRowPairTraits = Sm90FwdTraits<128, 128, 176, 2, Element, 2>;
+};
+
+// 80-key tiles, as FlashAttention-4's SM90 path: O staged in Q's buffer, one Q (224 KiB).
+template <typename Element>
+struct Sm90Tile<256, Element> {
+  using Traits = Sm90FwdTraits<256, 128, 80, 2, Element>;
+};
+
 // A packed variable-length batch: the tile of the dense call of the same head dim (tiles of one sequence at a time,
 // dealt dynamically; no CTA pairs, whose tiles must be equal).
 template <int kHeadDim, typename Element, bool kCausal>
 cudaError_t run_fwd_sm90_varlen_for_headdim(const FwdParams& params, cudaStream_t stream) {
   static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256, "SM90 head dims: 64, 128, 256");
-  if constexpr (kHeadDim == 64) {
-    return launch_fwd_sm90<Sm90FwdTraits<64, 192, 128, 3, Element>, kCausal, true>(params, stream);
-  } else if constexpr (kHeadDim == 128) {
-    return launch_fwd_sm90<Sm90FwdTraits<128, 128, 128, 2, Element>, kCausal, true>(params, stream);
-  } else {
-    return launch_fwd_sm90<Sm90FwdTraits<256, 128, 64, 2, Element>, kCausal, true>(params, stream);
-  }
+  return launch_fwd_sm90<typename Sm90Tile<kHeadDim, Element>::Traits, kCausal, true>(params, stream);
 }
 
 template <int kHeadDim, typename Element, bool kCausal>
 cudaError_t run_fwd_sm90_for_headdim(const FwdParams& params, cudaStream_t stream) {
   static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256, "SM90 head dims: 64, 128, 256");
-  if constexpr (kHeadDim == 64) {
-    // Three consumer warpgroups (192-row tiles) keep more MMAs in flight per softmax: 1.05-1.12x the two-consumer
-    // tile from N = 2k without a mask, and causal ones at every length since each warpgroup runs only the key
-    // tiles its own rows see and the partial tile is the shortest (results/NOTES.md, SM90 v9).
-    return launch_fwd_sm90<Sm90FwdTraits<64, 192, 128, 3, Element>, kCausal>(params, stream);    // 168 KiB
-  } else if constexpr (kHeadDim == 128) {
-    using Traits = Sm90FwdTraits<128, 128, 128, 2, Element>;  // 224 KiB
+  using Tile = Sm90Tile<kHeadDim, Element>;
+  if constexpr (kHeadDim == 128) {
+    const bool long_rows = params.seqlen_k >= Tile::kLongRowKeys;
     if constexpr (!kCausal) {
-      // K and V multicast to a pair of CTAs: each K/V byte leaves L2 once per two query tiles (results/NOTES.md,
-      // SM90 v11: +2-5% from N = 4k).
-      if (sm90_pairs_apply(params, Traits::kBlockM)) {
-        return launch_fwd_sm90<Sm90FwdTraits<128, 128, 128, 2, Element, 2>, false>(params, stream);
+      if (sm90_pairs_apply(params, Tile::Traits::kBlockM)) {
+        return long_rows ? launch_fwd_sm90<typename Tile::LongRowPairTraits, false>(params, stream)
+                         : launch_fwd_sm90<typename Tile::PairTraits, false>(params, stream);
       }
     }
-    return launch_fwd_sm90<Traits, kCausal>(params, stream);
-  } else {
-    return launch_fwd_sm90<Sm90FwdTraits<256, 128, 64, 2, Element>, kCausal>(params, stream);   // 192 KiB, one Q
+    if (long_rows) return launch_fwd_sm90<typename Tile::LongRowTraits, kCausal>(params, stream);
   }
+  return launch_fwd_sm90<typename Tile::Traits, kCausal>(params, stream);
 }
 
 }  // namespace flash
