@@ -2,6 +2,8 @@
 // of an S accumulator as the A operand of O += P V must name, value by value, the (row, key) coordinates that the
 // MMA's own A partition expects; and the (rows, cols) view must put one row per row index. Built and run by
 // tests/test_cuda_layouts.py with nvcc, no GPU needed. Prints one line per case; exit status = mismatches.
+// Every warpgroup MMA width, as the SM90 family is built (fwd_sm90.cu): the 80- and 176-key tiles need it.
+#define CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED
 #include <cstdio>
 
 #include <cute/tensor.hpp>
@@ -50,6 +52,6 @@ int check_sm80() {
 }
 
 int main() {
-  return check_sm90<64, 128>() + check_sm90<128, 128>() + check_sm90<256, 64>() + check_sm80<64, 128, 4>() +
-         check_sm80<128, 64, 4>() + check_sm80<256, 64, 8>();
+  return check_sm90<64, 128>() + check_sm90<128, 128>() + check_sm90<128, 176>() + check_sm90<256, 80>() +
+         check_sm80<64, 128, 4>() + check_sm80<128, 64, 4>() + check_sm80<256, 64, 8>();
 }
