@@ -150,7 +150,7 @@ def decode_cases(dtype_name, head_dims, device) -> list[Case]:
             splits = decode_num_splits(x.query, x.key_cache, x.block_table)
             return lambda handle: lambda: torch.ops.flash_attention.cuda_decode(
                 x.query, x.key_cache, x.value_cache, x.cache_seqlens, x.block_table, 0, x.causal,
-                shape.head_dim ** -0.5, splits, True, handle)
+                shape.head_dim ** -0.5, splits, handle)
 
         kernel = _registry.decode_kernel(shape.head_dim, DTYPES[dtype_name])
         cells = (shape.head_dim, shape.batch, f"{shape.heads_q}/{shape.heads_kv}", shape.seqlen_q, shape.keys,

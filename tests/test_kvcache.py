@@ -138,50 +138,6 @@ def test_split_kv_matches_reference(backend, num_splits, causal, page_size):
     check_against_reference(out, lse, query, cache, lengths, causal=causal)
 
 
-@requires_gpu
-def test_split_kv_on_more_programs_than_the_fused_merge_counts(backend):
-    """The cuda backend merges splits in the decode kernel's last CTA per (batch, K/V head, row block), counting on
-    4096 counters kept per stream; a caller who forces splits on more programs (here 1025 x 4) gets the combine
-    kernel after the decode kernel instead. Both must give the reference, and a fused call right after still
-    finds its counters zero."""
-    cache = Cache(1025, 4, 40, 64, torch.float16)
-    lengths = [40 - b % 37 for b in range(1025)]
-    seqlens = torch.tensor(lengths, dtype=torch.int32, device=DEVICE)
-    query = make_query(1025, 8, 1, 64, torch.float16)
-    out, lse = flash_attention.attention_with_kvcache(query, cache.key, cache.value, cache_seqlens=seqlens,
-                                                      return_lse=True, num_splits=2, backend=backend)
-    check_against_reference(out, lse, query, cache, lengths, causal=False)
-    small = slice(0, 3)
-    out, lse = flash_attention.attention_with_kvcache(query[small], cache.key[small], cache.value[small],
-                                                      cache_seqlens=seqlens[small], return_lse=True, num_splits=3,
-                                                      backend=backend)
-    check_against_reference(out, lse, query[small], cache, lengths[:3], causal=False)
-
-
-@requires_gpu
-@pytest.mark.parametrize("num_splits", [2, 7, 33])
-@pytest.mark.parametrize("page_size", [None, 16], ids=["contiguous", "page16"])
-def test_split_merge_in_the_last_cta_equals_the_combine_kernel(num_splits, page_size):
-    """The cuda backend's two merges of split-KV partials (the decode kernel's last CTA of a program, the combine
-    kernel after it) do the same arithmetic in the same order: the same bits, output and LSE, here with two row
-    blocks per (batch, K/V head), causal rows that see no key, and splits left empty by short sequences."""
-    import flash_attention.cuda as fa_cuda
-    if "cuda" not in BACKENDS:
-        pytest.skip("the cuda backend does not run here")
-    cache = Cache(3, 2, 300, 128, torch.bfloat16, page_size=page_size)
-    seqlens = torch.tensor([300, 2, 61], dtype=torch.int32, device=DEVICE)
-    query = make_query(3, 16, 3, 128, torch.bfloat16)
-    kernel = fa_cuda._decode_kernel(query).handle
-
-    def decode(fused):
-        return torch.ops.flash_attention.cuda_decode(query, cache.key, cache.value, seqlens, cache.block_table, 0,
-                                                     True, 128 ** -0.5, num_splits, fused, kernel)
-
-    (fused_out, fused_lse), (combined_out, combined_lse) = decode(True), decode(False)
-    assert torch.equal(fused_out, combined_out) and torch.equal(fused_lse, combined_lse)
-    check_against_reference(fused_out, fused_lse, query, cache, [300, 2, 61], causal=True)
-
-
 def test_causal_rows_before_the_cache_see_nothing(backend):
     """Nq > L_b under causal: the first Nq - L_b rows see no key (output 0, LSE -inf); the rest see a prefix."""
     cache = Cache(2, 1, 40, 32, torch.float16)

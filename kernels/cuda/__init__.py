@@ -106,8 +106,7 @@ def _define_op() -> None:
         "Tensor cache_seqlens, Tensor? block_table, int kernel) -> ()")
     _LIBRARY.define(
         "cuda_decode(Tensor q, Tensor key_cache, Tensor value_cache, Tensor? cache_seqlens, Tensor? block_table, "
-        "int seqlen_new, bool causal, float softmax_scale, int num_splits, bool fused_merge, int kernel) -> "
-        "(Tensor, Tensor)")
+        "int seqlen_new, bool causal, float softmax_scale, int num_splits, int kernel) -> (Tensor, Tensor)")
 
     @torch.library.register_fake(_APPEND_OP_NAME)
     def _cuda_kvcache_append_fake(key_cache, value_cache, key, value, cache_seqlens, block_table, kernel):
@@ -116,7 +115,7 @@ def _define_op() -> None:
 
     @torch.library.register_fake(_DECODE_OP_NAME)
     def _cuda_decode_fake(q, key_cache, value_cache, cache_seqlens, block_table, seqlen_new, causal, softmax_scale,
-                          num_splits, fused_merge, kernel):
+                          num_splits, kernel):
         _load_while_tracing(q, kernel)
         return empty_like_query(q), q.new_empty(q.shape[:3], dtype=torch.float32)
 
@@ -370,7 +369,7 @@ def _run_decode(query, key_cache, value_cache, cache_seqlens, block_table, key, 
               block_table, kernel.handle)
     query, softmax_scale = _with_positive_scale(query, softmax_scale)
     return _call(torch.ops.flash_attention.cuda_decode, query, key_cache, value_cache, cache_seqlens, block_table,
-                 seqlen_new, causal, softmax_scale, num_splits, True, kernel.handle)
+                 seqlen_new, causal, softmax_scale, num_splits, kernel.handle)
 
 
 def run_kvcache_validated(query, key_cache, value_cache, shape, *, cache_seqlens, block_table, key, value, causal,

@@ -104,47 +104,30 @@ const flash::KernelEntry& forward_entry(const std::atomic<const flash::KernelEnt
   return *entry;
 }
 
-// Counters (int32) that every kernel leaves zero, as it found them: one buffer of `words` per (device, stream), from
-// `buffers`, zeroed once and kept for the process, serves every call in stream order without a zeroing launch per
-// call (a launch, an allocation and host time that a 50 us call notices). Other streams have their own, so
-// concurrent calls never share one. A call under CUDA graph capture gets a fresh zeroed one of the `used` words it
-// needs, held by `owner`, from the graph's pool: a replay may run on any stream, next to eager calls on this one.
-int32_t* counters_left_zero(std::map<std::pair<int, cudaStream_t>, int32_t*>& buffers, cudaStream_t stream,
-                            const at::TensorOptions& options, at::Tensor& owner, int64_t words, int64_t used) {
+// The dynamic deal's counter for a call on `stream` (current device). Every kernel leaves it zero (finish_draws in
+// tile_scheduler.h), so one per (device, stream), zeroed once and kept for the process, serves every call in stream
+// order without a zeroing launch per call (a launch, an allocation and host time that a 50 us call notices). Other
+// streams have their own, so concurrent calls never share one. A call under CUDA graph capture gets a fresh zeroed
+// one, held by `owner`, from the graph's pool: a replay may run on any stream, next to eager calls on this one.
+flash::TileCounter* tile_counter_for(cudaStream_t stream, const at::TensorOptions& options, at::Tensor& owner) {
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  const auto words = static_cast<int64_t>(sizeof(flash::TileCounter) / sizeof(int32_t));
   if (capture != cudaStreamCaptureStatusNone) {
-    owner = at::zeros({used}, options.dtype(at::kInt));
-    return owner.data_ptr<int32_t>();
+    owner = at::zeros({words}, options.dtype(at::kInt));
+    return reinterpret_cast<flash::TileCounter*>(owner.data_ptr());
   }
   static std::mutex mutex;
+  static auto* counters = new std::map<std::pair<int, cudaStream_t>, flash::TileCounter*>();  // never freed
   std::lock_guard<std::mutex> lock(mutex);
-  int32_t*& buffer = buffers[{options.device().index(), stream}];
-  if (buffer == nullptr) {
+  flash::TileCounter*& counter = (*counters)[{options.device().index(), stream}];
+  if (counter == nullptr) {
     // Zeroed on this stream, ahead of the kernel; the tensor is leaked on purpose (no free at process exit, after
     // the allocator may be gone).
     auto* storage = new at::Tensor(at::zeros({words}, options.dtype(at::kInt)));
-    buffer = storage->data_ptr<int32_t>();
+    counter = reinterpret_cast<flash::TileCounter*>(storage->data_ptr());
   }
-  return buffer;
-}
-
-// The dynamic deal's counter for a call on `stream` (current device); finish_draws (tile_scheduler.h) resets it.
-flash::TileCounter* tile_counter_for(cudaStream_t stream, const at::TensorOptions& options, at::Tensor& owner) {
-  static auto* buffers = new std::map<std::pair<int, cudaStream_t>, int32_t*>();  // never freed
-  const auto words = static_cast<int64_t>(sizeof(flash::TileCounter) / sizeof(int32_t));
-  return reinterpret_cast<flash::TileCounter*>(counters_left_zero(*buffers, stream, options, owner, words, words));
-}
-
-// The decode kernel's per-program split counters (DecodeParams::split_counters), kept zero by the kernel as the tile
-// counter is, so the same rules. A split call has fewer programs than a wave of CTAs (_decode_plan), far under this
-// bound; a caller who forces splits on a larger batch gets the combine kernel (nullptr).
-constexpr int64_t kMaxSplitCounters = 4096;
-int32_t* split_counters_for(cudaStream_t stream, const at::TensorOptions& options, at::Tensor& owner,
-                            int64_t programs) {
-  if (programs > kMaxSplitCounters) return nullptr;
-  static auto* buffers = new std::map<std::pair<int, cudaStream_t>, int32_t*>();  // never freed
-  return counters_left_zero(*buffers, stream, options, owner, kMaxSplitCounters, programs);
+  return counter;
 }
 
 // What every forward call fills alike: the operands' and outputs' pointers, the head counts, head_dim, the scale, the
@@ -430,13 +413,12 @@ void cuda_kvcache_append(const at::Tensor& k_cache, const at::Tensor& v_cache, c
 }
 
 // flash_attention::cuda_decode: query against the caches, sequence b holding cache_seqlens[b] + seqlen_new keys
-// (None: all of them). Functional: allocates and returns (out, lse). Splits are merged by the decode kernel's last CTA
-// of each program where fused_merge (and the counters suffice), else by the combine kernel: the same bits.
+// (None: all of them). Functional: allocates and returns (out, lse).
 std::tuple<at::Tensor, at::Tensor> cuda_decode(const at::Tensor& q_in, const at::Tensor& k_cache,
                                                const at::Tensor& v_cache, const c10::optional<at::Tensor>& seqlens,
                                                const c10::optional<at::Tensor>& block_table, int64_t seqlen_new,
                                                bool causal, double softmax_scale, int64_t num_splits,
-                                               bool fused_merge, int64_t kernel) {
+                                               int64_t kernel) {
   TORCH_CHECK_VALUE(q_in.is_cuda() && q_in.dim() == 4, "flash_attention cuda: query must be a 4-D CUDA tensor");
   const auto dtype = q_in.scalar_type();
   TORCH_CHECK_TYPE(k_cache.scalar_type() == dtype, "flash_attention cuda: query and caches must share a dtype");
@@ -477,14 +459,7 @@ std::tuple<at::Tensor, at::Tensor> cuda_decode(const at::Tensor& q_in, const at:
     p.partial_o_ptr = partial_o.data_ptr<float>();
     p.partial_lse_ptr = partial_lse.data_ptr<float>();
   }
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  at::Tensor graph_split_counters;
-  if (num_splits > 1 && fused_merge) {
-    const int64_t row_blocks = (p.group * seqlen_q + flash::kDecodeRowsPerCta - 1) / flash::kDecodeRowsPerCta;
-    p.split_counters = split_counters_for(stream, q_in.options(), graph_split_counters,
-                                          batch * p.heads_kv * row_blocks);
-  }
-  C10_CUDA_CHECK(entry.launch(p, stream));
+  C10_CUDA_CHECK(entry.launch(p, c10::cuda::getCurrentCUDAStream().stream()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (!out_aligned.is_same(out)) out.copy_(out_aligned);
   return {out, lse};

@@ -27,7 +27,7 @@ namespace flash {
 namespace decode {
 
 constexpr int kCombineThreads = 128;
-constexpr int kRows = kDecodeRowsPerCta;  // packed query rows per CTA: one MMA row tile
+constexpr int kRows = 16;    // packed query rows per CTA: one MMA row tile
 constexpr int kBlockN = 16;  // keys per warp tile
 constexpr int kMaxSplits = 128;  // flash_attention._validation.MAX_NUM_SPLITS
 constexpr float kLn2 = 0.6931471805599453f;
@@ -208,101 +208,12 @@ __device__ __forceinline__ int page_of(const DecodeParams& p, int batch, int key
   return min(max(page, 0), p.num_pages - 1);
 }
 
-// The merge of the splits of output row `out_row` (one warp): weights[s] = exp(lse_s - max_s lse_s) into `weights`;
-// returns (1 / sum_s weights[s], the row's LSE = max + log sum), (0, -inf) where no split saw a key. out = sum_s
-// weights[s] partial_s / sum. Partials are read from L2 (ld.global.cg): the fused merge reads what other SMs wrote.
-__device__ __forceinline__ float2 split_weights(const DecodeParams& p, index_t rows_total, index_t out_row,
-                                                float* weights) {
-  const int lane = threadIdx.x % 32;
-  float top = -INFINITY;
-  for (int s = lane; s < p.num_splits; s += 32) top = fmaxf(top, __ldcg(p.partial_lse_ptr + s * rows_total + out_row));
-  for (int offset = 16; offset > 0; offset /= 2) top = fmaxf(top, __shfl_xor_sync(0xffffffff, top, offset));
-  const float top_shift = top == -INFINITY ? 0.f : top;
-  float total = 0.f;
-  for (int s = lane; s < p.num_splits; s += 32) {
-    weights[s] = __expf(__ldcg(p.partial_lse_ptr + s * rows_total + out_row) - top_shift);
-    total += weights[s];
-  }
-  for (int offset = 16; offset > 0; offset /= 2) total += __shfl_xor_sync(0xffffffff, total, offset);
-  return make_float2(total == 0.f ? 0.f : 1.f / total, total == 0.f ? -INFINITY : top_shift + __logf(total));
-}
-
-// Output row (batch, head, query row), flattened as the LSE and the partials index it, of a CTA's packed row.
-__device__ __forceinline__ index_t decode_output_row(const DecodeParams& p, int batch, int kv_head, int packed_row,
-                                                     int& head, int& query_row) {
-  head = kv_head * p.group + packed_row % p.group;
-  query_row = packed_row / p.group;
-  return (static_cast<index_t>(batch) * p.heads_q + head) * p.seqlen_q + query_row;
-}
-
-// Split-KV without a combine launch: each CTA, once its partials are written, counts itself on its program's
-// counter, and the last of the program's num_splits CTAs merges their partials into the output (the others
-// return). Every thread fences its partial writes before the count, so the last CTA reads them all; it resets the
-// counter for the next call, which starts after this kernel ends. Same arithmetic, in the same order, as the
-// combine kernel: the same bits. Measured: results/NOTES.md, CUDA decode v7.
-template <DType kDType, int kThreads>
-__device__ __forceinline__ void merge_if_last_split(const DecodeParams& p, int batch, int kv_head, int first_row,
-                                                    int packed_rows, unsigned char* smem) {
-  float* weights = reinterpret_cast<float*>(smem);  // [kRows][kMaxSplits]
-  float* inverse = weights + kRows * kMaxSplits;    // [kRows]: 1 / sum of the row's weights
-  int& is_last = *reinterpret_cast<int*>(inverse + kRows);
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    int* counter = p.split_counters + blockIdx.x;
-    is_last = atomicAdd(counter, 1) == p.num_splits - 1;
-    if (is_last) *counter = 0;
-  }
-  __syncthreads();
-  if (!is_last) return;
-  __threadfence();
-  const index_t rows_total = static_cast<index_t>(p.batch) * p.heads_q * p.seqlen_q;
-  constexpr int kWarps = kThreads / 32;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (int row = warp; row < kRows && first_row + row < packed_rows; row += kWarps) {
-    int head, query_row;
-    const index_t out_row = decode_output_row(p, batch, kv_head, first_row + row, head, query_row);
-    const float2 scale = split_weights(p, rows_total, out_row, weights + row * kMaxSplits);
-    if (lane == 0) {
-      inverse[row] = scale.x;
-      p.lse_ptr[out_row] = scale.y;
-    }
-  }
-  __syncthreads();
-  const int chunks_per_row = p.head_dim / 8;
-  for (int chunk = threadIdx.x; chunk < kRows * chunks_per_row; chunk += kThreads) {
-    const int row = chunk / chunks_per_row, c = (chunk % chunks_per_row) * 8;
-    if (first_row + row >= packed_rows) break;  // rows ascend with chunk
-    int head, query_row;
-    const index_t out_row = decode_output_row(p, batch, kv_head, first_row + row, head, query_row);
-    float sum[8] = {};
-    for (int s = 0; s < p.num_splits; ++s) {
-      const float4* partial =
-          reinterpret_cast<const float4*>(p.partial_o_ptr + (s * rows_total + out_row) * p.head_dim + c);
-      const float4 low = __ldcg(partial), high = __ldcg(partial + 1);
-      const float w = weights[row * kMaxSplits + s];
-      sum[0] += w * low.x, sum[1] += w * low.y, sum[2] += w * low.z, sum[3] += w * low.w;
-      sum[4] += w * high.x, sum[5] += w * high.y, sum[6] += w * high.z, sum[7] += w * high.w;
-    }
-    float values[8];
-#pragma unroll
-    for (int e = 0; e < 8; ++e) values[e] = sum[e] * inverse[row];
-    typename Traits<kDType, 64, 2>::Element* destination =
-        static_cast<typename Traits<kDType, 64, 2>::Element*>(p.o_ptr) + batch * p.o_batch_stride +
-        head * p.o_head_stride + static_cast<index_t>(query_row) * p.o_row_stride + c;
-    *reinterpret_cast<uint4*>(destination) = pack_eight<kDType>(values);
-  }
-}
-
 template <DType kDType, int kHeadDim, int kStages>
 __global__ void __launch_bounds__(StageChoice<kHeadDim>::kWarps * 32) decode_kernel(const __grid_constant__
                                                                                    DecodeParams p) {
   using T = Traits<kDType, kHeadDim, kStages>;
   using Element = typename T::Element;
-  // 128-byte aligned, and no static shared memory in this kernel to push it along: the K/V tiles' swizzle keeps each
-  // copied 128 bytes inside one 128-byte line of shared memory only from an aligned base (a 4-byte static flag that
-  // moved it to 16 bytes cost 7% at batch 16 x 16k keys: results/NOTES.md, CUDA decode v7).
-  extern __shared__ __align__(128) unsigned char smem[];
+  extern __shared__ __align__(16) unsigned char smem[];
   Element* smem_q = reinterpret_cast<Element*>(smem);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   Element* smem_kv = smem_q + T::kQElems + warp * T::kWarpElems;
@@ -559,8 +470,8 @@ __global__ void __launch_bounds__(StageChoice<kHeadDim>::kWarps * 32) decode_ker
     }
     // A row (or split) that saw no key: sum 0, output 0, LSE -inf.
     const float inverse = total == 0.f ? 0.f : 1.f / total;
-    int head, query_row;
-    const index_t out_row = decode_output_row(p, work.batch, work.kv_head, packed_row, head, query_row);
+    const int head = work.kv_head * p.group + packed_row % p.group, query_row = packed_row / p.group;
+    const index_t out_row = (static_cast<index_t>(work.batch) * p.heads_q + head) * p.seqlen_q + query_row;
     float values[8];
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
@@ -587,14 +498,9 @@ __global__ void __launch_bounds__(StageChoice<kHeadDim>::kWarps * 32) decode_ker
       }
     }
   }
-  if (p.num_splits > 1 && p.split_counters != nullptr) {
-    static_assert((kRows * kMaxSplits + kRows + 1) * 4 <= T::kSmemBytes, "the merge reuses shared memory");
-    merge_if_last_split<kDType, kThreads>(p, work.batch, work.kv_head, work.first_row, packed_rows, smem);
-  }
 }
 
-// Merges the splits of one output row after the decode kernel (calls without split counters: merge_if_last_split
-// says why there are none).
+// Merges the splits of one output row: out = sum_s w_s partial_s, w_s = exp(lse_s - lse), lse = log sum exp(lse_s).
 template <DType kDType>
 __global__ void __launch_bounds__(kCombineThreads) decode_combine_kernel(const __grid_constant__ DecodeParams p) {
   using Element = typename Traits<kDType, 64, 2>::Element;
@@ -603,10 +509,21 @@ __global__ void __launch_bounds__(kCombineThreads) decode_combine_kernel(const _
   const index_t rows_total = static_cast<index_t>(p.batch) * p.heads_q * p.seqlen_q;
   const index_t out_row = blockIdx.x;
   if (threadIdx.x < 32) {
-    const float2 row_scale = split_weights(p, rows_total, out_row, weights);
+    float top = -INFINITY;
+    for (int s = threadIdx.x; s < p.num_splits; s += 32) {
+      top = fmaxf(top, p.partial_lse_ptr[s * rows_total + out_row]);
+    }
+    for (int offset = 16; offset > 0; offset /= 2) top = fmaxf(top, __shfl_xor_sync(0xffffffff, top, offset));
+    const float top_shift = top == -INFINITY ? 0.f : top;
+    float total = 0.f;
+    for (int s = threadIdx.x; s < p.num_splits; s += 32) {
+      weights[s] = __expf(p.partial_lse_ptr[s * rows_total + out_row] - top_shift);
+      total += weights[s];
+    }
+    for (int offset = 16; offset > 0; offset /= 2) total += __shfl_xor_sync(0xffffffff, total, offset);
     if (threadIdx.x == 0) {
-      scale[0] = row_scale.x;
-      scale[1] = row_scale.y;
+      scale[0] = total == 0.f ? 0.f : 1.f / total;
+      scale[1] = total == 0.f ? -INFINITY : top_shift + __logf(total);
     }
   }
   __syncthreads();
@@ -704,7 +621,7 @@ cudaError_t run_decode(const DecodeParams& p, cudaStream_t stream) {
   constexpr int kDeepBytes = decode::Traits<kDType, kHeadDim, Stages::kDeepStages>::kSmemBytes;
   err = optin >= kDeepBytes ? decode::launch_decode<kDType, kHeadDim, Stages::kDeepStages>(p, stream)
                             : decode::launch_decode<kDType, kHeadDim, Stages::kShallowStages>(p, stream);
-  if (err != cudaSuccess || p.num_splits == 1 || p.split_counters != nullptr) return err;
+  if (err != cudaSuccess || p.num_splits == 1) return err;
   decode::decode_combine_kernel<kDType><<<p.batch * p.heads_q * p.seqlen_q, decode::kCombineThreads, 0, stream>>>(p);
   return cudaGetLastError();
 }

@@ -8,10 +8,6 @@
 
 namespace flash {
 
-// Packed query rows per decode CTA (one MMA row tile): a call runs batch x heads_kv x ceil(group x seqlen_q / 16)
-// programs, each over num_splits key ranges.
-constexpr int kDecodeRowsPerCta = 16;
-
 struct DecodeParams {
   // Element pointers (fp16 or bf16); strides in elements; every last dim has unit stride.
   const void* __restrict__ q_ptr;  // (batch, heads_q, seqlen_q, head_dim)
@@ -23,9 +19,6 @@ struct DecodeParams {
   // seqlen_q), rows in (batch, head, query row) order; unused when num_splits == 1.
   float* __restrict__ partial_o_ptr;
   float* __restrict__ partial_lse_ptr;
-  // One counter per program, zero on entry and left zero: the CTA that finishes a program's last split merges its
-  // partials (decode_kernel.h, merge_if_last_split). Null: the combine kernel merges them after the decode kernel.
-  int* split_counters;
   const int* __restrict__ seqlens_ptr;      // (batch,): keys in the cache before the append; null: `capacity`
   const int* __restrict__ block_table_ptr;  // (batch, capacity / page_size) page indices; null: contiguous cache
   const void* __restrict__ k_new_ptr;       // (batch, heads_kv, seqlen_new, head_dim): the append's source
@@ -49,15 +42,14 @@ struct DecodeParams {
   int page_size;   // 0: contiguous cache
   int num_pages;   // paged: page indices are clamped into [0, num_pages), so no access leaves the cache
   int seqlen_new;  // tokens appended at cache_seqlens[b] (by run_decode_append, before the decode: 0 if none)
-  int num_splits;  // key ranges per row block, merged when > 1 (split_counters says where)
+  int num_splits;  // key ranges per row block, merged by the combine kernel when > 1
   float scale_log2;  // softmax_scale * log2(e), positive (the caller folds other scales into the query)
   bool causal;       // row i of sequence b sees keys j <= L_b - seqlen_q + i, L_b = cache_seqlens[b] + seqlen_new
 };
 
 using DecodeLaunchFn = cudaError_t (*)(const DecodeParams&, cudaStream_t);
 
-// Launches the split-KV decode kernel on `stream`, and the combine kernel after it where num_splits > 1 and the
-// decode kernel does not merge the splits itself (split_counters null).
+// Launches the split-KV decode kernel and the combine (if num_splits > 1) on `stream`.
 template <DType kDType, int kHeadDim>
 cudaError_t run_decode(const DecodeParams& params, cudaStream_t stream);
 
