@@ -42,10 +42,14 @@ from harness.timing import L2Flush, interleaved_order  # noqa: E402
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def shapes_of(grid_names: list[str], dtype: str, head_dims: tuple[int, ...] | None = None) -> list:
+def shapes_of(grid_names: list[str], dtype: str, head_dims: tuple[int, ...] | None = None,
+              both_masks: bool = True) -> list:
+    """The grids' shapes, with and without a mask where both_masks, at other head dims where head_dims."""
     shapes = []
     for name in grid_names:
-        axes = dataclasses.replace(GRIDS[name].axes, masks=(False, True))
+        axes = GRIDS[name].axes
+        if both_masks:
+            axes = dataclasses.replace(axes, masks=(False, True))
         if head_dims is not None:
             axes = dataclasses.replace(axes, head_dims=head_dims)
         shapes += axes.shapes(dtype)
@@ -118,11 +122,8 @@ def prefill_cases(grid_names, dtype_name, head_dims, capability, device) -> list
 def varlen_cases(dtype_name, head_dims, device) -> list[Case]:
     from harness.varlen import make_inputs
 
-    axes = dataclasses.replace(GRIDS["varlen"].axes, masks=(False, True))
-    if head_dims is not None:
-        axes = dataclasses.replace(axes, head_dims=head_dims)
     cases = []
-    for shape in axes.shapes(dtype_name):
+    for shape in shapes_of(["varlen"], dtype_name, head_dims):
         def prepare(shape=shape):
             x = make_inputs(shape, device)
             return lambda handle: lambda: torch.ops.flash_attention.cuda_varlen_fwd(
@@ -140,11 +141,8 @@ def decode_cases(dtype_name, head_dims, device) -> list[Case]:
     from flash_attention.cuda import decode_num_splits
     from harness.kvcache import make_inputs
 
-    axes = GRIDS["decode"].axes
-    if head_dims is not None:
-        axes = dataclasses.replace(axes, head_dims=head_dims)
     cases = []
-    for shape in axes.shapes(dtype_name):
+    for shape in shapes_of(["decode"], dtype_name, head_dims, both_masks=False):
         def prepare(shape=shape):
             x = make_inputs(shape, device)
             splits = decode_num_splits(x.query, x.key_cache, x.block_table)
