@@ -11,6 +11,15 @@ from typing import Callable
 import torch
 
 L2_FLUSH_BYTES = 256 * 2**20  # larger than any current GPU's L2 (H100: 50 MiB)
+MIN_ROUNDS = 10
+CPU_REPS = 3
+HOST_LOOP_CALLS = 200
+HOST_HELP = (f"also report host time: µs per call of a back-to-back loop of {HOST_LOOP_CALLS} calls per method (no "
+             f"events, no flush, one synchronisation after the loop), what a model's layer loop pays per call when "
+             f"the GPU keeps up")
+HOST_TEXT = (f"Host time (--host): the wall-clock time per call of a back-to-back loop of {HOST_LOOP_CALLS} calls of "
+             f"one method, best of 3 loops, synchronised only around the loop: what a model pays per call where the "
+             f"GPU keeps up.")
 
 
 class L2Flush:
@@ -24,15 +33,6 @@ class L2Flush:
 
     def __call__(self) -> None:
         self._lines.sum()
-MIN_ROUNDS = 10
-CPU_REPS = 3
-HOST_LOOP_CALLS = 200
-HOST_HELP = (f"also report host time: µs per call of a back-to-back loop of {HOST_LOOP_CALLS} calls per method (no "
-             f"events, no flush, one synchronisation after the loop), what a model's layer loop pays per call when "
-             f"the GPU keeps up")
-HOST_TEXT = (f"Host time (--host): the wall-clock time per call of a back-to-back loop of {HOST_LOOP_CALLS} calls of "
-             f"one method, best of 3 loops, synchronised only around the loop: what a model pays per call where the "
-             f"GPU keeps up.")
 
 
 @dataclass(frozen=True)
