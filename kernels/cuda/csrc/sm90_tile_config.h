@@ -29,8 +29,8 @@ struct Sm90Tile<128, Element> {
   // K and V multicast to a pair of CTAs: each K/V byte leaves L2 once per two query tiles (results/NOTES.md, SM90
   // v11: +2-5% from N = 4k).
   using PairTraits = Sm90FwdTraits<128, 128, 128, 2, Element, 2>;
-  // Rows of at least kLongRowKeys keys: 176-key tiles (FlashAttention-3's), O staged in Q's buffer and one Q
-  // (208 KiB). Fewer softmax rounds per key: +1-3% from 8k keys; below, the single Q buffer and the wider partial
+  // Dense rows of at least kLongRowKeys keys (a packed batch's lengths are on the device only): 176-key tiles
+  // (FlashAttention-3's), O staged in Q's buffer and one Q (208 KiB). Fewer softmax rounds per key: +1-3% from 8k keys; below, the single Q buffer and the wider partial
   // key tile cost 2-27% (results/NOTES.md, "CuTe's op selectors and the 80- and 176-key tiles").
   static constexpr int kLongRowKeys = 8192;
   using LongRowTraits = Sm90FwdTraits<128, 128, 176, 2, Element>;
