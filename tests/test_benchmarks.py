@@ -437,7 +437,7 @@ def _ab_kernels():
 
 def test_ab_kernels_takes_the_benchmark_grids_shapes_and_the_registrys_kernels():
     """scripts/ab_kernels.py A/Bs the kernels the grids' calls run: its cases are the grids' shapes (inputs made only
-    when a case runs), each with the registry's kernel; decode runs alone."""
+    when a case runs), each with the registry's kernel; decode and varlen run alone."""
     ab = _ab_kernels()
     prefill = ab.prefill_cases(["paper"], "fp16", (256,), (9, 0), torch.device("cpu"))
     assert len(prefill) == 2 * len(grids.GRIDS["paper"].axes.tokens)  # both masks
@@ -447,5 +447,9 @@ def test_ab_kernels_takes_the_benchmark_grids_shapes_and_the_registrys_kernels()
         (s.batch, f"{s.heads_q}/{s.heads_kv}", s.seqlen_q, s.keys, "paged" if s.paged else "contiguous")
         for s in grids.GRIDS["decode"].axes.shapes("bf16")]
     assert {case.kernel.stem for case in decode} == {"decode_hdim128_bf16"}
-    with pytest.raises(SystemExit):
-        ab.main(["--baseline", ".", "--grids", "decode,paper"])
+    varlen = ab.varlen_cases("bf16", None, torch.device("cpu"))
+    assert [case.cells[1] for case in varlen] == [s.mix for s in grids.GRIDS["varlen"].axes.shapes("bf16")] * 2
+    assert {case.kernel.stem for case in varlen} == {"fwd_sm90_hdim128_bf16", "fwd_sm90_hdim128_bf16_causal"}
+    for mixed in ("decode,paper", "varlen,paper"):
+        with pytest.raises(SystemExit):
+            ab.main(["--baseline", ".", "--grids", mixed])
