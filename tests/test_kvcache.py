@@ -138,6 +138,21 @@ def test_split_kv_matches_reference(backend, num_splits, causal, page_size):
     check_against_reference(out, lse, query, cache, lengths, causal=causal)
 
 
+@pytest.mark.parametrize("head_dim", [72, 128, 256])
+@pytest.mark.parametrize("num_splits", [65, 128])
+def test_many_splits_merge(backend, head_dim, num_splits):
+    """More splits than a merging thread holds partials in flight (the CUDA combine loads them in chunks), up to the
+    limit; head_dim 72 leaves the combine's column vectors no whole number of split groups per block."""
+    cache = Cache(2, 1, 1040, head_dim, torch.float16)
+    lengths = [1040, 300]  # the second sequence leaves most splits empty
+    seqlens = torch.tensor(lengths, dtype=torch.int32, device=DEVICE)
+    query = make_query(2, 2, 1, head_dim, torch.float16)
+    out, lse = flash_attention.attention_with_kvcache(
+        query, cache.key, cache.value, cache_seqlens=seqlens, return_lse=True, num_splits=num_splits,
+        backend=backend)
+    check_against_reference(out, lse, query, cache, lengths, causal=False)
+
+
 def test_causal_rows_before_the_cache_see_nothing(backend):
     """Nq > L_b under causal: the first Nq - L_b rows see no key (output 0, LSE -inf); the rest see a prefix."""
     cache = Cache(2, 1, 40, 32, torch.float16)

@@ -501,24 +501,56 @@ __global__ void __launch_bounds__(StageChoice<kHeadDim>::kWarps * 32) decode_ker
 }
 
 // Merges the splits of one output row: out = sum_s w_s partial_s, w_s = exp(lse_s - lse), lse = log sum exp(lse_s).
+// Latency-bound (a row is a few KiB), so every load a thread needs is in flight at once: the first kCombineChunk
+// partials of each thread are requested before warp 0 weighs the splits (its LSE loads, one per lane, run alongside),
+// and each thread sums float4 columns of every groups-th split, the groups then adding up in shared memory. A
+// thread per column walking the splits one dependent load at a time cost a split call 8 µs more than an unsplit one
+// at batch 1-4 on an H100 (results/NOTES.md, "The split count").
+constexpr int kCombineChunk = 8;  // partials per thread in flight at once
 template <DType kDType>
 __global__ void __launch_bounds__(kCombineThreads) decode_combine_kernel(const __grid_constant__ DecodeParams p) {
   using Element = typename Traits<kDType, 64, 2>::Element;
   __shared__ float weights[kMaxSplits];
+  __shared__ float4 group_sums[kCombineThreads];
   __shared__ float scale[2];  // 1 / total, and the row's LSE
   const index_t rows_total = static_cast<index_t>(p.batch) * p.heads_q * p.seqlen_q;
   const index_t out_row = blockIdx.x;
+  // Thread t sums float4 column `vec` of splits group, group + groups, ... (head_dim is a multiple of 8).
+  const int vecs = p.head_dim / 4;
+  const int groups = kCombineThreads / vecs;
+  const int vec = threadIdx.x % vecs, group = threadIdx.x / vecs;
+  const bool has_group = group < groups;
+  const float4* partial = reinterpret_cast<const float4*>(p.partial_o_ptr) + out_row * vecs + vec;
+  const index_t split_stride = rows_total * vecs;
+  float4 loaded[kCombineChunk];
+  auto load_chunk = [&](int first) {
+#pragma unroll
+    for (int i = 0; i < kCombineChunk; ++i) {
+      const int s = first + i * groups;
+      loaded[i] = has_group && s < p.num_splits ? partial[s * split_stride] : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+  };
+  load_chunk(group);
+
   if (threadIdx.x < 32) {
+    constexpr int kPerLane = kMaxSplits / 32;
+    float lse[kPerLane];
     float top = -INFINITY;
-    for (int s = threadIdx.x; s < p.num_splits; s += 32) {
-      top = fmaxf(top, p.partial_lse_ptr[s * rows_total + out_row]);
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      const int s = threadIdx.x + 32 * i;
+      lse[i] = s < p.num_splits ? p.partial_lse_ptr[s * rows_total + out_row] : -INFINITY;
+      top = fmaxf(top, lse[i]);
     }
     for (int offset = 16; offset > 0; offset /= 2) top = fmaxf(top, __shfl_xor_sync(0xffffffff, top, offset));
     const float top_shift = top == -INFINITY ? 0.f : top;
     float total = 0.f;
-    for (int s = threadIdx.x; s < p.num_splits; s += 32) {
-      weights[s] = __expf(p.partial_lse_ptr[s * rows_total + out_row] - top_shift);
-      total += weights[s];
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      const int s = threadIdx.x + 32 * i;
+      const float weight = __expf(lse[i] - top_shift);  // 0 for a split that saw no key (LSE -inf)
+      if (s < p.num_splits) weights[s] = weight;
+      total += s < p.num_splits ? weight : 0.f;
     }
     for (int offset = 16; offset > 0; offset /= 2) total += __shfl_xor_sync(0xffffffff, total, offset);
     if (threadIdx.x == 0) {
@@ -527,22 +559,42 @@ __global__ void __launch_bounds__(kCombineThreads) decode_combine_kernel(const _
     }
   }
   __syncthreads();
+
+  float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
+  for (int first = group;;) {
+#pragma unroll
+    for (int i = 0; i < kCombineChunk; ++i) {
+      const int s = first + i * groups;
+      const float weight = has_group && s < p.num_splits ? weights[s] : 0.f;
+      sum.x += weight * loaded[i].x;
+      sum.y += weight * loaded[i].y;
+      sum.z += weight * loaded[i].z;
+      sum.w += weight * loaded[i].w;
+    }
+    first += kCombineChunk * groups;
+    if (first >= p.num_splits) break;
+    load_chunk(first);
+  }
+  group_sums[threadIdx.x] = sum;
+  __syncthreads();
+  if (threadIdx.x >= vecs) return;
+  float values[4] = {0.f, 0.f, 0.f, 0.f};
+  for (int g = 0; g < groups; ++g) {
+    const float4 part = group_sums[g * vecs + threadIdx.x];
+    values[0] += part.x;
+    values[1] += part.y;
+    values[2] += part.z;
+    values[3] += part.w;
+  }
   const int query_row = static_cast<int>(out_row % p.seqlen_q);
   const int head = static_cast<int>((out_row / p.seqlen_q) % p.heads_q);
   const int batch = static_cast<int>(out_row / (static_cast<index_t>(p.seqlen_q) * p.heads_q));
   Element* destination = static_cast<Element*>(p.o_ptr) + batch * p.o_batch_stride + head * p.o_head_stride +
-                         static_cast<index_t>(query_row) * p.o_row_stride;
-  for (int c = threadIdx.x; c < p.head_dim; c += kCombineThreads) {
-    float sum = 0.f;
-    for (int s = 0; s < p.num_splits; ++s) {
-      sum += weights[s] * p.partial_o_ptr[(s * rows_total + out_row) * p.head_dim + c];
-    }
-    if constexpr (kDType == DType::kFloat16) {
-      destination[c] = __float2half_rn(sum * scale[0]);
-    } else {
-      destination[c] = __float2bfloat16_rn(sum * scale[0]);
-    }
-  }
+                         static_cast<index_t>(query_row) * p.o_row_stride + 4 * threadIdx.x;
+  uint2 packed;
+  packed.x = pack_pair<kDType>(values[0] * scale[0], values[1] * scale[0]);
+  packed.y = pack_pair<kDType>(values[2] * scale[0], values[3] * scale[0]);
+  *reinterpret_cast<uint2*>(destination) = packed;
   if (threadIdx.x == 0) p.lse_ptr[out_row] = scale[1];
 }
 
