@@ -5,6 +5,7 @@ key ranges (splits) their keys are cut. One place, so that the backends differ o
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 
@@ -13,9 +14,25 @@ from ._validation import MAX_NUM_SPLITS
 # A call whose packed rows (query heads per K/V head x query rows) fit this many rows takes a decode kernel, also
 # through plain `attention`: one program then reads each K/V tile once for the whole group.
 DECODE_MAX_PACKED_ROWS = 64
-# A split gets at least this many keys, so that its fixed costs (loading Q, writing a float32 partial, its share of
-# the combine) stay small next to its streaming.
-MIN_KEYS_PER_SPLIT = 512
+
+
+@dataclass(frozen=True)
+class SplitCosts:
+    """What a backend's decode kernel costs, for choosing its split count: the K/V bytes per second one program
+    streams when memory is not the limit (its loads in flight over their latency), what a split call costs more
+    than an unsplit one (float32 partials, the combine's launch and its kernel, programs too short to reach their
+    rate), and the fewest keys a split takes (its kernel's key tile)."""
+
+    program_bytes_per_s: float
+    split_overhead_s: float
+    min_keys_per_split: int
+
+
+# The share of the DRAM's peak rate (bus width x clock) that a decode kernel's reads reach: 2.6-2.9 TB/s of an
+# H100's 3.35 (results/NOTES.md, "The split count").
+ACHIEVED_BANDWIDTH_SHARE = 0.85
+# Where the device does not say its memory's bus and clock: an H100's peak.
+DEFAULT_PEAK_BANDWIDTH = 3.35e12
 
 
 def decode_shaped(seqlen_q: int, group: int) -> bool:
@@ -27,13 +44,30 @@ def multiprocessors(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def choose_num_splits(programs: int, keys: int, multiprocessors: int, programs_per_sm: int) -> int:
-    """Split the keys only when `programs` (batch x K/V heads x row blocks) leave the GPU under-filled: below 80% of
-    one wave of `programs_per_sm` per multiprocessor, a split's partials cost less than the idle SMs. Then cut into as
-    many splits as fit in that wave (rounded down: a second, partial wave would leave most SMs idle while it runs),
-    each at least MIN_KEYS_PER_SPLIT keys long."""
-    wave = programs_per_sm * multiprocessors
-    if programs * 5 >= 4 * wave:
+@functools.lru_cache(maxsize=None)
+def memory_bandwidth(device_index: int) -> float:
+    """Bytes per second the device's DRAM delivers to a streaming kernel (ACHIEVED_BANDWIDTH_SHARE of its peak)."""
+    properties = torch.cuda.get_device_properties(device_index)
+    bus_bits, clock_khz = getattr(properties, "memory_bus_width", 0), getattr(properties, "memory_clock_rate", 0)
+    peak = 2 * bus_bits / 8 * clock_khz * 1e3 if bus_bits and clock_khz else DEFAULT_PEAK_BANDWIDTH  # double data rate
+    return ACHIEVED_BANDWIDTH_SHARE * peak
+
+
+def choose_num_splits(*, programs: int, sequences: int, keys: int, key_bytes: int, multiprocessors: int,
+                      programs_per_sm: int, bandwidth: float, costs: SplitCosts) -> int:
+    """Split the keys of `programs` (batch x K/V heads x row blocks; `sequences` = batch x K/V heads of them read
+    distinct K/V) into as many ranges as fit one wave of `programs_per_sm` per multiprocessor (a second, partial wave
+    would leave most SMs idle while it runs), each at least costs.min_keys_per_split keys long; or not at all, where
+    that is predicted faster. A call lasts about as long as the longer of one program's stream (keys x key_bytes at
+    its own rate) and the whole read at the memory's rate, plus the split's overhead: a few programs that each reach
+    their full rate can saturate memory alone (batch 4 x 8 K/V heads of 4k keys: 32 CUDA programs read at 2.1 TB/s,
+    and 128 split ones were slower), while a batch of one with 8 programs reads at a tenth of that unsplit."""
+    most = min(programs_per_sm * multiprocessors // max(programs, 1), keys // costs.min_keys_per_split,
+               MAX_NUM_SPLITS)
+    if most <= 1:
         return 1
-    by_work = max(1, keys // MIN_KEYS_PER_SPLIT)
-    return max(1, min(wave // programs, by_work, MAX_NUM_SPLITS))
+    program_bytes = keys * key_bytes
+    memory_time = sequences * program_bytes / bandwidth
+    unsplit = max(program_bytes / costs.program_bytes_per_s, memory_time)
+    split = max(program_bytes / most / costs.program_bytes_per_s, memory_time) + costs.split_overhead_s
+    return most if split < unsplit else 1

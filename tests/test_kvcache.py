@@ -212,6 +212,28 @@ def test_plain_attention_takes_the_decode_path(backend, dtype, seqlen_q, heads_q
 
 
 # ------------------------------------------------------------------------------------------------ merging
+def test_split_count_follows_the_cost_of_a_split():
+    """The split heuristic: one wave at most, whole key tiles, and a split only where it is predicted to pay: a batch
+    of one splits (8 programs would each stream alone at their own rate), while 32 programs that already saturate
+    memory between them do not, unless their streams are long enough that a split still shortens the call."""
+    from flash_attention._decode_plan import SplitCosts, choose_num_splits
+
+    costs = SplitCosts(program_bytes_per_s=80e9, split_overhead_s=4e-6, min_keys_per_split=128)
+
+    def splits(batch, keys, costs=costs):
+        return choose_num_splits(programs=batch * 8, sequences=batch * 8, keys=keys, key_bytes=512,
+                                 multiprocessors=132, programs_per_sm=1, bandwidth=2.85e12, costs=costs)
+
+    assert splits(1, 4096) == 16  # 132 // 8, rounded down to one wave
+    assert splits(1, 1024) == 8  # 1024 keys hold eight 128-key splits
+    assert splits(1, 100) == 1
+    assert splits(4, 4096) == 1 and splits(16, 4096) == 1
+    assert splits(4, 65536) == 4
+    slow = SplitCosts(program_bytes_per_s=45e9, split_overhead_s=5e-6, min_keys_per_split=128)
+    assert splits(4, 4096, slow) == 4  # a slower program is worth splitting where a faster one is not
+    assert splits(1, 1 << 20) <= 128
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_merge_attention_states_equals_attention_over_the_union(dtype):
     """Parts in float32 or in the inputs' dtype (a coarser one, bf16, would round the parts past the fp16 bound)."""

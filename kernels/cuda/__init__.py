@@ -159,6 +159,11 @@ def kernel_stem(major_minor: tuple[int, int], head_dim: int, dtype: torch.dtype,
 # Decode CTAs resident on a multiprocessor at once: one, whose pipeline takes most of the shared memory
 # (decode_kernel.h, StageChoice). The wave depth for the split heuristic (flash_attention._decode_plan).
 _DECODE_PROGRAMS_PER_SM = 1
+# The decode kernel's costs for the split heuristic, measured on an H100 (results/NOTES.md, "The split count"): one
+# CTA streams 80 GB/s (eight warps, each with its own cp.async pipeline); a split call costs 3.5-4 µs more than an
+# unsplit one of the same read; a split gives each of the eight warps at least one 16-key tile.
+_DECODE_SPLIT_COSTS = _decode_plan.SplitCosts(program_bytes_per_s=80e9, split_overhead_s=4e-6,
+                                              min_keys_per_split=128)
 _DECODE_ROWS = 16  # packed query rows per decode CTA (csrc/decode_kernel.h, kRows)
 
 
@@ -348,12 +353,15 @@ def _call(op, *args):
 def decode_num_splits(query, key_cache, block_table) -> int:
     """The key splits the decode kernel runs a call in (`_decode_plan.choose_num_splits` over this kernel's CTAs:
     one per batch, K/V head and block of _DECODE_ROWS packed rows)."""
-    batch, heads_q, seqlen_q, _ = query.shape
+    batch, heads_q, seqlen_q, head_dim = query.shape
     heads_kv = key_cache.shape[1]
     programs = batch * heads_kv * -(-(heads_q // heads_kv * seqlen_q) // _DECODE_ROWS)
     capacity = cache_geometry(key_cache, block_table)[0]
-    return _decode_plan.choose_num_splits(programs, capacity, _decode_plan.multiprocessors(device_index(query)),
-                                          _DECODE_PROGRAMS_PER_SM)
+    device = device_index(query)
+    return _decode_plan.choose_num_splits(
+        programs=programs, sequences=batch * heads_kv, keys=capacity, key_bytes=2 * head_dim * query.element_size(),
+        multiprocessors=_decode_plan.multiprocessors(device), programs_per_sm=_DECODE_PROGRAMS_PER_SM,
+        bandwidth=_decode_plan.memory_bandwidth(device), costs=_DECODE_SPLIT_COSTS)
 
 
 def _run_decode(query, key_cache, value_cache, cache_seqlens, block_table, key, value, *, causal, softmax_scale,

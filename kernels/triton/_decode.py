@@ -7,7 +7,7 @@ import functools
 import torch
 import triton
 
-from .._decode_plan import DECODE_MAX_PACKED_ROWS, choose_num_splits, multiprocessors
+from .._decode_plan import DECODE_MAX_PACKED_ROWS, SplitCosts, choose_num_splits, memory_bandwidth, multiprocessors
 from .._validation import cache_geometry, empty_like_query, empty_lse
 from ._decode_kernel import append_kernel, combine_kernel, decode_kernel
 from ._kernel import kernel_scale
@@ -16,6 +16,10 @@ from ._launcher import PlanCache, aligned16, current_stream, direct_launch_avail
 # Programs of the decode kernel that run at once on a multiprocessor: one, with three stages of 128-key K and V tiles
 # (192 KiB at head dim 128 on Hopper). The depth of the wave that choose_num_splits fills.
 PROGRAMS_PER_SM = 1
+# The decode kernel's costs for the split heuristic, measured on an H100 (results/NOTES.md, "The split count"): one
+# program streams 45 GB/s (four warps, Triton's software pipeline three tiles deep); a split call costs about 5 µs
+# more than an unsplit one of the same read (two launches); a split takes at least one 128-key tile.
+SPLIT_COSTS = SplitCosts(program_bytes_per_s=45e9, split_overhead_s=5e-6, min_keys_per_split=128)
 # Warps and software-pipelining depth of the decode kernel on a GPU.
 NUM_WARPS = 4
 NUM_STAGES = 3
@@ -137,8 +141,13 @@ def attend(query, key_cache, value_cache, cache_seqlens, block_table, *, heads_k
     row_blocks = triton.cdiv(group * seqlen_q, block_m)
     programs = batch * heads_kv * row_blocks
     if num_splits is None:
-        sms = 1 if interpreted else multiprocessors(query.device.index)
-        num_splits = choose_num_splits(programs, capacity, sms, PROGRAMS_PER_SM)
+        num_splits = 1
+        if not interpreted:
+            device = query.device.index
+            num_splits = choose_num_splits(
+                programs=programs, sequences=batch * heads_kv, keys=capacity,
+                key_bytes=2 * head_dim * query.element_size(), multiprocessors=multiprocessors(device),
+                programs_per_sm=PROGRAMS_PER_SM, bandwidth=memory_bandwidth(device), costs=SPLIT_COSTS)
     qk_scale, positive_scale = kernel_scale(softmax_scale)
     out = empty_like_query(query)
     lse = empty_lse(query)
