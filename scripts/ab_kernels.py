@@ -44,15 +44,17 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 def shapes_of(grid_names: list[str], dtype: str, head_dims: tuple[int, ...] | None = None,
               both_masks: bool = True) -> list:
-    """The grids' shapes, with and without a mask where both_masks, at other head dims where head_dims."""
+    """The grids' shapes, with and without a mask where both_masks, at other head dims where head_dims; a grid whose
+    shapes are fixed (the model grid: no mask or head_dim axis) keeps its shapes, those of head_dims only."""
     shapes = []
     for name in grid_names:
         axes = GRIDS[name].axes
-        if both_masks:
+        fields = {field.name for field in dataclasses.fields(axes)}
+        if both_masks and "masks" in fields:
             axes = dataclasses.replace(axes, masks=(False, True))
-        if head_dims is not None:
+        if head_dims is not None and "head_dims" in fields:
             axes = dataclasses.replace(axes, head_dims=head_dims)
-        shapes += axes.shapes(dtype)
+        shapes += [shape for shape in axes.shapes(dtype) if head_dims is None or shape.head_dim in head_dims]
     return shapes
 
 
@@ -107,14 +109,16 @@ def prefill_cases(grid_names, dtype_name, head_dims, capability, device) -> list
     for shape in shapes_of(grid_names, dtype_name, head_dims):
         def prepare(shape=shape):
             generator = torch.Generator(device=device).manual_seed(shape.seqlen_q + shape.head_dim)
-            q, k, v = (torch.randn(shape.batch, heads, shape.seqlen_q, shape.head_dim, device=device, dtype=dtype,
+            q, k, v = (torch.randn(shape.batch, heads, rows, shape.head_dim, device=device, dtype=dtype,
                                    generator=generator)
-                       for heads in (shape.heads_q, shape.heads_kv, shape.heads_kv))
+                       for heads, rows in ((shape.heads_q, shape.seqlen_q), (shape.heads_kv, shape.seqlen_k),
+                                           (shape.heads_kv, shape.seqlen_k)))
             return lambda handle: lambda: torch.ops.flash_attention.cuda_fwd(
                 q, k, v, shape.causal, shape.head_dim ** -0.5, handle, 0, True)
 
         kernel = _registry.forward_kernel(capability, shape.head_dim, dtype, shape.causal)
-        cells = (shape.head_dim, shape.batch, shape.heads_q, shape.seqlen_q, "causal" if shape.causal else "none")
+        cells = (shape.head_dim, shape.batch, f"{shape.heads_q}/{shape.heads_kv}", shape.seqlen_q, shape.seqlen_k,
+                 "causal" if shape.causal else "none")
         cases.append(Case(cells, kernel, prepare))
     return cases
 
@@ -229,7 +233,7 @@ def main(argv=None) -> int:
     print(f"built {len(kernels)} kernels twice in {time.perf_counter() - started:.0f} s", flush=True)
 
     columns = ("D | B | Hq/Hkv | Nq | keys | cache" if decode else
-               "D | mix | Hq/Hkv | tokens | mask" if varlen else "D | B | H | N | mask")
+               "D | mix | Hq/Hkv | tokens | mask" if varlen else "D | B | Hq/Hkv | Nq | Nk | mask")
     how = ("graph replays, L2 flushed" if decode else "rounds of back-to-back calls")
     lines = [f"A/B of the CUDA kernels on {torch.cuda.get_device_name()} ({args.dtype}, {rounds} interleaved "
              f"rounds of {how}; baseline {args.baseline})", "",

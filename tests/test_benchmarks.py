@@ -442,6 +442,10 @@ def test_ab_kernels_takes_the_benchmark_grids_shapes_and_the_registrys_kernels()
     prefill = ab.prefill_cases(["paper"], "fp16", (256,), (9, 0), torch.device("cpu"))
     assert len(prefill) == 2 * len(grids.GRIDS["paper"].axes.tokens)  # both masks
     assert {case.kernel.stem for case in prefill} == {"fwd_sm90_hdim256_fp16", "fwd_sm90_hdim256_fp16_causal"}
+    model = ab.prefill_cases(["model"], "bf16", (128,), (9, 0), torch.device("cpu"))  # fixed shapes: those of d128
+    assert [case.cells[1:] for case in model] == [case.cells[1:] for case in ab.prefill_cases(
+        ["model"], "bf16", None, (9, 0), torch.device("cpu")) if "hdim128" in case.kernel.stem]
+    assert model and {case.kernel.stem for case in model} == {"fwd_sm90_hdim128_bf16", "fwd_sm90_hdim128_bf16_causal"}
     decode = ab.decode_cases("bf16", None, torch.device("cpu"))
     assert [case.cells[1:] for case in decode] == [
         (s.batch, f"{s.heads_q}/{s.heads_kv}", s.seqlen_q, s.keys, "paged" if s.paged else "contiguous")
