@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 
 L2_FLUSH_BYTES = 256 * 2**20  # larger than any current GPU's L2 (H100: 50 MiB)
+HOST_LEAD_US = 300  # the GPU's spin before each timed call, µs (HostLead)
 MIN_ROUNDS = 10
 CPU_REPS = 3
 HOST_LOOP_CALLS = 200
@@ -35,6 +36,21 @@ class L2Flush:
         self._lines.sum()
 
 
+class HostLead:
+    """Called after the flush, before a timed call's start event: keeps the GPU busy (a spin of HOST_LEAD_US) so that
+    the host has enqueued the event and the whole call before the GPU reaches them, and the events time the kernels
+    only, however slow the host is. Without it a call's host time counted wherever it outran the flush's ~90 µs: on
+    an H100 host that slowed down during a session, every method's 12-20 µs decode calls read 40-200 µs
+    (results/NOTES.md, "A lead for the host"). What the host costs is the --host column's to say."""
+
+    def __init__(self, device: torch.device | str = "cuda"):
+        clock_khz = torch.cuda.get_device_properties(torch.device(device)).clock_rate
+        self._cycles = int(clock_khz * 1e3 * HOST_LEAD_US * 1e-6)
+
+    def __call__(self) -> None:
+        torch.cuda._sleep(self._cycles)
+
+
 @dataclass(frozen=True)
 class Rate:
     """A figure of work per time: TFLOPS of a prefill, TB/s of a decode's K/V read."""
@@ -53,7 +69,8 @@ def timing_text(device: torch.device, warmup_ms: float, rep_ms: float) -> str:
         return f"Timing: wall-clock median of {CPU_REPS} calls on CPU (smoke run: the numbers mean nothing)"
     return (f"Timing: CUDA events around each call after {warmup_ms:g} ms of warm-up, with the L2 cache flushed "
             f"before each call (a read of {L2_FLUSH_BYTES // 2**20} MiB, which leaves no dirty lines for the call to "
-            f"write back); the methods of a shape timed interleaved (one call of each per round, the order "
+            f"write back) and then the GPU held in a {HOST_LEAD_US} µs spin while the host enqueues the call (the "
+            f"events time its kernels, not its host time); the methods of a shape timed interleaved (one call of each per round, the order "
             f"rotated each round), for about {rep_ms:g} ms per method and at least {MIN_ROUNDS} rounds; median and "
             f"quartiles")
 
@@ -62,7 +79,8 @@ def time_calls(calls: dict[str, Callable], device: torch.device, warmup_ms: floa
     """Per call (by name): median and quartiles of its runtime in ms, and the number of timed calls.
 
     GPU: CUDA events around each call, with L2 flushed before every one, so that no method is timed on cache-resident
-    inputs; after warm-up, the calls are timed interleaved, one of each per round (each round in an order rotated by
+    inputs, and the GPU held in a spin after the flush (HostLead), so that the events time kernels, not the host; after
+    warm-up, the calls are timed interleaved, one of each per round (each round in an order rotated by
     one), for about rep_ms per call but at least MIN_ROUNDS rounds (do_bench's scheme, interleaved, plus the minimum,
     so slow methods get a spread too). Interleaving puts every method under the same clocks: timed one after the
     other, a cell moved 4-7% with its position among the methods (results/NOTES.md, SM90 v10), as the GPU's clock
@@ -92,17 +110,18 @@ def interleaved_order(names: list[str], rounds: int) -> list[list[str]]:
 
 
 def _cuda_event_times(calls: dict[str, Callable], warmup_ms: float, rep_ms: float) -> dict[str, list[float]]:
-    flush = L2Flush()
+    flush, lead = L2Flush(), HostLead()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     estimates_ms = {}
     for name, fn in calls.items():
         start.record()
         for _ in range(3):
             flush()
+            lead()
             fn()
         end.record()
         torch.cuda.synchronize()
-        estimates_ms[name] = max(start.elapsed_time(end) / 3, 1e-3)  # flush included: errs towards fewer calls
+        estimates_ms[name] = max(start.elapsed_time(end) / 3, 1e-3)  # flush and lead included: a round's GPU time
         for _ in range(max(1, round(warmup_ms / estimates_ms[name]))):
             fn()
     rounds = max(MIN_ROUNDS, round(rep_ms / statistics.fmean(estimates_ms.values())))
@@ -113,6 +132,7 @@ def _cuda_event_times(calls: dict[str, Callable], warmup_ms: float, rep_ms: floa
         for name in order:
             begin, finish = events[name][index]
             flush()
+            lead()
             begin.record()
             calls[name]()
             finish.record()
