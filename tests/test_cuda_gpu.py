@@ -197,31 +197,51 @@ def test_tile_counter_is_left_zero_for_the_next_call(kernel_family):
         assert torch.equal(out, expected[index][0]) and torch.equal(lse, expected[index][1]), index
 
 
+def is_pair_kernel(name: str) -> bool:
+    """Whether a launched SM90 kernel's name (demangled, or mangled where the profiler keeps it so) is that of a pair
+    of CTAs: Sm90FwdTraits<..., Element, 2>."""
+    return any(mark in name for mark in ("half_t, 2>", "bfloat16_t, 2>", "half_tELi2EE", "bfloat16_tELi2EE"))
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(1, 4, 4, 256, 4096), (1, 2, 1, 512, 4100), (3, 8, 2, 2048, 4160)])
-def test_cta_pairs_share_kv_tiles(shape, dtype, kernel_family):
-    """Without a mask at head dim 128, where every head has an even number of full 128-row query tiles and rows
-    of at least 4096 keys, the SM90 family runs pairs of CTAs (a cluster of two) on adjacent query tiles of one
-    head: each loads half of every K/V tile and multicasts it into both, and a stage is reloaded once the consumers
-    of both have released it. The pair kernel must be the one that runs (static deal and one CTA per tile), and
-    give the bits of single CTAs (sm90_cta_pairs=False). Shapes: one pair per head, partial last key
-    tiles, MQA and GQA, several tiles per pair."""
+@pytest.mark.parametrize("shape,causal", [((1, 4, 4, 256, 4096), False), ((1, 2, 1, 512, 4100), False),
+                                          ((3, 8, 2, 2048, 4160), False), ((1, 4, 4, 256, 4096), True),
+                                          ((2, 4, 2, 1024, 8200), True)],
+                         ids=["one-pair", "mqa", "gqa", "causal-chunk", "causal-chunk-176"])
+def test_cta_pairs_share_kv_tiles(shape, causal, dtype, kernel_family):
+    """At head dim 128, where every head has an even number of full 128-row query tiles and rows of at least 4096
+    keys, the SM90 family runs pairs of CTAs (a cluster of two) on adjacent query tiles of one head: each loads half
+    of every K/V tile and multicasts it into both, and a stage is reloaded once the consumers of both have released
+    it. Causal, where the queries are a chunk at the end of at least twice as many keys: both walk the later tile's
+    key tiles, and the earlier tile's warpgroups pass the ones they do not see. The pair kernel must be the one that
+    runs (static deal and one CTA per tile), and give the bits of single CTAs (sm90_cta_pairs=False). Shapes: one
+    pair per head, partial last key tiles, MQA and GQA, several tiles per pair, 176-key tiles."""
     if kernel_family != "sm90":
         pytest.skip("CTA pairs belong to the SM90 family")
     batch, heads_q, heads_kv, nq, nk = shape
     torch.manual_seed(nq + nk)
     q = rand(batch, heads_q, nq, 128, dtype=dtype)
     k, v = rand(batch, heads_kv, nk, 128, dtype=dtype), rand(batch, heads_kv, nk, 128, dtype=dtype)
-    names = launched_kernels(lambda: fa_cuda.attention(q, k, v, sm90_cta_pairs=False))
-    assert len(names) == 1 and "half_t, 2>" not in names[0] and "bfloat16_t, 2>" not in names[0], names
-    expected = fa_cuda.attention(q, k, v, return_lse=True, sm90_cta_pairs=False)
-    check(q, k, v)
+    names = launched_kernels(lambda: fa_cuda.attention(q, k, v, causal=causal, sm90_cta_pairs=False))
+    assert len(names) == 1 and not is_pair_kernel(names[0]), names
+    expected = fa_cuda.attention(q, k, v, causal=causal, return_lse=True, sm90_cta_pairs=False)
+    check(q, k, v, causal)
     for scheduler in ("auto", "static", "per-tile"):
-        names = launched_kernels(lambda: fa_cuda.attention(q, k, v, sm90_schedule=scheduler))
-        assert len(names) == 1 and ("half_t, 2>" in names[0] or "bfloat16_t, 2>" in names[0]), (scheduler, names)
+        names = launched_kernels(lambda: fa_cuda.attention(q, k, v, causal=causal, sm90_schedule=scheduler))
+        assert len(names) == 1 and is_pair_kernel(names[0]), (scheduler, names)
         poison_allocator(q, q[..., 0].float())
-        out, lse = fa_cuda.attention(q, k, v, return_lse=True, sm90_schedule=scheduler)
+        out, lse = fa_cuda.attention(q, k, v, causal=causal, return_lse=True, sm90_schedule=scheduler)
         assert torch.equal(out, expected[0]) and torch.equal(lse, expected[1]), scheduler
+
+
+def test_causal_calls_of_unequal_tiles_run_single_ctas(kernel_family):
+    """A causal call whose rows see 1 to N keys stays on single CTAs (pairs are dealt statically; dynamic draws
+    balance such tiles)."""
+    if kernel_family != "sm90":
+        pytest.skip("CTA pairs belong to the SM90 family")
+    q, k, v = (rand(1, 2, 4096, 128) for _ in range(3))
+    names = launched_kernels(lambda: fa_cuda.attention(q, k, v, causal=True))
+    assert len(names) == 1 and not is_pair_kernel(names[0]), names
 
 
 @pytest.mark.parametrize("causal", [False, True])

@@ -60,10 +60,8 @@ cudaError_t launch_fwd_sm90(const FwdParams& args, cudaStream_t stream) {
   PersistentTileScheduler scheduler;
   const bool scheduled = kVarlen ? make_varlen_scheduler(args, scheduler)
                                  : make_persistent_scheduler(args, Traits::kBlockM, Traits::kRowsPerConsumer,
-                                                             scheduler);
+                                                             kClusterM > 1, scheduler);
   if (!scheduled) return cudaErrorInvalidConfiguration;
-  // A pair walks its tiles in step, so it must be dealt statically (or one tile per CTA): no counter.
-  if (kClusterM > 1 && scheduler.counter != nullptr) return cudaErrorInvalidConfiguration;
   const Params params{args, scheduler, tma_q, tma_k, tma_v, tma_o};
 
   constexpr auto kernel = &flash_fwd_sm90_kernel<Traits, kCausal, kVarlen, Params>;

@@ -58,11 +58,9 @@ cudaError_t run_fwd_sm90_for_headdim(const FwdParams& params, cudaStream_t strea
   using Tile = Sm90Tile<kHeadDim, Element>;
   if constexpr (kHeadDim == 128) {
     const bool long_rows = params.seqlen_k >= Tile::kLongRowKeys;
-    if constexpr (!kCausal) {
-      if (sm90_pairs_apply(params, Tile::Traits::kBlockM)) {
-        return long_rows ? launch_fwd_sm90<typename Tile::LongRowPairTraits, false>(params, stream)
-                         : launch_fwd_sm90<typename Tile::PairTraits, false>(params, stream);
-      }
+    if (sm90_pairs_apply(params, Tile::Traits::kBlockM)) {
+      return long_rows ? launch_fwd_sm90<typename Tile::LongRowPairTraits, kCausal>(params, stream)
+                       : launch_fwd_sm90<typename Tile::PairTraits, kCausal>(params, stream);
     }
     if (long_rows) return launch_fwd_sm90<typename Tile::LongRowTraits, kCausal>(params, stream);
   }

@@ -87,7 +87,9 @@ struct PersistentTileScheduler {
   TileCounter* counter;  // the dynamic deal's (FwdParams::tile_counter); null for the static deal and per-tile grid
 };
 
-inline bool make_persistent_scheduler(const FwdParams& params, int block_m, int rows_per_consumer,
+// pairs: the grid runs pairs of CTAs (Sm90FwdTraits::kClusterM == 2), which must walk their tiles in step, so the
+// deal is static whatever the call.
+inline bool make_persistent_scheduler(const FwdParams& params, int block_m, int rows_per_consumer, bool pairs,
                                       PersistentTileScheduler& s) {
   s.num_m_blocks = (params.seqlen_q + block_m - 1) / block_m;
   const index_t num_tiles = index_t(params.batch) * params.heads_q * s.num_m_blocks;
@@ -98,20 +100,24 @@ inline bool make_persistent_scheduler(const FwdParams& params, int block_m, int 
   const Sm90Schedule schedule = params.sm90_schedule;
   s.persistent = schedule != Sm90Schedule::kPerTile;
   const bool dynamic =
-      schedule == Sm90Schedule::kDynamic || (schedule == Sm90Schedule::kAuto && unequal_tiles);
+      !pairs && (schedule == Sm90Schedule::kDynamic || (schedule == Sm90Schedule::kAuto && unequal_tiles));
   s.counter = dynamic ? params.tile_counter : nullptr;
   return num_tiles <= kMaxGridX && (!dynamic || s.counter != nullptr);
 }
 
 // Where pairs of CTAs (a cluster of two, Sm90FwdTraits::kClusterM) share K/V: the two tiles of a pair are query
 // tiles 2i and 2i + 1 of one head (the static deal and the per-tile grid give CTAs 2c and 2c + 1 tiles t and t + 1
-// with t even, as the grid is even), so every head's tiles must be full and even in number, and no mask, so the two
-// walk the same key tiles in step; the dynamic deal draws tiles one CTA at a time. And long rows only: a pair waits
-// for its slower CTA at every K/V stage, which cost 1-4% where a tile walks 4-16 key tiles (N = 512-2k) and gained
-// 2-5% from 32 (results/NOTES.md, SM90 v11).
+// with t even, as the grid is even), so every head's tiles must be full and even in number; both walk the key tiles
+// of the pair's rows (causal: the later tile's, a key tile or two more than the earlier one's, which its warpgroups
+// pass without a GEMM). And long rows only: a pair waits for its slower CTA at every K/V stage, which cost 1-4% where
+// a tile walks 4-16 key tiles (N = 512-2k) and gained 2-5% from 32 (results/NOTES.md, SM90 v11). Causal calls only
+// where the queries are a chunk at the end of at least twice as many keys (chunked prefill): a pair is dealt
+// statically, which balances tiles of nearly equal rows, while a causal call's tiles of 1 to N keys lost up to 36% so
+// (results/NOTES.md, "CTA pairs for causal calls").
 constexpr int kSm90PairsMinKeys = 4096;
 inline bool sm90_pairs_apply(const FwdParams& params, int block_m) {
-  return params.sm90_allow_pairs && !params.causal && params.seqlen_q % (2 * block_m) == 0 &&
+  const bool equal_enough = !params.causal || params.seqlen_k >= 2 * params.seqlen_q;
+  return params.sm90_allow_pairs && equal_enough && params.seqlen_q % (2 * block_m) == 0 &&
          params.seqlen_k >= kSm90PairsMinKeys && params.sm90_schedule != Sm90Schedule::kDynamic;
 }
 
@@ -276,8 +282,14 @@ class Sm90TileStream {
       const TileCoord tile = persistent_tile<kCausal>(scheduler_, args_, work.index);
       const TileRows rows = tile_rows(scheduler_, tile.m_block, kBlockM);
       const TileSequence<false> seq{};
-      body(tile, rows, KeyMask<kCausal, kBlockN, TileSequence<false>>{args_, seq}.tiles_of_rows(rows.first, rows.end),
-           seq);
+      const KeyMask<kCausal, kBlockN, TileSequence<false>> mask{args_, seq};
+      if constexpr (kCausal && kClusterM == 2) {  // the key tiles of both tiles' rows (the two share each load)
+        const TileRows partner =
+            tile_rows(scheduler_, persistent_tile<kCausal>(scheduler_, args_, work.index ^ 1).m_block, kBlockM);
+        body(tile, rows, mask.tiles_of_rows(min(rows.first, partner.first), max(rows.end, partner.end)), seq);
+      } else {
+        body(tile, rows, mask.tiles_of_rows(rows.first, rows.end), seq);
+      }
     }
   }
 
