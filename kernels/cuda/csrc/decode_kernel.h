@@ -503,9 +503,9 @@ __global__ void __launch_bounds__(StageChoice<kHeadDim>::kWarps * 32) decode_ker
 // Merges the splits of one output row: out = sum_s w_s partial_s, w_s = exp(lse_s - lse), lse = log sum exp(lse_s).
 // Latency-bound (a row is a few KiB), so every load a thread needs is in flight at once: the first kCombineChunk
 // partials of each thread are requested before warp 0 weighs the splits (its LSE loads, one per lane, run alongside),
-// and each thread sums float4 columns of every groups-th split, the groups then adding up in shared memory. A
-// thread per column walking the splits one dependent load at a time cost a split call 8 µs more than an unsplit one
-// at batch 1-4 on an H100 (results/NOTES.md, "The split count").
+// and each thread sums float4 columns of every groups-th split, the groups then adding up in shared memory. With a
+// thread per column walking the splits one dependent load at a time, a split call cost about 6 µs more than an
+// unsplit one of the same read on an H100; 3.5-4 µs so (results/NOTES.md, "The split count").
 constexpr int kCombineChunk = 8;  // partials per thread in flight at once
 template <DType kDType>
 __global__ void __launch_bounds__(kCombineThreads) decode_combine_kernel(const __grid_constant__ DecodeParams p) {
