@@ -53,10 +53,12 @@ WORKER_CASES = [
     (1, 2, 2, 256, 8192, 128, "float16", False, "bhsd"),
     # Head dim 128 without a mask, query tiles even in number per head, rows of >= 4096 keys: pairs of CTAs share
     # each K/V tile (TMA multicast into both, releases from both), more pairs of tiles than an H100 has pairs of
-    # SMs; a partial last key tile; GQA. Causal, a chunk of queries at the end of longer keys: both walk the later
-    # tile's key tiles (176 keys wide).
+    # SMs; a partial last key tile; GQA. Causal chunked prefill: both walk the later tile's key tiles, and the first
+    # CTA of each pair draws pairs of tiles and hands them to the second through distributed shared memory (176-key
+    # tiles; more pairs of tiles than an H100 has pairs of SMs).
     (2, 8, 2, 2304, 4100, 128, "float16", False, "bhsd"),
     (1, 4, 1, 1024, 8200, 128, "float16", True, "bhsd"),
+    (2, 8, 2, 2048, 4096, 128, "bfloat16", True, "bhsd"),
 ]
 
 

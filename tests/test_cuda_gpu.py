@@ -172,13 +172,15 @@ def test_tile_counter_is_left_zero_for_the_next_call(kernel_family):
     zeroing launch per call). Calls of different tile counts back to back, interleaved on two streams with no
     synchronisation between them, must each give the per-tile grid's bits: a counter left non-zero, or shared by
     two kernels running at once, skips tiles, whose poisoned blocks then show. The shapes take the dynamic deal by
-    default: causal, or no mask with a partial 192-row tile per head (head dim 64, 1000 rows)."""
+    default: causal, or no mask with a partial 192-row tile per head (head dim 64, 1000 rows); causal at head dim 128
+    with 16384 rows runs pairs of CTAs, whose first CTAs alone draw (and count themselves finished)."""
     if kernel_family != "sm90":
         pytest.skip("the tile counter belongs to the SM90 family")
     torch.manual_seed(0)
     calls = []
     for batch, heads, seqlen, head_dim, causal in [(4, 8, 1500, 128, True), (2, 16, 1000, 64, False),
-                                                    (3, 8, 700, 64, True), (4, 8, 2048, 128, True)]:
+                                                    (3, 8, 700, 64, True), (4, 8, 2048, 128, True),
+                                                    (1, 2, 16384, 128, True)]:
         qkv = [rand(batch, heads, seqlen, head_dim) for _ in range(3)]
         calls.append((qkv, causal))
     expected = [fa_cuda.attention(*qkv, causal=causal, return_lse=True, sm90_schedule="per-tile")
@@ -206,16 +208,18 @@ def is_pair_kernel(name: str) -> bool:
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape,causal", [((1, 4, 4, 256, 4096), False), ((1, 2, 1, 512, 4100), False),
                                           ((3, 8, 2, 2048, 4160), False), ((1, 4, 4, 256, 4096), True),
-                                          ((2, 4, 2, 1024, 8200), True)],
-                         ids=["one-pair", "mqa", "gqa", "causal-chunk", "causal-chunk-176"])
+                                          ((2, 4, 2, 1024, 8200), True), ((2, 8, 2, 2048, 4096), True)],
+                         ids=["one-pair", "mqa", "gqa", "causal-chunk", "causal-chunk-176", "causal-many-pairs"])
 def test_cta_pairs_share_kv_tiles(shape, causal, dtype, kernel_family):
     """At head dim 128, where every head has an even number of full 128-row query tiles and rows of at least 4096
     keys, the SM90 family runs pairs of CTAs (a cluster of two) on adjacent query tiles of one head: each loads half
     of every K/V tile and multicasts it into both, and a stage is reloaded once the consumers of both have released
-    it. Causal, where the queries are a chunk at the end of at least twice as many keys: both walk the later tile's
-    key tiles, and the earlier tile's warpgroups pass the ones they do not see. The pair kernel must be the one that
-    runs (static deal and one CTA per tile), and give the bits of single CTAs (sm90_cta_pairs=False). Shapes: one
-    pair per head, partial last key tiles, MQA and GQA, several tiles per pair, 176-key tiles."""
+    it. Causal (chunked prefill here: queries at the end of at least twice as many keys), both walk the later tile's
+    key tiles (the earlier tile's warpgroups pass the ones they do not see), and the dynamic deal draws pairs of
+    tiles, the first CTA handing each draw to the second through distributed shared memory. The pair kernel must be
+    the one that runs (every schedule), and give the bits of single CTAs (sm90_cta_pairs=False). Shapes: one pair
+    per head, partial last key tiles, MQA and GQA, several tiles per pair, 176-key tiles, more pairs of tiles than
+    an H100 has pairs of SMs (many draws)."""
     if kernel_family != "sm90":
         pytest.skip("CTA pairs belong to the SM90 family")
     batch, heads_q, heads_kv, nq, nk = shape
@@ -226,22 +230,13 @@ def test_cta_pairs_share_kv_tiles(shape, causal, dtype, kernel_family):
     assert len(names) == 1 and not is_pair_kernel(names[0]), names
     expected = fa_cuda.attention(q, k, v, causal=causal, return_lse=True, sm90_cta_pairs=False)
     check(q, k, v, causal)
-    for scheduler in ("auto", "static", "per-tile"):
+    for scheduler in ("auto", "static", "dynamic", "per-tile"):
         names = launched_kernels(lambda: fa_cuda.attention(q, k, v, causal=causal, sm90_schedule=scheduler))
         assert len(names) == 1 and is_pair_kernel(names[0]), (scheduler, names)
-        poison_allocator(q, q[..., 0].float())
-        out, lse = fa_cuda.attention(q, k, v, causal=causal, return_lse=True, sm90_schedule=scheduler)
-        assert torch.equal(out, expected[0]) and torch.equal(lse, expected[1]), scheduler
-
-
-def test_causal_calls_of_unequal_tiles_run_single_ctas(kernel_family):
-    """A causal call whose rows see 1 to N keys stays on single CTAs (pairs are dealt statically; dynamic draws
-    balance such tiles)."""
-    if kernel_family != "sm90":
-        pytest.skip("CTA pairs belong to the SM90 family")
-    q, k, v = (rand(1, 2, 4096, 128) for _ in range(3))
-    names = launched_kernels(lambda: fa_cuda.attention(q, k, v, causal=True))
-    assert len(names) == 1 and not is_pair_kernel(names[0]), names
+        for _ in range(2):  # the second call draws from the counter the first one's last CTA reset
+            poison_allocator(q, q[..., 0].float())
+            out, lse = fa_cuda.attention(q, k, v, causal=causal, return_lse=True, sm90_schedule=scheduler)
+            assert torch.equal(out, expected[0]) and torch.equal(lse, expected[1]), scheduler
 
 
 @pytest.mark.parametrize("causal", [False, True])

@@ -42,6 +42,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
   constexpr int kBlockM = Traits::kBlockM;
   constexpr int kBlockN = Traits::kBlockN;
 
+  // Every role walks the same tiles (Sm90TileStream: the deal, and the hand-off of drawn tiles to the consumers).
+  using TileStream = Sm90TileStream<kVarlen, Traits::kClusterM, SharedStorage>;
+
   extern __shared__ __align__(1024) char smem[];
   SharedStorage& storage = *reinterpret_cast<SharedStorage*>(smem);
   const FwdParams& args = params.args;
@@ -58,7 +61,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
     }
     for (int slot = 0; slot < 2; ++slot) {
       storage.barrier_tile_full[slot].init(1);
-      storage.barrier_tile_empty[slot].init(kConsumerThreads);
+      storage.barrier_tile_empty[slot].init(TileStream::slot_readers(kConsumerThreads));
     }
   }
   auto pipeline_params = [](bool producer) {
@@ -82,9 +85,6 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
     __syncthreads();
   }
 
-  // Every role walks the same tiles (Sm90TileStream: the deal, and the hand-off of drawn tiles to the consumers).
-  static_assert(!kVarlen || Traits::kClusterM == 1, "a packed batch's tiles are drawn one CTA at a time");
-  using TileStream = Sm90TileStream<kVarlen, Traits::kClusterM, SharedStorage>;
 
   if (warp_group == 0) {
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();

@@ -60,7 +60,7 @@ cudaError_t launch_fwd_sm90(const FwdParams& args, cudaStream_t stream) {
   PersistentTileScheduler scheduler;
   const bool scheduled = kVarlen ? make_varlen_scheduler(args, scheduler)
                                  : make_persistent_scheduler(args, Traits::kBlockM, Traits::kRowsPerConsumer,
-                                                             kClusterM > 1, scheduler);
+                                                             scheduler);
   if (!scheduled) return cudaErrorInvalidConfiguration;
   const Params params{args, scheduler, tma_q, tma_k, tma_v, tma_o};
 

@@ -87,9 +87,7 @@ struct PersistentTileScheduler {
   TileCounter* counter;  // the dynamic deal's (FwdParams::tile_counter); null for the static deal and per-tile grid
 };
 
-// pairs: the grid runs pairs of CTAs (Sm90FwdTraits::kClusterM == 2), which must walk their tiles in step, so the
-// deal is static whatever the call.
-inline bool make_persistent_scheduler(const FwdParams& params, int block_m, int rows_per_consumer, bool pairs,
+inline bool make_persistent_scheduler(const FwdParams& params, int block_m, int rows_per_consumer,
                                       PersistentTileScheduler& s) {
   s.num_m_blocks = (params.seqlen_q + block_m - 1) / block_m;
   const index_t num_tiles = index_t(params.batch) * params.heads_q * s.num_m_blocks;
@@ -100,25 +98,28 @@ inline bool make_persistent_scheduler(const FwdParams& params, int block_m, int 
   const Sm90Schedule schedule = params.sm90_schedule;
   s.persistent = schedule != Sm90Schedule::kPerTile;
   const bool dynamic =
-      !pairs && (schedule == Sm90Schedule::kDynamic || (schedule == Sm90Schedule::kAuto && unequal_tiles));
+      schedule == Sm90Schedule::kDynamic || (schedule == Sm90Schedule::kAuto && unequal_tiles);
   s.counter = dynamic ? params.tile_counter : nullptr;
   return num_tiles <= kMaxGridX && (!dynamic || s.counter != nullptr);
 }
 
 // Where pairs of CTAs (a cluster of two, Sm90FwdTraits::kClusterM) share K/V: the two tiles of a pair are query
 // tiles 2i and 2i + 1 of one head (the static deal and the per-tile grid give CTAs 2c and 2c + 1 tiles t and t + 1
-// with t even, as the grid is even), so every head's tiles must be full and even in number; both walk the key tiles
-// of the pair's rows (causal: the later tile's, a key tile or two more than the earlier one's, which its warpgroups
-// pass without a GEMM). And long rows only: a pair waits for its slower CTA at every K/V stage, which cost 1-4% where
-// a tile walks 4-16 key tiles (N = 512-2k) and gained 2-5% from 32 (results/NOTES.md, SM90 v11). Causal calls only
-// where the queries are a chunk at the end of at least twice as many keys (chunked prefill): a pair is dealt
-// statically, which balances tiles of nearly equal rows, while a causal call's tiles of 1 to N keys lost up to 36% so
-// (results/NOTES.md, "CTA pairs for causal calls").
+// with t even, as the grid is even; the dynamic deal draws one pair of tiles for both), so every head's tiles must be
+// full and even in number; both walk the key tiles of the pair's rows (causal: the later tile's, a key tile or two
+// more than the earlier one's, which its warpgroups pass without a GEMM). And long rows only: a pair waits for its
+// slower CTA at every K/V stage, which cost 1-4% where a tile walks 4-16 key tiles (N = 512-2k) and gained 2-5% from
+// 32 (results/NOTES.md, SM90 v11).
+// Causal, rows run from 1 to N keys: pairs only where most of them are long, chunked prefill (a chunk of queries at
+// the end of at least twice as many keys) or N >= 16k: drawn dynamically, pairs gained 2-4.5% from N = 16k and on
+// chunked prefill, and lost 5-6% at N = 4k (results/NOTES.md, "CTA pairs for causal calls").
 constexpr int kSm90PairsMinKeys = 4096;
+constexpr int kSm90CausalPairsMinKeys = 16384;
 inline bool sm90_pairs_apply(const FwdParams& params, int block_m) {
-  const bool equal_enough = !params.causal || params.seqlen_k >= 2 * params.seqlen_q;
-  return params.sm90_allow_pairs && equal_enough && params.seqlen_q % (2 * block_m) == 0 &&
-         params.seqlen_k >= kSm90PairsMinKeys && params.sm90_schedule != Sm90Schedule::kDynamic;
+  const bool rows_mostly_long =
+      !params.causal || params.seqlen_k >= 2 * params.seqlen_q || params.seqlen_k >= kSm90CausalPairsMinKeys;
+  return params.sm90_allow_pairs && params.seqlen_q % (2 * block_m) == 0 && params.seqlen_k >= kSm90PairsMinKeys &&
+         rows_mostly_long;
 }
 
 // The query rows [first, end) of SM90 tile m_block (end may pass seqlen_q).
@@ -194,23 +195,57 @@ __forceinline__ __device__ int grid_size() {
   return int(n);
 }
 
-// The tile after `t` for this CTA: the next draw from the counter (dynamic) or t + gridDim.x (static, and one CTA
-// per tile, where it is past the end). Only the producer calls it in the dynamic case. Past the end, draws keep
-// counting up: at most one per CTA, far from overflow.
+// The tile after `t` for this CTA (for a pair: this pair's first tile): the next draw from the counter (dynamic) or
+// t + gridDim.x (static, and one CTA per tile, where it is past the end). A pair draws pairs of tiles: the counter
+// counts them, and pair c's first draw is the gridDim.x / 2 + c-th. Only the (first) producer calls it in the dynamic
+// case. Past the end, draws keep counting up: at most one per CTA, far from overflow.
+template <int kClusterM>
 __forceinline__ __device__ int next_tile(const PersistentTileScheduler& s, int t) {
-  if (s.counter != nullptr) return int(atomicAdd(&s.counter->next, 1u)) + grid_size();
+  if (s.counter != nullptr) return kClusterM * (int(atomicAdd(&s.counter->next, 1u)) + grid_size() / kClusterM);
   return t + grid_size();
 }
 
-// The dynamic deal's producer, after its draw past the end. The CTA that finishes last resets the counter for the
-// next kernel on the stream (which starts after this one ends): every CTA's draws came before its count (the fence
-// orders them), so no draw of this grid is left to see the reset.
-__forceinline__ __device__ void finish_draws(TileCounter* counter) {
+// The dynamic deal's drawing producer, after its draw past the end. The one that finishes last resets the counter
+// for the next kernel on the stream (which starts after this one ends): every draw of a CTA came before its count
+// (the fence orders them), so no draw of this grid is left to see the reset. `drawers`: CTAs that draw.
+__forceinline__ __device__ void finish_draws(TileCounter* counter, int drawers) {
   __threadfence();
-  if (atomicAdd(&counter->finished, 1u) == unsigned(grid_size()) - 1u) {
+  if (atomicAdd(&counter->finished, 1u) == unsigned(drawers) - 1u) {
     atomicExch(&counter->next, 0u);
     atomicExch(&counter->finished, 0u);
   }
+}
+
+// The two CTAs of a pair, through distributed shared memory: the dynamic deal's hand-off of each drawn pair of tiles
+// (Sm90TileStream). Arrivals release and waits acquire at cluster scope, so a slot written into the other CTA is
+// visible to whoever waits on its barrier there.
+__forceinline__ __device__ uint32_t cluster_address(const void* local, uint32_t cta) {
+  uint32_t address;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;"
+               : "=r"(address)
+               : "r"(cute::cast_smem_ptr_to_uint(local)), "r"(cta));
+  return address;
+}
+__forceinline__ __device__ void store_in_cta(int* local, uint32_t cta, int value) {
+  asm volatile("st.shared::cluster.s32 [%0], %1;" ::"r"(cluster_address(local, cta)), "r"(value) : "memory");
+}
+// (Templates on the barrier type, cutlass::arch::ClusterBarrier: the SM80 family includes this header without it.)
+template <typename Barrier>
+__forceinline__ __device__ void arrive_in_cta(Barrier& barrier, uint32_t cta) {
+  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" ::"r"(cluster_address(&barrier, cta))
+               : "memory");
+}
+template <typename Barrier>
+__forceinline__ __device__ void wait_cluster_scope(Barrier& barrier, int parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred done;\n"
+      "LAB_WAIT:\n"
+      "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra LAB_WAIT;\n"
+      "}\n" ::"r"(cute::cast_smem_ptr_to_uint(&barrier)),
+      "r"(parity)
+      : "memory");
 }
 
 // The tiles one SM90 CTA runs, as its producer and its consumers walk them: the same tiles in the same order,
@@ -219,12 +254,22 @@ __forceinline__ __device__ void finish_draws(TileCounter* counter) {
 // and hands it on: the i-th tile goes through slot i % 2, whose full barrier completes for the i/2-th time when it
 // is written and whose empty barrier when every consumer has read it. The index past the end is handed on too: it
 // stops the consumers. A packed batch's tiles are entries of its list (their count is known only on the device),
-// handed on with their index. The deal is a property of the call (make_persistent_scheduler), so one kernel serves
-// all three and the roles call the same functions whichever it is; the producer's test of it is one uniform branch
-// per tile. `Storage` holds the slots and their barriers (Sm90FwdTraits::SharedStorage).
+// handed on with their index. A pair (kClusterM == 2) under a dynamic deal: the first CTA's producer draws pairs of
+// tiles and writes each into its own slot and the second CTA's; the second's producer takes its tile from its slot
+// as its consumers do, and all of them release the slot on the first CTA's empty barrier. The deal is a property of
+// the call (make_persistent_scheduler), so one kernel serves all three and the roles call the same functions
+// whichever it is; the producer's test of it is one uniform branch per tile. `Storage` holds the slots and their
+// barriers (Sm90FwdTraits::SharedStorage).
 template <bool kVarlen, int kClusterM, typename Storage>
 class Sm90TileStream {
+  static constexpr bool kPairs = kClusterM == 2;
+  static_assert(!(kVarlen && kPairs), "a packed batch's tiles are drawn one CTA at a time");
+
  public:
+  // Readers of a slot that its empty barrier counts (the first CTA's, for a pair): every consumer thread, and the
+  // second CTA's producer.
+  static constexpr int slot_readers(int consumer_threads) { return consumer_threads * kClusterM + kClusterM - 1; }
+
   struct Work {
     int index;         // in the flat tile order (dense calls) or the tile list (packed batches)
     VarlenTile entry;  // packed batches: the list's entry for the tile
@@ -232,39 +277,35 @@ class Sm90TileStream {
 
   __forceinline__ __device__ Sm90TileStream(const PersistentTileScheduler& scheduler, const FwdParams& args,
                                             Storage& storage)
-      : scheduler_(scheduler),
-        args_(args),
-        storage_(storage),
-        dynamic_(kVarlen || (kClusterM == 1 && scheduler.counter != nullptr)),
-        num_tiles_(kVarlen ? *args.varlen_tiles.num_tiles : scheduler.num_tiles) {}
+      : scheduler_(scheduler), args_(args), storage_(storage), list_size_(kVarlen ? *args.varlen_tiles.num_tiles : 0) {}
 
-  __forceinline__ __device__ bool done(const Work& work) const { return work.index >= num_tiles_; }
+  // A dense call's count and deal are read from the kernel's parameters at each use, which costs the producer (24
+  // registers) no register.
+  __forceinline__ __device__ bool done(const Work& work) const {
+    return work.index >= (kVarlen ? list_size_ : scheduler_.num_tiles);
+  }
 
   // Each role's loop: take a tile (done: the one past the end), run it, advance. The producer hands each tile on
   // under a dynamic deal, and calls finish() after the tile past the end; the consumers take what it handed on, or
   // step by the grid as it does.
-  __forceinline__ __device__ Work producer_take() { return hand_on(next_); }
+  __forceinline__ __device__ Work producer_take() {
+    if (handed_tiles()) return take();
+    return hand_on(next_);
+  }
   __forceinline__ __device__ void producer_advance(const Work& work) {
-    next_ = next_tile(scheduler_, work.index);
+    if (!handed_tiles()) next_ = next_tile<kClusterM>(scheduler_, work.index);
     ++round_;
   }
   __forceinline__ __device__ void producer_finish() const {
-    if (dynamic_) finish_draws(scheduler_.counter);
+    if (dynamic() && !handed_tiles()) finish_draws(scheduler_.counter, grid_size() / kClusterM);
   }
 
   __forceinline__ __device__ Work consumer_take() {
-    Work work{next_, VarlenTile{}};
-    if (dynamic_) {
-      const int slot = round_ & 1;
-      storage_.barrier_tile_full[slot].wait((round_ >> 1) & 1);
-      work.index = next_ = storage_.tile_slot[slot];
-      if constexpr (kVarlen) work.entry = storage_.varlen_slot[slot];
-      storage_.barrier_tile_empty[slot].arrive();
-    }
-    return work;
+    if (dynamic()) return take();
+    return Work{next_, VarlenTile{}};
   }
   __forceinline__ __device__ void consumer_advance() {
-    if (!dynamic_) next_ += grid_size();
+    if (!dynamic()) next_ += grid_size();
     ++round_;
   }
 
@@ -294,16 +335,46 @@ class Sm90TileStream {
   }
 
  private:
+  // Whether this CTA's producer takes its tiles from its slot rather than drawing them: the second CTA of a pair
+  // under a dynamic deal (a pair's CTAs are blocks 2c and 2c + 1).
+  __forceinline__ __device__ bool handed_tiles() const { return kPairs && dynamic() && (blockIdx.x & 1u); }
+
+  // The tile handed on through this round's slot (dynamic deals).
+  __forceinline__ __device__ Work take() {
+    const int slot = round_ & 1;
+    if constexpr (kPairs) {
+      wait_cluster_scope(storage_.barrier_tile_full[slot], (round_ >> 1) & 1);
+    } else {
+      storage_.barrier_tile_full[slot].wait((round_ >> 1) & 1);
+    }
+    Work work{storage_.tile_slot[slot], VarlenTile{}};
+    next_ = work.index;
+    if constexpr (kVarlen) work.entry = storage_.varlen_slot[slot];
+    if constexpr (kPairs) {
+      arrive_in_cta(storage_.barrier_tile_empty[slot], 0);  // the first CTA writes both CTAs' slots
+    } else {
+      storage_.barrier_tile_empty[slot].arrive();
+    }
+    return work;
+  }
+
   __forceinline__ __device__ Work hand_on(int t) {
     VarlenTile entry{};
-    if (dynamic_) {
+    if (dynamic()) {
       const int slot = round_ & 1;
       if constexpr (kVarlen) {
-        if (t < num_tiles_) entry = args_.varlen_tiles.tiles[t];
+        if (t < list_size_) entry = args_.varlen_tiles.tiles[t];
       }
       // Waits on an "empty" barrier use the parity of the use before (a fresh barrier counts its phase -1 as done),
       // so the first uses pass at once without a branch: the producer has 24 registers.
-      storage_.barrier_tile_empty[slot].wait(((round_ >> 1) & 1) ^ 1);  // the index it held before was read
+      const int parity = ((round_ >> 1) & 1) ^ 1;  // the index it held before was read
+      if constexpr (kPairs) {
+        wait_cluster_scope(storage_.barrier_tile_empty[slot], parity);
+        store_in_cta(&storage_.tile_slot[slot], 1, t + 1);  // the second CTA's tile of the pair
+        arrive_in_cta(storage_.barrier_tile_full[slot], 1);
+      } else {
+        storage_.barrier_tile_empty[slot].wait(parity);
+      }
       storage_.tile_slot[slot] = t;
       if constexpr (kVarlen) storage_.varlen_slot[slot] = entry;
       storage_.barrier_tile_full[slot].arrive();
@@ -311,11 +382,12 @@ class Sm90TileStream {
     return Work{t, entry};
   }
 
+  __forceinline__ __device__ bool dynamic() const { return kVarlen || scheduler_.counter != nullptr; }
+
   const PersistentTileScheduler& scheduler_;
   const FwdParams& args_;
   Storage& storage_;
-  const bool dynamic_;
-  const int num_tiles_;
+  const int list_size_;  // a packed batch's tiles (its list's count, read once)
   int next_ = int(blockIdx.x);  // the tile to take next (the producer's own, or as the consumers last saw it)
   int round_ = 0;               // tiles taken so far
 };
