@@ -70,9 +70,9 @@ def timing_text(device: torch.device, warmup_ms: float, rep_ms: float) -> str:
     return (f"Timing: CUDA events around each call after {warmup_ms:g} ms of warm-up, with the L2 cache flushed "
             f"before each call (a read of {L2_FLUSH_BYTES // 2**20} MiB, which leaves no dirty lines for the call to "
             f"write back) and then the GPU held in a {HOST_LEAD_US} µs spin while the host enqueues the call (the "
-            f"events time its kernels, not its host time); the methods of a shape timed interleaved (one call of each per round, the order "
-            f"rotated each round), for about {rep_ms:g} ms per method and at least {MIN_ROUNDS} rounds; median and "
-            f"quartiles")
+            f"events time its kernels, not its host time); the methods of a shape timed interleaved (one call of "
+            f"each per round, the order rotated each round), for about {rep_ms:g} ms per method and at least "
+            f"{MIN_ROUNDS} rounds; median and quartiles")
 
 
 def time_calls(calls: dict[str, Callable], device: torch.device, warmup_ms: float, rep_ms: float) -> dict[str, dict]:

@@ -85,7 +85,6 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) flash_fwd_sm90_kernel(co
     __syncthreads();
   }
 
-
   if (warp_group == 0) {
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
     // Built by the whole warpgroup: the constructor runs warp-collective instructions (elect.sync, shfl.sync), which

@@ -30,8 +30,9 @@ struct Sm90Tile<128, Element> {
   // v11: +2-5% from N = 4k).
   using PairTraits = Sm90FwdTraits<128, 128, 128, 2, Element, 2>;
   // Dense rows of at least kLongRowKeys keys (a packed batch's lengths are on the device only): 176-key tiles
-  // (FlashAttention-3's), O staged in Q's buffer and one Q (208 KiB). Fewer softmax rounds per key: +1-3% from 8k keys; below, the single Q buffer and the wider partial
-  // key tile cost 2-27% (results/NOTES.md, "CuTe's op selectors and the 80- and 176-key tiles").
+  // (FlashAttention-3's), O staged in Q's buffer and one Q (208 KiB). Fewer softmax rounds per key: +1-3% from 8k
+  // keys; below, the single Q buffer and the wider partial key tile cost 2-27% (results/NOTES.md, "CuTe's op
+  // selectors and the 80- and 176-key tiles").
   static constexpr int kLongRowKeys = 8192;
   using LongRowTraits = Sm90FwdTraits<128, 128, 176, 2, Element>;
   using LongRowPairTraits = Sm90FwdTraits<128, 128, 176, 2, Element, 2>;
@@ -45,7 +46,7 @@ struct Sm90Tile<256, Element> {
 };
 
 // A packed variable-length batch: the tile of the dense call of the same head dim (tiles of one sequence at a time,
-// dealt dynamically; no CTA pairs, whose tiles must be equal).
+// drawn one CTA at a time from the device's tile list: no CTA pairs).
 template <int kHeadDim, typename Element, bool kCausal>
 cudaError_t run_fwd_sm90_varlen_for_headdim(const FwdParams& params, cudaStream_t stream) {
   static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256, "SM90 head dims: 64, 128, 256");
