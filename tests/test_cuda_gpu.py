@@ -239,6 +239,33 @@ def test_cta_pairs_share_kv_tiles(shape, causal, dtype, kernel_family):
             assert torch.equal(out, expected[0]) and torch.equal(lse, expected[1]), scheduler
 
 
+@pytest.mark.parametrize("head_dim,shape", [(128, (1, 10, 5, 2048, 16384)), (128, (2, 3, 3, 2048, 2048)),
+                                              (64, (1, 5, 5, 3000, 3000)), (256, (1, 5, 5, 2048, 16384))],
+                         ids=["d128-sections-and-rest-pairs", "d128-one-section", "d64-partial-first-tile",
+                              "d256-sections-and-rest"])
+def test_causal_tiles_in_sections_of_heads(head_dim, shape, kernel_family):
+    """Causal calls of at least 16 query tiles per head list their tiles by sections of heads whose K/V fit the L2,
+    longest first across each section's heads (tile_scheduler.h, causal_section_heads). Every tile of the list must
+    map to one (head, query tile), each once: several sections and a shorter last one (on a 50 MB L2: 8 MiB of K/V
+    a head at d128 and 16k keys, four heads a section; 16 MiB at d256, two), a single section, the 192-row tiles of
+    head dim 64 with a partial first tile, and pairs of CTAs (chunked prefill: their unit is two adjacent tiles).
+    The float64 reference checks the default call (a tile listed twice leaves another unwritten, whose poison
+    shows); every other schedule, and single CTAs, must give its bits."""
+    if kernel_family != "sm90":
+        pytest.skip("the SM90 family's tile order")
+    batch, heads_q, heads_kv, nq, nk = shape
+    torch.manual_seed(nq + nk + head_dim)
+    q = rand(batch, heads_q, nq, head_dim, dtype=torch.bfloat16)
+    k, v = (rand(batch, heads_kv, nk, head_dim, dtype=torch.bfloat16) for _ in range(2))
+    check(q, k, v, True)
+    expected = fa_cuda.attention(q, k, v, causal=True, return_lse=True)
+    for options in ({"sm90_schedule": "static"}, {"sm90_schedule": "dynamic"}, {"sm90_schedule": "per-tile"},
+                    {"sm90_cta_pairs": False}):
+        poison_allocator(q, q[..., 0].float())
+        out, lse = fa_cuda.attention(q, k, v, causal=True, return_lse=True, **options)
+        assert torch.equal(out, expected[0]) and torch.equal(lse, expected[1]), options
+
+
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("shape", [(1, 2, 2, 300, 8200), (1, 4, 2, 512, 8192), (2, 2, 1, 130, 9000)])
 def test_long_rows_at_head_dim_128(shape, causal, kernel_family):

@@ -151,6 +151,9 @@ void fill_common_params(flash::FwdParams& p, const at::Tensor& q, const at::Tens
   p.causal = causal;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&p.max_smem_per_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&p.num_sms, cudaDevAttrMultiProcessorCount, device));
+  int l2_bytes = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, device));
+  p.l2_bytes = l2_bytes;
 }
 
 // flash_attention::cuda_fwd: the forward kernel filed under `kernel` (kernels/cuda/_registry.py chose it) on

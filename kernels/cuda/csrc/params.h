@@ -66,6 +66,7 @@ struct FwdParams {
 
   int max_smem_per_block;    // the device's opt-in shared memory limit, used to pick a tile that fits
   int num_sms;               // multiprocessors: the size of a persistent grid
+  long long l2_bytes;        // the device's L2 cache: how many heads' K/V a causal tile order keeps in it at once
   // SM90 grid (tile_scheduler.h): one CTA per tile, or persistent (one CTA per SM walking the tile list) with the
   // tiles dealt round-robin (static) or drawn from tile_counter (dynamic). kAuto deals equal tiles statically and
   // draws unequal ones (causal, or a partial last tile per head); the kernel's tile height decides, so the launcher

@@ -37,7 +37,8 @@ struct TileCoord {
 
 // The tile order of both families: the query tiles of one (batch, head) are adjacent, so the CTAs that run at once
 // stream the same K/V tiles in step and DRAM delivers each once (L2 serves the rest); causal takes a head's last
-// query tiles (the longest rows) first, so the short ones fill the tail.
+// query tiles (the longest rows) first, so the short ones fill the tail. (The SM90 list walks causal calls of many
+// tiles per head by sections of heads instead: causal_section_heads.)
 template <bool kCausal>
 __forceinline__ __device__ TileCoord make_tile(const FwdParams& params, index_t bh, int m_index, int num_m_blocks) {
   TileCoord tile;
@@ -83,9 +84,30 @@ struct PersistentTileScheduler {
   int num_tiles;
   int num_m_blocks;
   int row_shift;
+  int section_heads;     // > 0: causal_section_heads' order (sections of heads, longest tiles first); 0: head-major
   bool persistent;
   TileCounter* counter;  // the dynamic deal's (FwdParams::tile_counter); null for the static deal and per-tile grid
 };
+
+// The causal order across heads. Drawn head by head, a causal list ends on the long tiles of its last heads: a CTA
+// that draws the last head's longest tile late runs it alone while the others have finished. ncu at causal d128
+// (fp16, 16 heads, batch 4 x 4k and 2 x 8k): the busiest SM active 769k cycles, the average 720k, so SMs idled 5-7%
+// of the kernel, against 1.4-1.9% for FlashAttention-4's order. So causal lists with many tiles per head run longest
+// first across a section of heads whose K and V fit the L2 together (FlashAttention-3/4's scheduler order): every
+// head of a section gives its longest tile, then its next, ..., and the last draws are the shortest tiles of the
+// last section. A power of two of heads, as they take, keeps a section's K/V between half and all of the L2. A/B
+// against head-major (bf16): +3-7% at causal 2k-8k tokens (head dims 64, 128, 256) and chunked prefill on 8k keys,
+// +-1% from 16k. Fewer than 16 tiles per head (N < 2k at 128 rows) keep the head-major order: their tiles cost about
+// the same (mostly the fixed part), and wide sections lost 1-3% at N = 512 (results/NOTES.md, SM90 v9).
+constexpr int kSectionMinTilesPerHead = 16;
+inline int causal_section_heads(const FwdParams& params, int num_m_blocks) {
+  if (!params.causal || num_m_blocks < kSectionMinTilesPerHead) return 0;
+  const long long head_bytes = 2LL * params.seqlen_k * params.head_dim * 2;  // K and V of one head, 16-bit
+  const long long fit = std::max(params.l2_bytes / std::max(head_bytes, 1LL), 1LL);
+  int heads = 1;
+  while (2LL * heads <= fit && heads < (1 << 30)) heads *= 2;
+  return heads;
+}
 
 inline bool make_persistent_scheduler(const FwdParams& params, int block_m, int rows_per_consumer,
                                       PersistentTileScheduler& s) {
@@ -94,6 +116,7 @@ inline bool make_persistent_scheduler(const FwdParams& params, int block_m, int 
   s.num_tiles = static_cast<int>(num_tiles);
   const int spare_rows = (block_m - params.seqlen_q % block_m) % block_m;  // the last tile's rows past seqlen_q
   s.row_shift = params.causal ? spare_rows / rows_per_consumer * rows_per_consumer : 0;
+  s.section_heads = causal_section_heads(params, s.num_m_blocks);
   const bool unequal_tiles = params.causal || spare_rows != 0;
   const Sm90Schedule schedule = params.sm90_schedule;
   s.persistent = schedule != Sm90Schedule::kPerTile;
@@ -137,9 +160,24 @@ inline dim3 persistent_grid(const PersistentTileScheduler& s, const FwdParams& p
   return dim3(static_cast<unsigned>(std::min(s.num_tiles, cap)));
 }
 
-template <bool kCausal>
+// Tile t of the flat list: head-major (a head's tiles adjacent), or by sections of heads (causal_section_heads), where
+// the list walks units of kClusterM adjacent query tiles (a pair's two tiles stay adjacent: t and t ^ 1 share a unit)
+// and, in each section, the heads' units of one length side by side, longest first.
+template <bool kCausal, int kClusterM>
 __forceinline__ __device__ TileCoord persistent_tile(const PersistentTileScheduler& s, const FwdParams& params,
                                                      int t) {
+  if (kCausal && s.section_heads > 0) {
+    const int units_per_head = s.num_m_blocks / kClusterM;
+    const int unit = t / kClusterM;
+    const int section_units = s.section_heads * units_per_head;
+    const int section = unit / section_units;
+    const int first_head = section * s.section_heads;  // of batch * heads_q
+    const int heads_here = min(s.section_heads, params.batch * params.heads_q - first_head);
+    const int rank = unit - section * section_units;
+    const int unit_index = rank / heads_here;
+    return make_tile<kCausal>(params, index_t(first_head + rank - unit_index * heads_here),
+                              unit_index * kClusterM + t % kClusterM, s.num_m_blocks);
+  }
   return make_tile<kCausal>(params, index_t(t / s.num_m_blocks), t % s.num_m_blocks, s.num_m_blocks);
 }
 
@@ -171,6 +209,7 @@ inline bool make_varlen_scheduler(const FwdParams& params, PersistentTileSchedul
   s.num_tiles = params.varlen_tiles.capacity;
   s.num_m_blocks = 1;
   s.row_shift = 0;
+  s.section_heads = 0;  // the list's own order (varlen_tiles.h)
   s.persistent = true;
   s.counter = params.tile_counter;
   return s.num_tiles > 0 && s.counter != nullptr && params.varlen_tiles.tiles != nullptr;
@@ -320,13 +359,13 @@ class Sm90TileStream {
       body(varlen_tile_coord(args_, entry), rows,
            KeyMask<kCausal, kBlockN, TileSequence<true>>{args_, seq}.tiles_of_rows(rows.first, rows.end), seq);
     } else {
-      const TileCoord tile = persistent_tile<kCausal>(scheduler_, args_, work.index);
+      const TileCoord tile = persistent_tile<kCausal, kClusterM>(scheduler_, args_, work.index);
       const TileRows rows = tile_rows(scheduler_, tile.m_block, kBlockM);
       const TileSequence<false> seq{};
       const KeyMask<kCausal, kBlockN, TileSequence<false>> mask{args_, seq};
       if constexpr (kCausal && kClusterM == 2) {  // the key tiles of both tiles' rows (the two share each load)
-        const TileRows partner =
-            tile_rows(scheduler_, persistent_tile<kCausal>(scheduler_, args_, work.index ^ 1).m_block, kBlockM);
+        const TileCoord other = persistent_tile<kCausal, kClusterM>(scheduler_, args_, work.index ^ 1);
+        const TileRows partner = tile_rows(scheduler_, other.m_block, kBlockM);
         body(tile, rows, mask.tiles_of_rows(min(rows.first, partner.first), max(rows.end, partner.end)), seq);
       } else {
         body(tile, rows, mask.tiles_of_rows(rows.first, rows.end), seq);
