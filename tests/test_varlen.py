@@ -102,6 +102,17 @@ def test_matches_reference(varlen_backend, dtype, causal, lengths, heads_q, head
     run_and_check(varlen_backend, *lengths, heads_q, heads_kv, HEAD_DIM, dtype, causal=causal)
 
 
+@requires_gpu
+@pytest.mark.parametrize("head_dim,lengths_q,lengths_k", [(128, [2048, 300, 2100], [16384, 300, 2100]),
+                                                          (64, [3000, 5], [3000, 5])], ids=["d128", "d64"])
+def test_long_causal_sequences(varlen_backend, head_dim, lengths_q, lengths_k):
+    """Causal sequences of at least 16 query tiles a head, which the cuda backend's tile list orders by sections of
+    heads (its dense order): with 16k keys two sections of a sequence's 6 heads (4 and 2 on a 50 MB L2), with 2100
+    one; the 192-row tiles of head dim 64 with a partial first tile. Each tile listed once: a lost one leaves its
+    rows poisoned."""
+    run_and_check(varlen_backend, lengths_q, lengths_k, 6, 3, head_dim, torch.bfloat16, causal=True)
+
+
 @pytest.mark.parametrize("head_dim", [8, 48, 64, 72, 112, 128, 208, 256])
 def test_head_dims(varlen_backend, head_dim):
     if not HAS_GPU and head_dim > 64:

@@ -99,14 +99,34 @@ struct PersistentTileScheduler {
 // against head-major (bf16): +3-7% at causal 2k-8k tokens (head dims 64, 128, 256) and chunked prefill on 8k keys,
 // +-1% from 16k. Fewer than 16 tiles per head (N < 2k at 128 rows) keep the head-major order: their tiles cost about
 // the same (mostly the fixed part), and wide sections lost 1-3% at N = 512 (results/NOTES.md, SM90 v9).
+// Packed batches take the same order within each sequence (varlen_tiles.h), by its own key count.
 constexpr int kSectionMinTilesPerHead = 16;
-inline int causal_section_heads(const FwdParams& params, int num_m_blocks) {
-  if (!params.causal || num_m_blocks < kSectionMinTilesPerHead) return 0;
-  const long long head_bytes = 2LL * params.seqlen_k * params.head_dim * 2;  // K and V of one head, 16-bit
-  const long long fit = std::max(params.l2_bytes / std::max(head_bytes, 1LL), 1LL);
+__host__ __device__ inline int section_heads(const FwdParams& params, int seqlen_k, int tiles_per_head) {
+  if (tiles_per_head < kSectionMinTilesPerHead) return 0;
+  const long long head_bytes = 2LL * seqlen_k * params.head_dim * 2;  // K and V of one head, 16-bit
+  const long long fit = params.l2_bytes / (head_bytes > 0 ? head_bytes : 1LL);
   int heads = 1;
   while (2LL * heads <= fit && heads < (1 << 30)) heads *= 2;
   return heads;
+}
+inline int causal_section_heads(const FwdParams& params, int num_m_blocks) {
+  return params.causal ? section_heads(params, params.seqlen_k, num_m_blocks) : 0;
+}
+
+// Tile i of `tiles_per_head` x `heads` tiles of one sequence, as (head, index among the head's tiles): head-major
+// (sections 0), or by sections of `sections` heads, the heads of a section side by side per index.
+struct TileInSequence {
+  int head;
+  int index;
+};
+__host__ __device__ inline TileInSequence tile_in_sequence(int i, int tiles_per_head, int heads, int sections) {
+  if (sections <= 0) return {i / tiles_per_head, i % tiles_per_head};
+  const int section = i / (sections * tiles_per_head);
+  const int first_head = section * sections;
+  const int heads_here = sections < heads - first_head ? sections : heads - first_head;
+  const int rank = i - section * sections * tiles_per_head;
+  const int index = rank / heads_here;
+  return {first_head + rank - index * heads_here, index};
 }
 
 inline bool make_persistent_scheduler(const FwdParams& params, int block_m, int rows_per_consumer,
@@ -166,17 +186,10 @@ inline dim3 persistent_grid(const PersistentTileScheduler& s, const FwdParams& p
 template <bool kCausal, int kClusterM>
 __forceinline__ __device__ TileCoord persistent_tile(const PersistentTileScheduler& s, const FwdParams& params,
                                                      int t) {
-  if (kCausal && s.section_heads > 0) {
-    const int units_per_head = s.num_m_blocks / kClusterM;
-    const int unit = t / kClusterM;
-    const int section_units = s.section_heads * units_per_head;
-    const int section = unit / section_units;
-    const int first_head = section * s.section_heads;  // of batch * heads_q
-    const int heads_here = min(s.section_heads, params.batch * params.heads_q - first_head);
-    const int rank = unit - section * section_units;
-    const int unit_index = rank / heads_here;
-    return make_tile<kCausal>(params, index_t(first_head + rank - unit_index * heads_here),
-                              unit_index * kClusterM + t % kClusterM, s.num_m_blocks);
+  if (kCausal && s.section_heads > 0) {  // the heads of batch * heads_q
+    const TileInSequence unit =
+        tile_in_sequence(t / kClusterM, s.num_m_blocks / kClusterM, params.batch * params.heads_q, s.section_heads);
+    return make_tile<kCausal>(params, index_t(unit.head), unit.index * kClusterM + t % kClusterM, s.num_m_blocks);
   }
   return make_tile<kCausal>(params, index_t(t / s.num_m_blocks), t % s.num_m_blocks, s.num_m_blocks);
 }

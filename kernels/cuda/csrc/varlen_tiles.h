@@ -4,8 +4,9 @@
 // (sequence, head, tile) slots for 4k real tiles, each skipped slot a dependent global load on the producer.
 //
 // Order: sequence by sequence, the longest first where the batch has at most 1024 sequences (the short tiles then
-// fill the dynamic deal's tail), else as packed; each sequence's heads in turn; each head's tiles with the longest
-// rows first when causal (as the dense order). Causal tiles end at the sequence's last query, so a partial tile is the first
+// fill the dynamic deal's tail), else as packed; each sequence's heads in turn, each head's tiles with the longest
+// rows first when causal, or, causal with >= 16 tiles per head, by sections of heads (the dense order:
+// tile_scheduler.h, section_heads). Causal tiles end at the sequence's last query, so a partial tile is the first
 // and shortest (tile_scheduler.h, the same rule as dense calls). The offsets in cu_seqlens are clamped into
 // [0, total] and each end to at least its start, so no tile can address rows outside the tensors whatever they hold;
 // entries past the list's capacity (possible only for offsets that break the caller's guarantee, as overlapping
@@ -15,6 +16,7 @@
 #include <cuda_runtime_api.h>
 
 #include "params.h"
+#include "tile_scheduler.h"
 
 namespace flash {
 
@@ -103,13 +105,14 @@ __global__ void __launch_bounds__(kVarlenListThreads, 1) varlen_tile_list_kernel
       const int row_shift = kCausal ? spare_rows / kRowsPerConsumer * kRowsPerConsumer : 0;
       const long long first = static_cast<long long>(first_of[j]) * args.heads_q;
       const int count = tiles_per_head * args.heads_q;
+      const int sections = kCausal ? section_heads(args, entry.seqlen_k, tiles_per_head) : 0;
       for (int i = lane; i < count; i += 32) {
         const long long index = first + i;
         if (index >= list.capacity) break;
-        const int m_index = i % tiles_per_head;
-        const int m_block = kCausal ? tiles_per_head - 1 - m_index : m_index;
+        const TileInSequence tile = tile_in_sequence(i, tiles_per_head, args.heads_q, sections);
+        const int m_block = kCausal ? tiles_per_head - 1 - tile.index : tile.index;
         const int first_row = m_block * kBlockM - row_shift;
-        entry.head = i / tiles_per_head;
+        entry.head = tile.head;
         entry.first_row = max(first_row, 0);
         entry.end_row = first_row + kBlockM;
         list.tiles[index] = entry;
