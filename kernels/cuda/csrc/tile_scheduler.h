@@ -96,9 +96,10 @@ struct PersistentTileScheduler {
 // first across a section of heads whose K and V fit the L2 together (FlashAttention-3/4's scheduler order): every
 // head of a section gives its longest tile, then its next, ..., and the last draws are the shortest tiles of the
 // last section. A power of two of heads, as they take, keeps a section's K/V between half and all of the L2. A/B
-// against head-major (bf16): +3-7% at causal 2k-8k tokens (head dims 64, 128, 256) and chunked prefill on 8k keys,
-// +-1% from 16k. Fewer than 16 tiles per head (N < 2k at 128 rows) keep the head-major order: their tiles cost about
-// the same (mostly the fixed part), and wide sections lost 1-3% at N = 512 (results/NOTES.md, SM90 v9).
+// against head-major (bf16): +3-7% at causal 2k-8k tokens (head dims 64, 128, 256; 64 also at 16k) and chunked
+// prefill on 8k keys, +-1% from 16k at 128 and 256. Fewer than 16 tiles per head (N < 2k at 128 rows) keep the
+// head-major order: their tiles cost about the same (mostly the fixed part), and wide sections lost 1-3% at N = 512
+// (results/NOTES.md, SM90 v9).
 // Packed batches take the same order within each sequence (varlen_tiles.h), by its own key count.
 constexpr int kSectionMinTilesPerHead = 16;
 __host__ __device__ inline int section_heads(const FwdParams& params, int seqlen_k, int tiles_per_head) {
