@@ -100,18 +100,21 @@ struct PersistentTileScheduler {
 // prefill on 8k keys, +-1% from 16k at 128 and 256. Fewer than 16 tiles per head (N < 2k at 128 rows) keep the
 // head-major order: their tiles cost about the same (mostly the fixed part), and wide sections lost 1-3% at N = 512
 // (results/NOTES.md, SM90 v9).
-// Packed batches take the same order within each sequence (varlen_tiles.h), by its own key count.
+// Packed batches take the same order within each sequence (varlen_tiles.h), by its own key count. A section holds
+// at most the list's `heads` (few or no keys fit any number of heads in the L2), so sections x tiles_per_head never
+// passes the list's own tile count, an int.
 constexpr int kSectionMinTilesPerHead = 16;
-__host__ __device__ inline int section_heads(const FwdParams& params, int seqlen_k, int tiles_per_head) {
+__host__ __device__ inline int section_heads(const FwdParams& params, int seqlen_k, int tiles_per_head, int heads) {
   if (tiles_per_head < kSectionMinTilesPerHead) return 0;
   const long long head_bytes = 2LL * seqlen_k * params.head_dim * 2;  // K and V of one head, 16-bit
   const long long fit = params.l2_bytes / (head_bytes > 0 ? head_bytes : 1LL);
-  int heads = 1;
-  while (2LL * heads <= fit && heads < (1 << 30)) heads *= 2;
-  return heads;
+  int section = 1;
+  while (2LL * section <= fit) section *= 2;
+  return section < heads ? section : heads;
 }
 inline int causal_section_heads(const FwdParams& params, int num_m_blocks) {
-  return params.causal ? section_heads(params, params.seqlen_k, num_m_blocks) : 0;
+  const long long heads = std::min(static_cast<long long>(params.batch) * params.heads_q, 1LL << 30);
+  return params.causal ? section_heads(params, params.seqlen_k, num_m_blocks, static_cast<int>(heads)) : 0;
 }
 
 // Tile i of `tiles_per_head` x `heads` tiles of one sequence, as (head, index among the head's tiles): head-major

@@ -105,7 +105,7 @@ __global__ void __launch_bounds__(kVarlenListThreads, 1) varlen_tile_list_kernel
       const int row_shift = kCausal ? spare_rows / kRowsPerConsumer * kRowsPerConsumer : 0;
       const long long first = static_cast<long long>(first_of[j]) * args.heads_q;
       const int count = tiles_per_head * args.heads_q;
-      const int sections = kCausal ? section_heads(args, entry.seqlen_k, tiles_per_head) : 0;
+      const int sections = kCausal ? section_heads(args, entry.seqlen_k, tiles_per_head, args.heads_q) : 0;
       for (int i = lane; i < count; i += 32) {
         const long long index = first + i;
         if (index >= list.capacity) break;
