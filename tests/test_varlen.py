@@ -104,12 +104,15 @@ def test_matches_reference(varlen_backend, dtype, causal, lengths, heads_q, head
 
 @requires_gpu
 @pytest.mark.parametrize("head_dim,lengths_q,lengths_k", [(128, [2048, 300, 2100], [16384, 300, 2100]),
-                                                          (64, [3000, 5], [3000, 5])], ids=["d128", "d64"])
+                                                          (64, [3000, 5], [3000, 5]),
+                                                          (128, [16384, 70], [0, 70])],
+                         ids=["d128", "d64", "no-keys"])
 def test_long_causal_sequences(varlen_backend, head_dim, lengths_q, lengths_k):
     """Causal sequences of at least 16 query tiles a head, which the cuda backend's tile list orders by sections of
     heads (its dense order): with 16k keys two sections of a sequence's 6 heads (4 and 2 on a 50 MB L2), with 2100
-    one; the 192-row tiles of head dim 64 with a partial first tile. Each tile listed once: a lost one leaves its
-    rows poisoned."""
+    one; the 192-row tiles of head dim 64 with a partial first tile; 128 query tiles a head and no keys (every head
+    fits the L2: one section of all of them; its rows give 0 and LSE -inf). Each tile listed once: a lost one leaves
+    its rows poisoned."""
     run_and_check(varlen_backend, lengths_q, lengths_k, 6, 3, head_dim, torch.bfloat16, causal=True)
 
 
