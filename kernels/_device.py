@@ -22,3 +22,9 @@ def device_index(tensor=None) -> int:
 def capability(tensor=None) -> tuple[int, int]:
     """(major, minor) compute capability of `tensor`'s GPU (or the current one)."""
     return _capability_of_index(device_index(tensor))
+
+
+@functools.lru_cache(maxsize=None)
+def l2_cache_bytes(index: int) -> int:
+    """The L2 cache size of GPU `index` (an H100's 50 MiB where the driver does not say)."""
+    return getattr(torch.cuda.get_device_properties(index), "L2_cache_size", 0) or 50 * 2**20

@@ -15,6 +15,8 @@ so a run's behaviour never depends on the environment changing under it, and the
     MAX_JOBS                           parallel kernel builds (default: one per core)
     FLASH_ATTENTION_AUTOTUNE           triton backend: 0 takes each configuration's first candidate, no autotuning
     FLASH_ATTENTION_TMA                triton backend: 0 loads with pointers instead of tensor descriptors
+    FLASH_ATTENTION_TRITON_KERNEL      triton backend: auto (the Gluon kernel on Hopper where it applies) | portable
+                                       (the tl.dot kernel everywhere)
 
 A value outside a variable's choices raises ValueError at import, naming the variable.
 """
@@ -28,6 +30,7 @@ from typing import Mapping, Optional
 
 CUDA_KERNEL_FAMILIES = ("sm80", "sm90")
 SM90_SCHEDULES = ("auto", "static", "dynamic", "per-tile")
+TRITON_KERNELS = ("auto", "portable")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +44,7 @@ class Settings:
     max_jobs: Optional[int]
     triton_autotune: bool
     triton_tma: bool
+    triton_kernel: str
 
 
 def _choice(environ: Mapping[str, str], name: str, choices: tuple, default: str) -> str:
@@ -77,6 +81,7 @@ def from_environment(environ: Mapping[str, str]) -> Settings:
         max_jobs=int(max_jobs) if max_jobs is not None else None,
         triton_autotune=_flag(environ, "FLASH_ATTENTION_AUTOTUNE", True),
         triton_tma=_flag(environ, "FLASH_ATTENTION_TMA", True),
+        triton_kernel=_choice(environ, "FLASH_ATTENTION_TRITON_KERNEL", TRITON_KERNELS, "auto"),
     )
 
 

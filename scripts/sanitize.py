@@ -27,6 +27,12 @@ WORKER_ENV = {
     "FLASH_ATTENTION_AUTOTUNE": "0",  # one fixed tile per head_dim: autotuning would multiply the sanitized launches
     "PYTORCH_NO_CUDA_MEMORY_CACHING": "1",  # real cudaMalloc per tensor, so memcheck sees each allocation's bounds
 }
+# Per tool, on top of WORKER_ENV. racecheck reports hazards in the triton backend's Gluon kernel between accesses
+# that Triton's own warp-specialization dispatch makes to its per-warp state bytes (written by the default warps,
+# read by the workers, each side of a `bar.sync 1` of all the CTA's threads), and none on the kernel's buffers
+# (H100, Triton 3.6, results/NOTES.md "Triton on Hopper: a Gluon kernel"): its racecheck run takes the portable
+# kernel, memcheck runs the Gluon one.
+TOOL_ENV = {"racecheck": {"FLASH_ATTENTION_TRITON_KERNEL": "portable"}}
 # (batch, heads_q, heads_kv, seqlen_q, seqlen_k, head_dim, dtype, causal, layout): fp16 and bf16, causal or not,
 # seqlen_q != seqlen_k both ways (causal rows that see no key), GQA and MQA, odd lengths, decode, a BSHD view; on
 # a Hopper GPU the cuda backend runs its SM90 family for head dims 40/64/128/256 and its SM80 family for 96.
@@ -58,6 +64,9 @@ WORKER_CASES = [
     # tiles; more pairs of tiles than an H100 has pairs of SMs).
     (2, 8, 2, 2304, 4100, 128, "float16", False, "bhsd"),
     (1, 4, 1, 1024, 8200, 128, "float16", True, "bhsd"),
+    # The triton backend's Gluon kernel on Hopper (calls of at least 2^32 FLOPs): causal GQA with partial tiles and
+    # 144 work tiles, so its persistent CTAs carry the Q buffers and the K/V ring from tile to tile.
+    (2, 8, 2, 1100, 1500, 128, "bfloat16", True, "bhsd"),
     (2, 8, 2, 2048, 4096, 128, "bfloat16", True, "bhsd"),
 ]
 
@@ -235,8 +244,8 @@ def worker_command(backend: str) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), "--worker", "--backend", backend]
 
 
-def run_logged(command: list[str], timeout: float) -> tuple[int, str]:
-    env = {**os.environ, **WORKER_ENV}
+def run_logged(command: list[str], timeout: float, tool_env: dict | None = None) -> tuple[int, str]:
+    env = {**os.environ, **WORKER_ENV, **(tool_env or {})}
     env.pop("TRITON_INTERPRET", None)  # the point is the compiled kernel on the GPU
     try:
         done = subprocess.run(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -318,7 +327,7 @@ def main() -> int:
             continue
         for tool in args.tools:
             command = [sanitizer, "--tool", tool, "--error-exitcode", "1", *worker_command(backend)]
-            status, log = run_logged(command, args.timeout)
+            status, log = run_logged(command, args.timeout, TOOL_ENV.get(tool))
             verdict = "PASS" if status == 0 else "FAIL"
             print(f"{verdict}  {tool:<10} {backend:<7} {summary_line(log)}", flush=True)
             if status != 0:

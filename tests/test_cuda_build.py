@@ -54,7 +54,8 @@ def test_cache_dir_follows_the_environment(settings, tmp_path):
 def test_settings_refuse_values_outside_their_choices():
     assert _settings.from_environment({}) == _settings.from_environment({"FLASH_ATTENTION_SM90_SCHEDULER": "auto"})
     for name, value in (("FLASH_ATTENTION_CUDA_KERNEL", "sm70"), ("FLASH_ATTENTION_SM90_SCHEDULER", "greedy"),
-                        ("FLASH_ATTENTION_SM90_CLUSTER", "on"), ("FLASH_ATTENTION_TMA", "no"), ("MAX_JOBS", "0")):
+                        ("FLASH_ATTENTION_SM90_CLUSTER", "on"), ("FLASH_ATTENTION_TMA", "no"),
+                        ("FLASH_ATTENTION_TRITON_KERNEL", "gluon"), ("MAX_JOBS", "0")):
         with pytest.raises(ValueError, match=name):
             _settings.from_environment({name: value})
 

@@ -95,6 +95,51 @@ def test_triton_tma_path_on_small_shapes(monkeypatch, batch, heads_q, heads_kv, 
     assert_attention_close(out, lse, q, k, v, causal=causal)
 
 
+def _hopper():
+    return torch.cuda.get_device_capability()[0] == 9
+
+
+@pytest.mark.parametrize("batch,heads_q,heads_kv,seqlen_q,seqlen_k,head_dim", [
+    (4, 16, 4, 1000, 1000, 128), (2, 8, 2, 300, 2049, 64), (1, 6, 1, 2100, 700, 128), (3, 4, 2, 129, 4097, 64),
+    (2, 16, 4, 2100, 2100, 128),
+])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("layout", ["bhsd", "bshd"])
+def test_triton_hopper_kernel(monkeypatch, batch, heads_q, heads_kv, seqlen_q, seqlen_k, head_dim, causal, dtype,
+                              layout):
+    """The Gluon kernel (Hopper): partial query and key tiles, GQA and MQA, Nq > Nk under causal (rows that see no
+    key: output 0, LSE -inf) and Nq < Nk, BSHD views, more work tiles than SMs (the persistent loop, Q buffers
+    alternating, the K/V ring carried across tiles; causal: by sections of heads, dealt forward and backward) and
+    causal rows long enough for one CTA per tile; each call the kernel takes, checked against float64."""
+    if not _hopper():
+        pytest.skip("the Gluon kernel runs on compute capability 9.x")
+    monkeypatch.setattr(flash_attention.triton, "TMA_MIN_FLOPS", 0)
+    q, k, v = random_qkv(batch, heads_q, heads_kv, seqlen_q, seqlen_k, head_dim, dtype, layout=layout)
+    assert flash_attention.triton.sm90_kernel_applies(q, k, v, torch.empty_like(q), causal, head_dim ** -0.5)
+    for _ in range(2):  # the first launch, then its plan
+        out, lse = flash_attention.attention(q, k, v, causal=causal, return_lse=True, backend="triton")
+        assert_attention_close(out, lse, q, k, v, causal=causal)
+
+
+def test_triton_hopper_kernel_scope(monkeypatch):
+    """Calls outside the Gluon kernel's scope run the portable kernel: another head dim, a negative scale, float32
+    is refused anyway; FLASH_ATTENTION_TRITON_KERNEL=portable (KERNEL) turns it off."""
+    if not _hopper():
+        pytest.skip("the Gluon kernel runs on compute capability 9.x")
+    monkeypatch.setattr(flash_attention.triton, "TMA_MIN_FLOPS", 0)
+    q, k, v = random_qkv(1, 4, 2, 300, 300, 128, torch.bfloat16)
+    applies = flash_attention.triton.sm90_kernel_applies
+    assert applies(q, k, v, torch.empty_like(q), True, 0.1)
+    assert not applies(q, k, v, torch.empty_like(q), True, -0.1)
+    q96, k96, v96 = random_qkv(1, 4, 2, 300, 300, 96, torch.bfloat16)
+    assert not applies(q96, k96, v96, torch.empty_like(q96), True, 0.1)
+    monkeypatch.setattr(flash_attention.triton, "KERNEL", "portable")
+    assert not applies(q, k, v, torch.empty_like(q), True, 0.1)
+    out, lse = flash_attention.attention(q, k, v, causal=True, return_lse=True, backend="triton")
+    assert_attention_close(out, lse, q, k, v, causal=True)
+
+
 def test_triton_falls_back_from_tma_on_unaligned_strides(monkeypatch):
     """A row stride of 72 elements (144 bytes) is TMA-legal; 68 is not (not a multiple of 16 bytes)."""
     monkeypatch.setattr(flash_attention.triton, "TMA_MIN_FLOPS", 0)

@@ -17,9 +17,10 @@ import torch
 import triton
 
 from .._custom_op import use_registered_op
-from .._device import capability, device_index
+from .._device import capability, device_index, l2_cache_bytes
 from .._validation import (
-    attention_entry_point, empty_like_query, empty_lse, empty_varlen_lse, kvcache_entry_point, varlen_entry_point,
+    attention_entry_point, empty_like_query, empty_lse, empty_varlen_lse, kvcache_entry_point, softmax_scale_sign,
+    varlen_entry_point,
 )
 from .. import _decode_plan, _settings
 from . import _decode
@@ -34,6 +35,11 @@ from ._configs import (
 from ._kernel import attention_fwd_kernel, kernel_scale
 from ._launcher import PlanCache, aligned16, current_stream, direct_launch_available, launch
 
+try:  # Gluon (Triton's tile-level language) with Hopper's TMA, wgmma and warp specialization: Triton >= 3.5
+    from . import _hopper_kernel
+except ImportError:
+    _hopper_kernel = None
+
 __all__ = [
     "attention", "run_validated", "attention_with_kvcache", "run_kvcache_validated", "attention_varlen",
     "run_varlen_validated", "unavailable_reason", "interpreter_problem",
@@ -43,6 +49,9 @@ _INTERPRETED = not hasattr(attention_fwd_kernel, "device_caches")  # Interpreted
 # Research knobs, read from the environment once (flash_attention._settings); set them here to change a process.
 AUTOTUNE = _settings.current.triton_autotune
 USE_TMA = _settings.current.triton_tma
+# "auto": the Gluon kernel (_hopper_kernel.py) where it applies on Hopper (sm90_kernel_applies); "portable": always
+# the tl.dot kernel (_kernel.py), to compare the two.
+KERNEL = _settings.current.triton_kernel
 # Launch plans of the forward kernel, by everything its arguments derive from (see _plan_key).
 _forward_plans = PlanCache()
 # Chosen configs per (device, autotune key): after the first call the kernel launches with its config directly.
@@ -118,7 +127,112 @@ def _plan_key(query, key, value, causal: bool, softmax_scale: float) -> tuple:
     """Everything the forward kernel's arguments and compiled variant derive from, besides the data pointers: the
     output and LSE are allocated from query's shape and layout, so query's properties fix theirs."""
     return (query.device.index, query.dtype, query.shape, query.stride(), key.shape, key.stride(), value.stride(),
-            aligned16(query, key, value), causal, softmax_scale, AUTOTUNE, USE_TMA, TMA_MIN_FLOPS)
+            aligned16(query, key, value), causal, softmax_scale, AUTOTUNE, USE_TMA, TMA_MIN_FLOPS, KERNEL)
+
+
+# ------------------------------------------------------------------------------------------------ the Hopper kernel
+# Its tile: BLOCK_N keys a K/V stage, STAGES stages (shared memory: 2 x 64 query rows + 2 x STAGES key tiles).
+SM90_BLOCK_N = 128
+SM90_STAGES = 2
+# Registers: 12 warps (two consumer warpgroups, the loader's warp padded to a warpgroup) at 168 each fill the
+# register file; warp specialization then moves them to 240 a consumer thread and 24 a loader thread.
+SM90_MAX_REGISTERS = 168
+# Causal head dim 64 below this many keys runs the portable kernel: there its 128-row tiles with one or two key
+# tiles each are mostly set-up and tail (fp16, H100: 512 tokens 0.83x cuDNN against 0.73x, 1k 0.88x against 0.83x).
+SM90_CAUSAL_D64_MIN_KEYS = 2048
+
+
+def sm90_kernel_applies(query, key, value, out, causal: bool, softmax_scale: float) -> bool:
+    """Whether a dense call runs the Gluon kernel (_hopper_kernel.py): Hopper (wgmma is sm_90a's), fp16/bf16, head
+    dim 64 or 128, a positive softmax scale, TMA-compatible layouts, and enough work that four descriptors pay
+    (TMA_MIN_FLOPS); not causal head dim 64 with rows of fewer than SM90_CAUSAL_D64_MIN_KEYS keys, where the
+    portable kernel is faster. Everything else runs the portable kernel, which covers the whole contract."""
+    if _hopper_kernel is None or KERNEL != "auto" or _INTERPRETED or not query.is_cuda:
+        return False
+    if capability(query)[0] != 9 or query.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    if query.shape[-1] not in (64, 128) or softmax_scale_sign(softmax_scale) <= 0:
+        return False
+    if causal and query.shape[-1] == 64 and key.shape[2] < SM90_CAUSAL_D64_MIN_KEYS:
+        return False
+    batch, heads_q, seqlen_q, head_dim = query.shape
+    flops = 4 * batch * heads_q * seqlen_q * key.shape[2] * head_dim
+    return _tma_pays(flops) and _tma_capable(query, key, value, out)
+
+
+class _Sm90Plan:
+    """A launch plan of the Gluon kernel under the portable kernel's call (query, key, value, out, lse and the two
+    cu_seqlens pointers a dense call leaves unused)."""
+
+    __slots__ = ("_plan",)
+
+    def __init__(self, plan):
+        self._plan = plan
+
+    def __call__(self, stream, query, key, value, out, lse, *_unused):
+        self._plan(stream, query, key, value, out, lse)
+
+
+def sm90_section_heads(query, seqlen_k: int, heads: int) -> int:
+    """Causal work lists run longest first within sections of this many heads: a power of two whose K and V fit
+    the L2 together (FlashAttention-3's rule, and the cuda backend's), at most the call's batch x heads."""
+    head_bytes = 2 * seqlen_k * query.shape[-1] * query.element_size()
+    fit = l2_cache_bytes(device_index(query)) // max(head_bytes, 1) if query.is_cuda else 1
+    section = 1
+    while 2 * section <= fit:
+        section *= 2
+    return max(1, min(section, heads))
+
+
+# Causal calls with rows of at least this many keys (by head dim) run one CTA per work tile; shorter ones, and calls
+# without a mask, a persistent grid (results/NOTES.md, "Triton on Hopper: a Gluon kernel").
+SM90_CAUSAL_PER_TILE_MIN_KEYS = {64: 8192, 128: 2048}
+
+
+def sm90_grid(num_tiles: int, query, seqlen_k: int, causal: bool) -> int:
+    """CTAs of the Gluon kernel's grid. Persistent (a CTA per SM, each paying its set-up once and loading its next
+    tile's Q and K/V under its current tile) where tiles are equal (no mask) or short; one CTA per tile for causal
+    calls of long rows, whose tiles differ most in length, balanced by the hardware's block scheduler (16k tokens,
+    d128, fp16, H100: 1.07x cuDNN against 0.91x for the persistent deal; at 512-1k tokens 0.63-0.77x against
+    0.74-0.83x, where the persistent CTAs' overlap of one tile's end with the next one's start pays)."""
+    if causal and seqlen_k >= SM90_CAUSAL_PER_TILE_MIN_KEYS[query.shape[-1]]:
+        return num_tiles
+    return min(num_tiles, _decode_plan.multiprocessors(device_index(query)))
+
+
+def sm90_launch_arguments(query, key, value, out, lse, *, causal: bool, softmax_scale: float) -> tuple[tuple, dict]:
+    """The Gluon kernel's arguments and options for a call (4-D (B, H, N, D) views): 4-D TMA descriptors over any
+    strides, the LSE, the lengths and the tile count."""
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    batch, heads_q, seqlen_q, head_dim = query.shape
+    element = gl.float16 if query.dtype == torch.float16 else gl.bfloat16
+
+    def descriptor(tensor, rows):
+        block = [1, 1, rows, head_dim]
+        return TensorDescriptor(tensor, list(tensor.shape), list(tensor.stride()), block,
+                                gl.NVMMASharedLayout.get_default_for(block, element))
+
+    rows = int(_hopper_kernel.CONSUMER_ROWS)
+    qk_scale, _ = kernel_scale(softmax_scale)
+    num_tiles = batch * heads_q * triton.cdiv(seqlen_q, int(_hopper_kernel.BLOCK_M))
+    section_heads = sm90_section_heads(query, key.shape[2], batch * heads_q) if causal else 0
+    args = (descriptor(query, rows), descriptor(key, SM90_BLOCK_N), descriptor(value, SM90_BLOCK_N),
+            descriptor(out, rows), lse, seqlen_q, key.shape[2], heads_q, heads_q // key.shape[1], num_tiles,
+            section_heads, qk_scale)
+    options = dict(HEAD_DIM=head_dim, BLOCK_N=SM90_BLOCK_N, STAGES=SM90_STAGES, IS_CAUSAL=causal, num_warps=4,
+                   maxnreg=SM90_MAX_REGISTERS)
+    return args, options
+
+
+def _launch_sm90(plan_key, query, key, value, out, lse, *, causal: bool, softmax_scale: float) -> None:
+    args, options = sm90_launch_arguments(query, key, value, out, lse, causal=causal, softmax_scale=softmax_scale)
+    grid = (sm90_grid(args[9], query, key.shape[2], causal),)
+    with _on_device_of(query):
+        plan = launch(_hopper_kernel.attention_fwd_sm90_kernel, grid, args, options, leading=5)
+    if plan is not None:
+        _forward_plans.put(plan_key, _Sm90Plan(plan))
 
 
 def _launch(query, key, value, causal: bool, softmax_scale: float):
@@ -134,6 +248,9 @@ def _launch(query, key, value, causal: bool, softmax_scale: float):
     if plan is not None and direct_launch_available():
         with _on_device_of(query):
             plan(current_stream(query.device.index), query, key, value, out, lse, lse, lse)
+        return out, lse
+    if sm90_kernel_applies(query, key, value, out, causal, softmax_scale):
+        _launch_sm90(plan_key, query, key, value, out, lse, causal=causal, softmax_scale=softmax_scale)
         return out, lse
     flops = 4 * batch * heads_q * seqlen_q * seqlen_k * head_dim
     use_tma = _tma_pays(flops) and _tma_capable(query, key, value, out)

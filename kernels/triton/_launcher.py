@@ -21,6 +21,12 @@ import torch
 import triton
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+try:  # Gluon's descriptor (it carries its shared-memory layout): the Hopper kernel's arguments
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonTensorDescriptor
+    DESCRIPTOR_TYPES: tuple = (TensorDescriptor, GluonTensorDescriptor)
+except ImportError:
+    DESCRIPTOR_TYPES = (TensorDescriptor,)
+
 _KNOBS = getattr(triton, "knobs", None)  # Triton >= 3.4: the compiled-kernel interface this module calls
 
 
@@ -38,10 +44,10 @@ def direct_launch_available() -> bool:
     return not (_hook_set(runtime.launch_enter_hook) or _hook_set(runtime.launch_exit_hook))
 
 
-def _rebased(template: TensorDescriptor, base) -> TensorDescriptor:
+def _rebased(template, base):
     """`template` over another tensor of the same shape, strides and alignment (the plan's key guarantees it), without
     the constructor's validation, which costs more than the launch."""
-    descriptor = object.__new__(TensorDescriptor)
+    descriptor = object.__new__(type(template))
     descriptor.__dict__.update(template.__dict__)
     descriptor.base = base
     return descriptor
@@ -60,7 +66,7 @@ class LaunchPlan:
         self._metadata = compiled.packed_metadata
         self._grid = tuple(grid) + (1,) * (3 - len(grid))
         self._fixed = tuple(fixed_args)
-        templates = tuple(arg if isinstance(arg, TensorDescriptor) else None for arg in leading_args)
+        templates = tuple(arg if isinstance(arg, DESCRIPTOR_TYPES) else None for arg in leading_args)
         self._templates = templates if any(template is not None for template in templates) else None
 
     def __call__(self, stream: int, *tensors) -> None:
@@ -90,7 +96,7 @@ def _argument_class(arg):
         return arg == 1, arg % 16 == 0, -2**31 <= arg < 2**31
     if isinstance(arg, float):
         return float
-    if isinstance(arg, TensorDescriptor):
+    if isinstance(arg, DESCRIPTOR_TYPES):
         fields = {name: value for name, value in arg.__dict__.items() if name != "base"}
         return (arg.base.dtype, arg.base.data_ptr() % 16 == 0,
                 tuple((name, tuple(value) if isinstance(value, list) else value) for name, value in fields.items()))

@@ -1,0 +1,307 @@
+"""The forward pass for Hopper in Gluon (Triton's tile-level language): warp-specialized, FlashAttention-3's shape.
+
+Why a second Triton kernel: `tl.dot` cannot overlap the softmax of one key tile with the matrix products of the
+next, nor split a CTA into a loading warp and computing warpgroups, on Triton 3.6-3.9 (results/NOTES.md, "Triton on
+Hopper"), and those two overlaps are what separates FlashAttention-2's 0.73-0.79x of cuDNN at head dim 128 from
+FlashAttention-3's parity. Gluon exposes the pieces: TMA copies, mbarriers, asynchronous warpgroup MMAs and warp
+specialization.
+
+A CTA runs work tiles of 128 query rows of one (batch, head) in three partitions:
+- the loader (one warp): each tile's Q into one of two Q buffers, then its K and V tiles by TMA into a ring of
+  STAGES buffers; every buffer has a "ready" mbarrier (completed by the copy's bytes) and an "empty" one (completed
+  when both consumers are done with it);
+- two consumers (a warpgroup each, 64 of the tile's query rows each): S = Q K^T and O += P V as asynchronous wgmma
+  with P in registers; while O += P V of key tile j - 1 runs on the tensor cores, the softmax of tile j runs on the
+  FMA and MUFU pipes (FlashAttention-3's intra-warpgroup overlap). The output leaves through the consumer's part of
+  the Q buffer by a TMA store, whose completion frees that buffer for the tile after next.
+Causal rows see a prefix of the keys: each consumer walks the key tiles its own rows see, masks only the tiles that
+cross the diagonal or the end of the keys, and releases unread the tiles loaded for the other consumer's later rows.
+Query rows past seqlen_q and keys past seqlen_k are zero-filled by TMA (4-D descriptors, so the bounds are per head)
+and the output store stops at seqlen_q.
+The grid is persistent (a CTA per SM walking its share of the work list) or one CTA per tile; the host chooses
+(`flash_attention.triton.sm90_grid`), and the kernel serves both.
+
+Scope: head dims 64 and 128, fp16/bf16, dense calls with a positive softmax scale and TMA-compatible strides on
+compute capability 9.x (`flash_attention.triton.sm90_kernel_applies` decides); everything else runs the portable
+kernel (_kernel.py).
+"""
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+
+from ._kernel import LN2
+
+# The TMA copies are async_copy_* in Triton 3.6 (the GPU machine) and async_load/async_store in newer ones (CI).
+_tma_load = getattr(tma, "async_load", tma.async_copy_global_to_shared)
+_tma_store = getattr(tma, "async_store", tma.async_copy_shared_to_global)
+
+# Rows of a consumer warpgroup (the M of one wgmma), and consumers per CTA.
+CONSUMER_ROWS = gl.constexpr(64)
+CONSUMERS = gl.constexpr(2)
+BLOCK_M = gl.constexpr(CONSUMER_ROWS.value * CONSUMERS.value)
+
+
+@gluon.jit
+def _key_tile_counts(first_row, rows, seqlen_q, seqlen_k, BLOCK_N: gl.constexpr, IS_CAUSAL: gl.constexpr):
+    """(tiles, unmasked): the key tiles rows [first_row, first_row + rows) see, and how many of those every one of
+    the rows sees in full (no mask). Causal is bottom-right aligned: row i sees key j iff j <= i + seqlen_k -
+    seqlen_q."""
+    if IS_CAUSAL:
+        diagonal = seqlen_k - seqlen_q
+        end = gl.minimum(gl.maximum(first_row + rows + diagonal, 0), seqlen_k)
+        unmasked = gl.minimum(gl.maximum(first_row + diagonal + 1, 0) // BLOCK_N, seqlen_k // BLOCK_N)
+    else:
+        end = seqlen_k
+        unmasked = seqlen_k // BLOCK_N
+    return gl.cdiv(end, BLOCK_N), unmasked
+
+
+@gluon.jit
+def _list_position(k, cta, ctas):
+    """Where the k-th tile of CTA `cta` lies in the work list: rounds of `ctas` positions, dealt forward and backward
+    in turn, so that where the list runs longest first each CTA's pairs of rounds sum to about the same work."""
+    lane = cta
+    if k % 2 == 1:
+        lane = ctas - 1 - cta
+    return k * ctas + lane
+
+
+@gluon.jit
+def _tiles_of_cta(num_tiles, cta, ctas):
+    """How many work tiles CTA `cta` runs: every full round, and the last one if its position there exists."""
+    rounds = num_tiles // ctas
+    return rounds + (_list_position(rounds, cta, ctas) < num_tiles).to(gl.int32)
+
+
+@gluon.jit
+def _work_tile(position, num_tiles, section_heads, heads_q, group, seqlen_q, seqlen_k,
+               BLOCK_N: gl.constexpr, IS_CAUSAL: gl.constexpr):
+    """The work tile at `position` of the list: (batch x head, batch, head, K/V head, first query row, key tiles its
+    last row sees). Without a mask the list is head-major (a head's tiles adjacent, so that CTAs running at once
+    share its K/V in L2); causal, by sections of section_heads heads (>= 1) whose K/V fit the L2 together: every
+    head of a section gives its longest tile, then its next, ..., so the list runs longest first in a section."""
+    num_m_blocks = gl.cdiv(seqlen_q, BLOCK_M)
+    if IS_CAUSAL:  # by sections of heads, longest first
+        section_tiles = section_heads * num_m_blocks
+        section = position // section_tiles
+        rank = position - section * section_tiles
+        heads_here = gl.minimum(section_heads, num_tiles // num_m_blocks - section * section_heads)
+        index = rank // heads_here
+        bh = section * section_heads + rank - index * heads_here
+        m_block = num_m_blocks - 1 - index
+    else:  # head-major
+        bh = position // num_m_blocks
+        m_block = position % num_m_blocks
+    start_m = m_block * BLOCK_M
+    off_h = bh % heads_q
+    block_tiles, _ = _key_tile_counts(start_m, BLOCK_M, seqlen_q, seqlen_k, BLOCK_N, IS_CAUSAL)
+    return bh, bh // heads_q, off_h, off_h // group, start_m, block_tiles
+
+
+@gluon.jit
+def _loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
+            num_tiles, section_heads, heads_q, group, seqlen_q, seqlen_k, BLOCK_N: gl.constexpr,
+            STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr):
+    # Waits on an "empty" barrier take the parity before its first completion, which counts as done, so the first
+    # use of each buffer passes at once.
+    loaded = 0  # K/V tiles so far: ring position loaded % STAGES
+    count = 0  # work tiles so far: Q buffer count % 2
+    for k in range(_tiles_of_cta(num_tiles, gl.program_id(0), gl.num_programs(0))):
+        position = _list_position(k, gl.program_id(0), gl.num_programs(0))
+        bh, off_b, off_h, off_kv, start_m, block_tiles = _work_tile(position, num_tiles, section_heads,
+                                                                    heads_q, group, seqlen_q, seqlen_k, BLOCK_N,
+                                                                    IS_CAUSAL)
+        buffer = count % 2
+        mbarrier.wait(q_empty.index(buffer), ((count // 2) & 1) ^ 1)
+        mbarrier.expect(q_ready.index(buffer), CONSUMERS * q_desc.block_type.nbytes)
+        for half in gl.static_range(CONSUMERS):
+            _tma_load(q_desc, [off_b, off_h, start_m + half * CONSUMER_ROWS, 0], q_ready.index(buffer),
+                      q_smem.index(buffer * CONSUMERS + half))
+        for j in range(block_tiles):
+            stage = loaded % STAGES
+            parity = ((loaded // STAGES) & 1) ^ 1
+            mbarrier.wait(k_empty.index(stage), parity)
+            mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes)
+            _tma_load(k_desc, [off_b, off_kv, j * BLOCK_N, 0], k_ready.index(stage), k_smem.index(stage))
+            mbarrier.wait(v_empty.index(stage), parity)
+            mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)
+            _tma_load(v_desc, [off_b, off_kv, j * BLOCK_N, 0], v_ready.index(stage), v_smem.index(stage))
+            loaded += 1
+        count += 1
+
+
+@gluon.jit
+def _masked(scores, tile, first_row, seqlen_q, seqlen_k, layout: gl.constexpr, ROWS: gl.constexpr,
+            BLOCK_N: gl.constexpr, IS_CAUSAL: gl.constexpr):
+    keys = tile * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, layout))
+    visible = gl.expand_dims(keys < seqlen_k, 0)
+    if IS_CAUSAL:
+        rows = first_row + gl.arange(0, ROWS, layout=gl.SliceLayout(1, layout))
+        visible = visible & (gl.expand_dims(keys, 0) <= gl.expand_dims(rows + (seqlen_k - seqlen_q), 1))
+    return gl.where(visible, scores, float("-inf"))
+
+
+@gluon.jit
+def _softmax(scores, row_max, row_sum, qk_scale, MASKED: gl.constexpr):
+    """One key tile of the online softmax in base 2 (qk_scale = softmax scale x log2 e, positive): the tile's
+    probabilities, the new running max and sum, and the factor that rescales what was accumulated before."""
+    new_max = gl.maximum(row_max, gl.max(scores, 1) * qk_scale)
+    if MASKED:
+        # A row that has seen no key keeps max -inf; exponentiate against 0 instead so exp2 gives 0, not NaN.
+        new_max = gl.where(new_max == float("-inf"), 0.0, new_max)
+    p = gl.exp2(scores * qk_scale - gl.expand_dims(new_max, 1))
+    alpha = gl.exp2(row_max - new_max)
+    return p, new_max, row_sum * alpha + gl.sum(p, 1), alpha
+
+
+@gluon.jit
+def _release_previous_output(q_empty, buffer, count):
+    """The previous work tile's output left through the other Q buffer: once its store has read it, the loader may
+    fill that buffer with the next tile's Q. Called early in a tile, so that load overlaps this tile's work."""
+    tma.store_wait(0)
+    mbarrier.arrive(q_empty.index(1 - buffer), count=1, pred=count > 0)
+
+
+@gluon.jit
+def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, o_desc, Lse,
+              num_tiles, section_heads, heads_q, group, seqlen_q, seqlen_k, qk_scale,
+              WARPGROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+              IS_CAUSAL: gl.constexpr):
+    ROWS: gl.constexpr = CONSUMER_ROWS
+    dtype: gl.constexpr = q_smem.dtype
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, HEAD_DIM, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
+    no_scores = gl.zeros([ROWS, BLOCK_N], gl.float32, layout=s_layout)
+
+    consumed = 0  # K/V tiles so far, as the loader counts them
+    count = 0  # work tiles so far
+    for k in range(_tiles_of_cta(num_tiles, gl.program_id(0), gl.num_programs(0))):
+        position = _list_position(k, gl.program_id(0), gl.num_programs(0))
+        bh, off_b, off_h, _, start_m, block_tiles = _work_tile(position, num_tiles, section_heads,
+                                                               heads_q, group, seqlen_q, seqlen_k, BLOCK_N, IS_CAUSAL)
+        buffer = count % 2
+        q_tile = q_smem.index(buffer * CONSUMERS + WARPGROUP)
+        q = q_tile.reshape([ROWS, HEAD_DIM])
+        first_row = start_m + WARPGROUP * ROWS
+        tiles, unmasked = _key_tile_counts(first_row, ROWS, seqlen_q, seqlen_k, BLOCK_N, IS_CAUSAL)
+        tiles = gl.minimum(tiles, block_tiles)
+
+        row_max = gl.full([ROWS], float("-inf"), gl.float32, layout=gl.SliceLayout(1, s_layout))
+        row_sum = gl.zeros([ROWS], gl.float32, layout=gl.SliceLayout(1, s_layout))
+        acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=o_layout)
+        mbarrier.wait(q_ready.index(buffer), (count // 2) & 1)
+        if tiles > 0:
+            stage = consumed % STAGES
+            mbarrier.wait(k_ready.index(stage), (consumed // STAGES) & 1)
+            scores = warpgroup_mma(q, k_smem.index(stage).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), no_scores,
+                                   use_acc=False, is_async=True)
+            scores = warpgroup_mma_wait(0, deps=(scores, ))
+            mbarrier.arrive(k_empty.index(stage), count=1)
+            _release_previous_output(q_empty, buffer, count)
+            if unmasked == 0:
+                scores = _masked(scores, 0, first_row, seqlen_q, seqlen_k, s_layout, ROWS, BLOCK_N, IS_CAUSAL)
+                p, row_max, row_sum, alpha = _softmax(scores, row_max, row_sum, qk_scale, True)
+            else:
+                p, row_max, row_sum, alpha = _softmax(scores, row_max, row_sum, qk_scale, False)
+            p = gl.convert_layout(p.to(dtype), p_layout)
+            for j in range(1, tiles):
+                stage = (consumed + j) % STAGES
+                before = (consumed + j - 1) % STAGES
+                mbarrier.wait(k_ready.index(stage), ((consumed + j) // STAGES) & 1)
+                scores = warpgroup_mma(q, k_smem.index(stage).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)),
+                                       no_scores, use_acc=False, is_async=True)
+                mbarrier.wait(v_ready.index(before), ((consumed + j - 1) // STAGES) & 1)
+                acc = warpgroup_mma(p, v_smem.index(before).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
+                # Groups complete in order: with one left in flight, S of tile j is done while P V of tile j - 1
+                # runs on the tensor cores beside this tile's softmax.
+                scores = warpgroup_mma_wait(1, deps=(scores, ))
+                mbarrier.arrive(k_empty.index(stage), count=1)
+                if j >= unmasked:
+                    scores = _masked(scores, j, first_row, seqlen_q, seqlen_k, s_layout, ROWS, BLOCK_N, IS_CAUSAL)
+                    p_next, row_max, row_sum, alpha = _softmax(scores, row_max, row_sum, qk_scale, True)
+                else:
+                    p_next, row_max, row_sum, alpha = _softmax(scores, row_max, row_sum, qk_scale, False)
+                acc, p = warpgroup_mma_wait(0, deps=(acc, p))
+                mbarrier.arrive(v_empty.index(before), count=1)
+                acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
+                p = gl.convert_layout(p_next.to(dtype), p_layout)
+            last = (consumed + tiles - 1) % STAGES
+            mbarrier.wait(v_ready.index(last), ((consumed + tiles - 1) // STAGES) & 1)
+            acc = warpgroup_mma(p, v_smem.index(last).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
+            acc, p = warpgroup_mma_wait(0, deps=(acc, p))
+            mbarrier.arrive(v_empty.index(last), count=1)
+        else:
+            _release_previous_output(q_empty, buffer, count)
+        # Tiles loaded for the other consumer's later rows (causal): released unread.
+        for j in range(tiles, block_tiles):
+            stage = (consumed + j) % STAGES
+            mbarrier.wait(k_ready.index(stage), ((consumed + j) // STAGES) & 1)
+            mbarrier.arrive(k_empty.index(stage), count=1)
+            mbarrier.wait(v_ready.index(stage), ((consumed + j) // STAGES) & 1)
+            mbarrier.arrive(v_empty.index(stage), count=1)
+        consumed += block_tiles
+
+        # Epilogue. A row that saw no key has row_sum 0: output 0 and LSE -inf (log2(0) = -inf), never NaN.
+        rows = first_row + gl.arange(0, ROWS, layout=gl.SliceLayout(1, s_layout))
+        gl.store(Lse + bh.to(gl.int64) * seqlen_q + rows, (row_max + gl.log2(row_sum)) * LN2, mask=rows < seqlen_q)
+        divisor = gl.convert_layout(gl.where(row_sum == 0.0, 1.0, row_sum), o_rows)
+        # The output leaves through this consumer's part of the Q buffer (its last S product has completed); the
+        # store stops at seqlen_q (the descriptor's bound).
+        q.store((acc / gl.expand_dims(divisor, 1)).to(dtype))
+        fence_async_shared()
+        _tma_store(o_desc, [off_b, off_h, first_row, 0], q_tile)
+        count += 1
+    tma.store_wait(0)
+
+
+@gluon.jit
+def attention_fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, Lse, seqlen_q, seqlen_k, heads_q, group, num_tiles,
+                              section_heads, qk_scale, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
+                              STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr):
+    """Q, K, V and Out as 4-D (batch, heads, seqlen, head_dim) TMA descriptors (blocks [1, 1, CONSUMER_ROWS,
+    HEAD_DIM] for Q and Out, [1, 1, BLOCK_N, HEAD_DIM] for K and V), Lse (batch, heads_q, seqlen_q) float32.
+    Persistent: each CTA runs its share of the num_tiles = batch x heads_q x cdiv(seqlen_q, BLOCK_M) work tiles
+    (_list_position, _work_tile), so its set-up is paid once and the next tile's Q and K/V loads overlap this
+    tile's last products and its output store."""
+    dtype: gl.constexpr = q_desc.dtype
+    # Two Q buffers (each CONSUMERS parts of CONSUMER_ROWS rows), so the next tile's Q loads during this tile.
+    q_smem = gl.allocate_shared_memory(dtype, [2 * CONSUMERS] + q_desc.block_type.shape, q_desc.layout)
+    k_smem = gl.allocate_shared_memory(dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
+    v_smem = gl.allocate_shared_memory(dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
+    q_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    q_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for buffer in gl.static_range(2):
+        mbarrier.init(q_ready.index(buffer), count=1)
+        mbarrier.init(q_empty.index(buffer), count=CONSUMERS)
+    for stage in gl.static_range(STAGES):
+        mbarrier.init(k_ready.index(stage), count=1)
+        mbarrier.init(v_ready.index(stage), count=1)
+        mbarrier.init(k_empty.index(stage), count=CONSUMERS)
+        mbarrier.init(v_empty.index(stage), count=CONSUMERS)
+
+    gl.warp_specialize([
+        (_consumer, (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, o_desc, Lse,
+                     num_tiles, section_heads, heads_q, group, seqlen_q, seqlen_k, qk_scale, 0,
+                     HEAD_DIM, BLOCK_N, STAGES, IS_CAUSAL)),
+        (_consumer, (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, o_desc, Lse,
+                     num_tiles, section_heads, heads_q, group, seqlen_q, seqlen_k, qk_scale, 1,
+                     HEAD_DIM, BLOCK_N, STAGES, IS_CAUSAL)),
+        (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty,
+                   v_empty, num_tiles, section_heads, heads_q, group, seqlen_q, seqlen_k, BLOCK_N,
+                   STAGES, IS_CAUSAL)),
+    ], [4, 1], [240, 24])
