@@ -37,12 +37,13 @@ from ._launcher import PlanCache, aligned16, current_stream, direct_launch_avail
 
 # The Hopper kernel is Gluon, Triton's tile-level language, written against Triton 3.6's API (tested on 3.6 and,
 # compiled for sm_90 without a GPU, 3.9); an older Triton runs the portable kernel everywhere.
-_hopper_kernel = None
 if tuple(int(part) for part in triton.__version__.split(".")[:2]) >= (3, 6):
     try:
         from . import _hopper_kernel
     except ImportError:
-        pass
+        _hopper_kernel = None
+else:
+    _hopper_kernel = None  # (bound only here: `from . import` returns an attribute the package already has)
 
 __all__ = [
     "attention", "run_validated", "attention_with_kvcache", "run_kvcache_validated", "attention_varlen",
