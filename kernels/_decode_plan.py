@@ -71,3 +71,15 @@ def choose_num_splits(*, programs: int, sequences: int, keys: int, key_bytes: in
     unsplit = max(program_bytes / costs.program_bytes_per_s, memory_time)
     split = max(program_bytes / most / costs.program_bytes_per_s, memory_time) + costs.split_overhead_s
     return most if split < unsplit else 1
+
+
+def num_splits_for(query, *, heads_kv: int, keys: int, programs: int, programs_per_sm: int,
+                   costs: SplitCosts) -> int:
+    """choose_num_splits for a decode call of `query` (B, Hq, Nq, D) on its GPU: `programs` programs (CTAs) of a
+    backend's kernel over batch x heads_kv sequences of `keys` cached keys each, every key a K and a V row."""
+    device = query.device.index if query.device.index is not None else torch.cuda.current_device()
+    return choose_num_splits(programs=programs, sequences=query.shape[0] * heads_kv, keys=keys,
+                             key_bytes=2 * query.shape[-1] * query.element_size(),
+                             multiprocessors=multiprocessors(device), programs_per_sm=programs_per_sm,
+                             bandwidth=memory_bandwidth(device), costs=costs)
+

@@ -353,15 +353,12 @@ def _call(op, *args):
 def decode_num_splits(query, key_cache, block_table) -> int:
     """The key splits the decode kernel runs a call in (`_decode_plan.choose_num_splits` over this kernel's CTAs:
     one per batch, K/V head and block of _DECODE_ROWS packed rows)."""
-    batch, heads_q, seqlen_q, head_dim = query.shape
+    batch, heads_q, seqlen_q, _ = query.shape
     heads_kv = key_cache.shape[1]
     programs = batch * heads_kv * -(-(heads_q // heads_kv * seqlen_q) // _DECODE_ROWS)
-    capacity = cache_geometry(key_cache, block_table)[0]
-    device = device_index(query)
-    return _decode_plan.choose_num_splits(
-        programs=programs, sequences=batch * heads_kv, keys=capacity, key_bytes=2 * head_dim * query.element_size(),
-        multiprocessors=_decode_plan.multiprocessors(device), programs_per_sm=_DECODE_PROGRAMS_PER_SM,
-        bandwidth=_decode_plan.memory_bandwidth(device), costs=_DECODE_SPLIT_COSTS)
+    return _decode_plan.num_splits_for(query, heads_kv=heads_kv, keys=cache_geometry(key_cache, block_table)[0],
+                                       programs=programs, programs_per_sm=_DECODE_PROGRAMS_PER_SM,
+                                       costs=_DECODE_SPLIT_COSTS)
 
 
 def _run_decode(query, key_cache, value_cache, cache_seqlens, block_table, key, value, *, causal, softmax_scale,

@@ -7,7 +7,7 @@ import functools
 import torch
 import triton
 
-from .._decode_plan import DECODE_MAX_PACKED_ROWS, SplitCosts, choose_num_splits, memory_bandwidth, multiprocessors
+from .._decode_plan import DECODE_MAX_PACKED_ROWS, SplitCosts, num_splits_for
 from .._validation import cache_geometry, empty_like_query, empty_lse
 from ._decode_kernel import append_kernel, combine_kernel, decode_kernel
 from ._kernel import kernel_scale
@@ -126,7 +126,7 @@ def _split_targets(query, out, lse, num_splits):
 
 def attend(query, key_cache, value_cache, cache_seqlens, block_table, *, heads_kv, capacity, seqlen_new, page_size,
            num_pages, causal, softmax_scale, num_splits, interpreted, dot_in_fp32):
-    """(out, lse) of query against the cache; num_splits None picks it by `choose_num_splits`."""
+    """(out, lse) of query against the cache; num_splits None picks it by `num_splits_for`."""
     plan_key = None
     if not interpreted:
         plan_key = _plan_key(query, key_cache, value_cache, cache_seqlens, block_table, seqlen_new, causal,
@@ -143,11 +143,8 @@ def attend(query, key_cache, value_cache, cache_seqlens, block_table, *, heads_k
     if num_splits is None:
         num_splits = 1
         if not interpreted:
-            device = query.device.index
-            num_splits = choose_num_splits(
-                programs=programs, sequences=batch * heads_kv, keys=capacity,
-                key_bytes=2 * head_dim * query.element_size(), multiprocessors=multiprocessors(device),
-                programs_per_sm=PROGRAMS_PER_SM, bandwidth=memory_bandwidth(device), costs=SPLIT_COSTS)
+            num_splits = num_splits_for(query, heads_kv=heads_kv, keys=capacity, programs=programs,
+                                        programs_per_sm=PROGRAMS_PER_SM, costs=SPLIT_COSTS)
     qk_scale, positive_scale = kernel_scale(softmax_scale)
     out = empty_like_query(query)
     lse = empty_lse(query)
