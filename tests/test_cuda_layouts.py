@@ -41,3 +41,10 @@ def test_accumulator_views_match_the_mma_operand_layouts(tmp_path):
 def test_causal_tile_order_names_every_tile_once(tmp_path):
     output = build_and_run(CHECKS / "check_tile_order.cu", tmp_path)
     assert output.count(": 0 failures") == 2, output
+    # The triton backend's Gluon kernel sizes its causal sections by its own copy of the rule: the same counts.
+    from flash_attention.triton import section_heads
+
+    rules = [line.split()[1:] for line in output.splitlines() if line.startswith("rule ")]
+    assert len(rules) == 2 * 3 * 8 * 9, output
+    for l2, head_dim, seqlen_k, heads, sections in (map(int, rule) for rule in rules):
+        assert section_heads(l2, seqlen_k, head_dim, 2, heads) == sections, (l2, head_dim, seqlen_k, heads)

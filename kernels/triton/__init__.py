@@ -178,15 +178,23 @@ class _Sm90Plan:
         self._plan(stream, query, key, value, out, lse)
 
 
-def sm90_section_heads(query, seqlen_k: int, heads: int) -> int:
-    """Causal work lists run longest first within sections of this many heads: a power of two whose K and V fit
-    the L2 together (FlashAttention-3's rule, and the cuda backend's), at most the call's batch x heads."""
-    head_bytes = 2 * seqlen_k * query.shape[-1] * query.element_size()
-    fit = l2_cache_bytes(device_index(query)) // max(head_bytes, 1) if query.is_cuda else 1
+def section_heads(l2_bytes: int, seqlen_k: int, head_dim: int, element_size: int, heads: int) -> int:
+    """Causal work lists run longest first within sections of this many heads: the largest power of two whose K and
+    V fit the L2 together (FlashAttention-3's rule), at least 1 and at most the list's `heads`. The cuda backend's
+    `section_heads` (tile_scheduler.h) is the same rule; tests/test_cuda_layouts.py holds the two in step."""
+    head_bytes = 2 * seqlen_k * head_dim * element_size
+    fit = l2_bytes // max(head_bytes, 1)
     section = 1
     while 2 * section <= fit:
         section *= 2
     return max(1, min(section, heads))
+
+
+def sm90_section_heads(query, seqlen_k: int, heads: int) -> int:
+    """section_heads for a call on query's GPU (1 on the CPU, where only compile checks build arguments)."""
+    if not query.is_cuda:
+        return 1
+    return section_heads(l2_cache_bytes(device_index(query)), seqlen_k, query.shape[-1], query.element_size(), heads)
 
 
 # Causal calls with rows of at least this many keys (by head dim) run one CTA per work tile; shorter ones, and calls

@@ -2,7 +2,9 @@
 // mapping, which the dense list and the varlen list both walk. Every tile index of a list must name one (head, index
 // among the head's tiles), each once, heads of a section side by side per index; a section holds 0 (head-major) or
 // 1..heads heads, so sections x tiles_per_head stays within the list. Built and run by tests/test_cuda_layouts.py
-// with nvcc, no GPU needed. Prints one line per group of cases; exit status = failures.
+// with nvcc, no GPU needed. Prints one line per group of cases, and a `rule` line per case of >= 16 tiles a head
+// (L2 bytes, head dim, keys, heads, heads a section) that the test compares with the triton backend's copy of the
+// rule; exit status = failures.
 #include <cstdio>
 #include <vector>
 
@@ -49,6 +51,7 @@ int main() {
             const int sections = flash::section_heads(params, seqlen_k, tiles, heads);
             const bool bounded = tiles < flash::kSectionMinTilesPerHead ? sections == 0
                                                                         : sections >= 1 && sections <= heads;
+            if (tiles == 128) printf("rule %lld %d %d %d %d\n", l2, head_dim, seqlen_k, heads, sections);
             ++cases;
             if (!bounded || !mapping_is_exact(tiles, heads, sections)) {
               ++bad;
