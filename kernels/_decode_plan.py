@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ._device import device_index
 from ._validation import MAX_NUM_SPLITS
 
 # A call whose packed rows (query heads per K/V head x query rows) fit this many rows takes a decode kernel, also
@@ -77,9 +78,8 @@ def num_splits_for(query, *, heads_kv: int, keys: int, programs: int, programs_p
                    costs: SplitCosts) -> int:
     """choose_num_splits for a decode call of `query` (B, Hq, Nq, D) on its GPU: `programs` programs (CTAs) of a
     backend's kernel over batch x heads_kv sequences of `keys` cached keys each, every key a K and a V row."""
-    device = query.device.index if query.device.index is not None else torch.cuda.current_device()
+    device = device_index(query)
     return choose_num_splits(programs=programs, sequences=query.shape[0] * heads_kv, keys=keys,
                              key_bytes=2 * query.shape[-1] * query.element_size(),
                              multiprocessors=multiprocessors(device), programs_per_sm=programs_per_sm,
                              bandwidth=memory_bandwidth(device), costs=costs)
-
