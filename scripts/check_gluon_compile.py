@@ -5,8 +5,8 @@
 
 For head dims 64 and 128, fp16 and bf16, causal or not: it compiles with the installed Triton, fits an H100's shared
 memory, spills no register, and its SASS has the warpgroup MMAs of both products (S = Q K^T over BLOCK_N keys; O +=
-P V with P from registers), the TMA loads and the output's TMA store. One line per variant; exit status 1 if any
-fails. The Triton interpreter must be off (TRITON_INTERPRET unset): it replaces jit functions.
+P V with P from registers), the TMA loads, the output's TMA store and, causal, the dynamic deal's atomic draws. One
+line per variant; exit status 1 if any fails. The Triton interpreter must be off (TRITON_INTERPRET unset): it replaces jit functions.
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ def compile_for_sm90(head_dim: int, dtype: torch.dtype, causal: bool):
     query = torch.empty(2, 4, 1000, head_dim, dtype=dtype)  # CPU tensors: only shapes, strides and alignment count
     key = torch.empty(2, 2, 1000, head_dim, dtype=dtype)
     lse = torch.empty(2, 4, 1000, dtype=torch.float32)
-    args, options = backend.sm90_launch_arguments(query, key, key, query, lse, causal=causal,
-                                                  softmax_scale=head_dim ** -0.5)
+    # One CTA for the 16 tiles: a persistent grid, whose causal calls take the dynamic deal.
+    args, options, _ = backend.sm90_launch_arguments(query, key, key, query, lse, causal=causal,
+                                                     softmax_scale=head_dim ** -0.5, ctas=1)
     names = [param.name for param in kernel.params]
     signature = {name: mangle_type(arg) for name, arg in zip(names, args)}
     constexprs = {name: options[name] for name in names[len(args):]}
@@ -63,6 +64,8 @@ def check(head_dim: int, dtype: torch.dtype, causal: bool) -> list[str]:
         problems.append("register spills (local memory)")
     expected = {f"HGMMA.64x{block_n}x16.F32": "the S product", f"HGMMA.64x{head_dim}x16.F32": "the P V product",
                 ".tnspB": "V as a transposed B operand", "UTMALDG.4D": "TMA loads", "UTMASTG.4D": "the TMA store"}
+    if causal:  # a persistent grid's causal tiles are drawn from the tile counter
+        expected["ATOMG.E.ADD"] = "the dynamic deal's draws"
     problems += [f"no {text} ({pattern})" for pattern, text in expected.items() if pattern not in sass]
     return problems, compiled.metadata.shared, sass.count("HGMMA")
 

@@ -110,11 +110,13 @@ def test_triton_hopper_kernel(monkeypatch, batch, heads_q, heads_kv, seqlen_q, s
                               layout):
     """The Gluon kernel (Hopper): partial query and key tiles, GQA and MQA, Nq > Nk under causal (rows that see no
     key: output 0, LSE -inf) and Nq < Nk, BSHD views, more work tiles than SMs (the persistent loop, Q buffers
-    alternating, the K/V ring carried across tiles; causal: by sections of heads, dealt forward and backward) and
-    causal rows long enough for one CTA per tile; each call the kernel takes, checked against float64."""
+    alternating, the K/V ring carried across tiles; causal: by sections of heads, drawn dynamically); each call the
+    kernel takes (short causal rows too, which the dispatch sends to the portable kernel), checked against
+    float64."""
     if not _hopper():
         pytest.skip("the Gluon kernel runs on compute capability 9.x")
     monkeypatch.setattr(flash_attention.triton, "TMA_MIN_FLOPS", 0)
+    monkeypatch.setattr(flash_attention.triton, "SM90_CAUSAL_MIN_KEYS", {64: 0, 128: 0})
     q, k, v = random_qkv(batch, heads_q, heads_kv, seqlen_q, seqlen_k, head_dim, dtype, layout=layout)
     assert flash_attention.triton.sm90_kernel_applies(q, k, v, torch.empty_like(q), causal, head_dim ** -0.5)
     for _ in range(2):  # the first launch, then its plan
@@ -123,21 +125,64 @@ def test_triton_hopper_kernel(monkeypatch, batch, heads_q, heads_kv, seqlen_q, s
 
 
 def test_triton_hopper_kernel_scope(monkeypatch):
-    """Calls outside the Gluon kernel's scope run the portable kernel: another head dim, a negative scale, float32
-    is refused anyway; FLASH_ATTENTION_TRITON_KERNEL=portable (KERNEL) turns it off."""
+    """Calls outside the Gluon kernel's scope run the portable kernel: another head dim, a negative scale, causal rows
+    of fewer keys than SM90_CAUSAL_MIN_KEYS, float32 is refused anyway; FLASH_ATTENTION_TRITON_KERNEL=portable
+    (KERNEL) turns it off."""
     if not _hopper():
         pytest.skip("the Gluon kernel runs on compute capability 9.x")
     monkeypatch.setattr(flash_attention.triton, "TMA_MIN_FLOPS", 0)
-    q, k, v = random_qkv(1, 4, 2, 300, 300, 128, torch.bfloat16)
+    q, k, v = random_qkv(1, 4, 2, 300, 1100, 128, torch.bfloat16)
     applies = flash_attention.triton.sm90_kernel_applies
     assert applies(q, k, v, torch.empty_like(q), True, 0.1)
     assert not applies(q, k, v, torch.empty_like(q), True, -0.1)
-    q96, k96, v96 = random_qkv(1, 4, 2, 300, 300, 96, torch.bfloat16)
+    assert not applies(q, k[:, :, :1000], v[:, :, :1000], torch.empty_like(q), True, 0.1)  # below 1024 keys
+    assert applies(q, k[:, :, :1000], v[:, :, :1000], torch.empty_like(q), False, 0.1)
+    q96, k96, v96 = random_qkv(1, 4, 2, 300, 1100, 96, torch.bfloat16)
     assert not applies(q96, k96, v96, torch.empty_like(q96), True, 0.1)
     monkeypatch.setattr(flash_attention.triton, "KERNEL", "portable")
     assert not applies(q, k, v, torch.empty_like(q), True, 0.1)
     out, lse = flash_attention.attention(q, k, v, causal=True, return_lse=True, backend="triton")
     assert_attention_close(out, lse, q, k, v, causal=True)
+
+
+def test_triton_hopper_dynamic_deal_on_streams_and_graphs(monkeypatch):
+    """The Gluon kernel's dynamic deal (causal, persistent grid) draws tiles from a per-stream counter that each
+    kernel leaves zero: calls back to back, a call on another stream and replays of a captured CUDA graph (which
+    holds a counter of its own) each compute every tile (outputs NaN-checked and compared with float64)."""
+    if not _hopper():
+        pytest.skip("the Gluon kernel runs on compute capability 9.x")
+    monkeypatch.setattr(flash_attention.triton, "SM90_CAUSAL_MIN_KEYS", {64: 0, 128: 0})
+    q, k, v = random_qkv(4, 16, 4, 1000, 1000, 128, torch.bfloat16)  # 512 tiles: more than SMs, rows of 1000 keys
+    lse = torch.empty(q.shape[:3], device="cuda", dtype=torch.float32)
+    _, options, ctas = flash_attention.triton.sm90_launch_arguments(
+        q, k, v, torch.empty_like(q), lse, causal=True, softmax_scale=0.1, stream=0)
+    assert options["DYNAMIC"] and ctas < 512
+
+    def check():
+        out, lse = flash_attention.attention(q, k, v, causal=True, return_lse=True, backend="triton")
+        assert_attention_close(out, lse, q, k, v, causal=True)
+        return out
+
+    for _ in range(3):
+        expected = check()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        check()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = flash_attention.attention(q, k, v, causal=True, backend="triton")
+    for _ in range(2):
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(captured, expected)
+    fresh = random_qkv(4, 16, 4, 1000, 1000, 128, torch.bfloat16)
+    for static, new in zip((q, k, v), fresh):
+        static.copy_(new)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(captured, check())
 
 
 def test_triton_falls_back_from_tma_on_unaligned_strides(monkeypatch):

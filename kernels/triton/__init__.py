@@ -142,23 +142,25 @@ SM90_STAGES = 2
 # Registers: 12 warps (two consumer warpgroups, the loader's warp padded to a warpgroup) at 168 each fill the
 # register file; warp specialization then moves them to 240 a consumer thread and 24 a loader thread.
 SM90_MAX_REGISTERS = 168
-# Causal head dim 64 below this many keys runs the portable kernel: there its 128-row tiles with one or two key
-# tiles each are mostly set-up and tail (fp16, H100: 512 tokens 0.83x cuDNN against 0.73x, 1k 0.88x against 0.83x).
-SM90_CAUSAL_D64_MIN_KEYS = 2048
+# Causal calls with rows of fewer keys than this (by head dim) run the portable kernel: there the Gluon kernel's
+# 128-row tiles walk one to a few key tiles each, mostly set-up and tail (fp16, paper grid, H100, x cuDNN: head dim
+# 64, 512 tokens 0.81-0.83 against 0.73-0.74, 1k 0.87 against 0.84; head dim 128, 512 tokens 0.77 against 0.74; at
+# the thresholds the Gluon kernel leads: head dim 64, 2k 0.90-0.97 against 0.86-0.92; 128, 1k 0.91 against 0.83).
+SM90_CAUSAL_MIN_KEYS = {64: 2048, 128: 1024}
 
 
 def sm90_kernel_applies(query, key, value, out, causal: bool, softmax_scale: float) -> bool:
     """Whether a dense call runs the Gluon kernel (_hopper_kernel.py): Hopper (wgmma is sm_90a's), fp16/bf16, head
     dim 64 or 128, a positive softmax scale, TMA-compatible layouts, and enough work that four descriptors pay
-    (TMA_MIN_FLOPS); not causal head dim 64 with rows of fewer than SM90_CAUSAL_D64_MIN_KEYS keys, where the
-    portable kernel is faster. Everything else runs the portable kernel, which covers the whole contract."""
+    (TMA_MIN_FLOPS); not causal with rows of fewer than SM90_CAUSAL_MIN_KEYS keys, where the portable kernel is
+    faster. Everything else runs the portable kernel, which covers the whole contract."""
     if _hopper_kernel is None or KERNEL != "auto" or _INTERPRETED or not query.is_cuda:
         return False
     if capability(query)[0] != 9 or query.dtype not in (torch.float16, torch.bfloat16):
         return False
     if query.shape[-1] not in (64, 128) or softmax_scale_sign(softmax_scale) <= 0:
         return False
-    if causal and query.shape[-1] == 64 and key.shape[2] < SM90_CAUSAL_D64_MIN_KEYS:
+    if causal and key.shape[2] < SM90_CAUSAL_MIN_KEYS[query.shape[-1]]:
         return False
     batch, heads_q, seqlen_q, head_dim = query.shape
     flops = 4 * batch * heads_q * seqlen_q * key.shape[2] * head_dim
@@ -167,7 +169,7 @@ def sm90_kernel_applies(query, key, value, out, causal: bool, softmax_scale: flo
 
 class _Sm90Plan:
     """A launch plan of the Gluon kernel under the portable kernel's call (query, key, value, out, lse and the two
-    cu_seqlens pointers a dense call leaves unused)."""
+    cu_seqlens pointers a dense call leaves unused); it adds the stream's tile counter."""
 
     __slots__ = ("_plan",)
 
@@ -175,7 +177,28 @@ class _Sm90Plan:
         self._plan = plan
 
     def __call__(self, stream, query, key, value, out, lse, *_unused):
-        self._plan(stream, query, key, value, out, lse)
+        self._plan(stream, query, key, value, out, lse, sm90_tile_counter(query, stream))
+
+
+# The dynamic deal's counters (two int32: the next draw, the CTAs done drawing), by (device, stream).
+_tile_counters: dict[tuple[int, int], torch.Tensor] = {}
+
+
+def sm90_tile_counter(query, stream: int) -> torch.Tensor:
+    """The counter the Gluon kernel's dynamic deal draws tiles from, for a call on `stream`. Every kernel that draws
+    leaves it zero (its last CTA resets it), so one per (device, stream), zeroed once, serves every call in stream
+    order without a zeroing launch; other streams have their own, so concurrent calls never share one. Under CUDA
+    graph capture each call gets a fresh zeroed one from the graph's pool: a replay may run on any stream. (The cuda
+    backend keeps its counter the same way, binding.cpp.)"""
+    if not query.is_cuda:  # compile checks: only the argument's type counts
+        return torch.zeros(2, dtype=torch.int32)
+    if torch.cuda.is_current_stream_capturing():
+        return torch.zeros(2, dtype=torch.int32, device=query.device)
+    counter = _tile_counters.get((query.device.index, stream))
+    if counter is None:
+        counter = torch.zeros(2, dtype=torch.int32, device=query.device)  # zeroed on this stream, ahead of kernels
+        _tile_counters[(query.device.index, stream)] = counter
+    return counter
 
 
 def section_heads(l2_bytes: int, seqlen_k: int, head_dim: int, element_size: int, heads: int) -> int:
@@ -197,25 +220,20 @@ def sm90_section_heads(query, seqlen_k: int, heads: int) -> int:
     return section_heads(l2_cache_bytes(device_index(query)), seqlen_k, query.shape[-1], query.element_size(), heads)
 
 
-# Causal calls with rows of at least this many keys (by head dim) run one CTA per work tile; shorter ones, and calls
-# without a mask, a persistent grid (results/NOTES.md, "Triton on Hopper: a Gluon kernel").
-SM90_CAUSAL_PER_TILE_MIN_KEYS = {64: 8192, 128: 2048}
-
-
-def sm90_grid(num_tiles: int, query, seqlen_k: int, causal: bool) -> int:
-    """CTAs of the Gluon kernel's grid. Persistent (a CTA per SM, each paying its set-up once and loading its next
-    tile's Q and K/V under its current tile) where tiles are equal (no mask) or short; one CTA per tile for causal
-    calls of long rows, whose tiles differ most in length, balanced by the hardware's block scheduler (16k tokens,
-    d128, fp16, H100: 1.07x cuDNN against 0.91x for the persistent deal; at 512-1k tokens 0.63-0.77x against
-    0.74-0.83x, where the persistent CTAs' overlap of one tile's end with the next one's start pays)."""
-    if causal and seqlen_k >= SM90_CAUSAL_PER_TILE_MIN_KEYS[query.shape[-1]]:
-        return num_tiles
+def sm90_grid(num_tiles: int, query) -> int:
+    """CTAs of the Gluon kernel's persistent grid: one per SM (each pays its set-up once and loads its next tile's Q
+    and K/V under its current tile), at most one per work tile. Causal calls draw their tiles dynamically; that beat
+    one CTA per tile at every causal length of the paper and model grids on an H100 (bf16, 2k-16k tokens: 1.00-1.14x
+    cuDNN against 0.92-1.13x; results/NOTES.md, tenth session)."""
     return min(num_tiles, _decode_plan.multiprocessors(device_index(query)))
 
 
-def sm90_launch_arguments(query, key, value, out, lse, *, causal: bool, softmax_scale: float) -> tuple[tuple, dict]:
-    """The Gluon kernel's arguments and options for a call (4-D (B, H, N, D) views): 4-D TMA descriptors over any
-    strides, the LSE, the lengths and the tile count."""
+def sm90_launch_arguments(query, key, value, out, lse, *, causal: bool, softmax_scale: float, stream: int = 0,
+                          ctas: Optional[int] = None) -> tuple[tuple, dict, int]:
+    """The Gluon kernel's arguments, options and grid for a call on `stream` (4-D (B, H, N, D) views): 4-D TMA
+    descriptors over any strides, the LSE, the tile counter, the lengths and the tile count. `ctas`: the grid, if
+    not sm90_grid's (compile checks on the CPU). Causal tiles, of unequal lengths, are dealt dynamically (each CTA,
+    once it has loaded a tile, draws the next unstarted one); equal ones round-robin."""
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
@@ -231,19 +249,22 @@ def sm90_launch_arguments(query, key, value, out, lse, *, causal: bool, softmax_
     qk_scale, _ = kernel_scale(softmax_scale)
     num_tiles = batch * heads_q * triton.cdiv(seqlen_q, int(_hopper_kernel.BLOCK_M))
     section_heads = sm90_section_heads(query, key.shape[2], batch * heads_q) if causal else 0
+    if ctas is None:
+        ctas = sm90_grid(num_tiles, query)
     args = (descriptor(query, rows), descriptor(key, SM90_BLOCK_N), descriptor(value, SM90_BLOCK_N),
-            descriptor(out, rows), lse, seqlen_q, key.shape[2], heads_q, heads_q // key.shape[1], num_tiles,
-            section_heads, qk_scale)
-    options = dict(HEAD_DIM=head_dim, BLOCK_N=SM90_BLOCK_N, STAGES=SM90_STAGES, IS_CAUSAL=causal, num_warps=4,
-                   maxnreg=SM90_MAX_REGISTERS)
-    return args, options
+            descriptor(out, rows), lse, sm90_tile_counter(query, stream), seqlen_q, key.shape[2], heads_q,
+            heads_q // key.shape[1], num_tiles, section_heads, qk_scale)
+    options = dict(HEAD_DIM=head_dim, BLOCK_N=SM90_BLOCK_N, STAGES=SM90_STAGES, IS_CAUSAL=causal,
+                   DYNAMIC=causal and ctas < num_tiles, num_warps=4, maxnreg=SM90_MAX_REGISTERS)
+    return args, options, ctas
 
 
 def _launch_sm90(plan_key, query, key, value, out, lse, *, causal: bool, softmax_scale: float) -> None:
-    args, options = sm90_launch_arguments(query, key, value, out, lse, causal=causal, softmax_scale=softmax_scale)
-    grid = (sm90_grid(args[9], query, key.shape[2], causal),)
     with _on_device_of(query):
-        plan = launch(_hopper_kernel.attention_fwd_sm90_kernel, grid, args, options, leading=5)
+        args, options, ctas = sm90_launch_arguments(query, key, value, out, lse, causal=causal,
+                                                    softmax_scale=softmax_scale,
+                                                    stream=current_stream(query.device.index))
+        plan = launch(_hopper_kernel.attention_fwd_sm90_kernel, (ctas,), args, options, leading=6)
     if plan is not None:
         _forward_plans.put(plan_key, _Sm90Plan(plan))
 

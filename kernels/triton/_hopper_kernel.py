@@ -18,8 +18,9 @@ Causal rows see a prefix of the keys: each consumer walks the key tiles its own 
 cross the diagonal or the end of the keys, and releases unread the tiles loaded for the other consumer's later rows.
 Query rows past seqlen_q and keys past seqlen_k are zero-filled by TMA (4-D descriptors, so the bounds are per head)
 and the output store stops at seqlen_q.
-The grid is persistent (a CTA per SM walking its share of the work list) or one CTA per tile; the host chooses
-(`flash_attention.triton.sm90_grid`), and the kernel serves both.
+The grid is persistent: a CTA per SM (at most one per work tile) walks its share of the work list, dealt round-robin
+where tiles are equal (no mask) and drawn from a global counter where they are not (causal): the loader draws its
+CTA's next tile while it loads the current one and hands it to the consumers with the Q buffer.
 
 Scope: head dims 64 and 128, fp16/bf16, dense calls with a positive softmax scale and TMA-compatible strides on
 compute capability 9.x (`flash_attention.triton.sm90_kernel_applies` decides); everything else runs the portable
@@ -64,23 +65,6 @@ def _key_tile_counts(first_row, rows, seqlen_q, seqlen_k, BLOCK_N: gl.constexpr,
 
 
 @gluon.jit
-def _list_position(k, cta, ctas):
-    """Where the k-th tile of CTA `cta` lies in the work list: rounds of `ctas` positions, dealt forward and backward
-    in turn, so that where the list runs longest first each CTA's pairs of rounds sum to about the same work."""
-    lane = cta
-    if k % 2 == 1:
-        lane = ctas - 1 - cta
-    return k * ctas + lane
-
-
-@gluon.jit
-def _tiles_of_cta(num_tiles, cta, ctas):
-    """How many work tiles CTA `cta` runs: every full round, and the last one if its position there exists."""
-    rounds = num_tiles // ctas
-    return rounds + (_list_position(rounds, cta, ctas) < num_tiles).to(gl.int32)
-
-
-@gluon.jit
 def _work_tile(position, num_tiles, section_heads, heads_q, group, seqlen_q, seqlen_k,
                BLOCK_N: gl.constexpr, IS_CAUSAL: gl.constexpr):
     """The work tile at `position` of the list: (batch x head, batch, head, K/V head, first query row, key tiles its
@@ -106,24 +90,38 @@ def _work_tile(position, num_tiles, section_heads, heads_q, group, seqlen_q, seq
 
 
 @gluon.jit
+def _draw(counter, count, DYNAMIC: gl.constexpr):
+    """The list position of this CTA's next work tile, its `count`-th (its first, count 0, is its own index): dealt
+    round-robin (static), or the next unstarted one, drawn from the counter (dynamic)."""
+    if DYNAMIC:
+        return gl.atomic_add(counter, 1) + gl.num_programs(0)
+    else:
+        return count * gl.num_programs(0) + gl.program_id(0)
+
+
+@gluon.jit
 def _loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
-            num_tiles, section_heads, heads_q, group, seqlen_q, seqlen_k, BLOCK_N: gl.constexpr,
-            STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr):
+            tile_slot, counter, num_tiles, section_heads, heads_q, group, seqlen_q, seqlen_k, BLOCK_N: gl.constexpr,
+            STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, DYNAMIC: gl.constexpr):
     # Waits on an "empty" barrier take the parity before its first completion, which counts as done, so the first
     # use of each buffer passes at once.
+    slot_layout: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
     loaded = 0  # K/V tiles so far: ring position loaded % STAGES
     count = 0  # work tiles so far: Q buffer count % 2
-    for k in range(_tiles_of_cta(num_tiles, gl.program_id(0), gl.num_programs(0))):
-        position = _list_position(k, gl.program_id(0), gl.num_programs(0))
+    position = gl.program_id(0)
+    while position < num_tiles:
         bh, off_b, off_h, off_kv, start_m, block_tiles = _work_tile(position, num_tiles, section_heads,
                                                                     heads_q, group, seqlen_q, seqlen_k, BLOCK_N,
                                                                     IS_CAUSAL)
         buffer = count % 2
         mbarrier.wait(q_empty.index(buffer), ((count // 2) & 1) ^ 1)
+        # The consumers learn the tile from its slot, which the Q buffer's ready barrier publishes.
+        tile_slot.index(buffer).store(gl.full([1], position, gl.int32, layout=slot_layout))
         mbarrier.expect(q_ready.index(buffer), CONSUMERS * q_desc.block_type.nbytes)
         for half in gl.static_range(CONSUMERS):
             _tma_load(q_desc, [off_b, off_h, start_m + half * CONSUMER_ROWS, 0], q_ready.index(buffer),
                       q_smem.index(buffer * CONSUMERS + half))
+        position = _draw(counter, count + 1, DYNAMIC)  # a whole tile ahead: its latency hides under the loads
         for j in range(block_tiles):
             stage = loaded % STAGES
             parity = ((loaded // STAGES) & 1) ^ 1
@@ -135,6 +133,17 @@ def _loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, k_
             _tma_load(v_desc, [off_b, off_kv, j * BLOCK_N, 0], v_ready.index(stage), v_smem.index(stage))
             loaded += 1
         count += 1
+    # Past the end: a slot without a Q load tells the consumers to stop.
+    buffer = count % 2
+    mbarrier.wait(q_empty.index(buffer), ((count // 2) & 1) ^ 1)
+    tile_slot.index(buffer).store(gl.full([1], position, gl.int32, layout=slot_layout))
+    mbarrier.arrive(q_ready.index(buffer), count=1)
+    if DYNAMIC:
+        # Every draw of this CTA is done; the last CTA to get here finds every draw of the grid done and leaves the
+        # counter zero for the next kernel on the stream.
+        if gl.atomic_add(counter + 1, 1) == gl.num_programs(0) - 1:
+            gl.atomic_xchg(counter, 0)
+            gl.atomic_xchg(counter + 1, 0)
 
 
 @gluon.jit
@@ -170,7 +179,7 @@ def _release_previous_output(q_empty, buffer, count):
 
 
 @gluon.jit
-def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, o_desc, Lse,
+def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, tile_slot, o_desc, Lse,
               num_tiles, section_heads, heads_q, group, seqlen_q, seqlen_k, qk_scale,
               WARPGROUP: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
               IS_CAUSAL: gl.constexpr):
@@ -184,13 +193,15 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empt
     o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
     no_scores = gl.zeros([ROWS, BLOCK_N], gl.float32, layout=s_layout)
 
+    slot_layout: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
     consumed = 0  # K/V tiles so far, as the loader counts them
     count = 0  # work tiles so far
-    for k in range(_tiles_of_cta(num_tiles, gl.program_id(0), gl.num_programs(0))):
-        position = _list_position(k, gl.program_id(0), gl.num_programs(0))
+    buffer = 0
+    mbarrier.wait(q_ready.index(buffer), 0)
+    position = gl.max(tile_slot.index(buffer).load(slot_layout), 0)
+    while position < num_tiles:
         bh, off_b, off_h, _, start_m, block_tiles = _work_tile(position, num_tiles, section_heads,
                                                                heads_q, group, seqlen_q, seqlen_k, BLOCK_N, IS_CAUSAL)
-        buffer = count % 2
         q_tile = q_smem.index(buffer * CONSUMERS + WARPGROUP)
         q = q_tile.reshape([ROWS, HEAD_DIM])
         first_row = start_m + WARPGROUP * ROWS
@@ -200,7 +211,6 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empt
         row_max = gl.full([ROWS], float("-inf"), gl.float32, layout=gl.SliceLayout(1, s_layout))
         row_sum = gl.zeros([ROWS], gl.float32, layout=gl.SliceLayout(1, s_layout))
         acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=o_layout)
-        mbarrier.wait(q_ready.index(buffer), (count // 2) & 1)
         if tiles > 0:
             stage = consumed % STAGES
             mbarrier.wait(k_ready.index(stage), (consumed // STAGES) & 1)
@@ -262,17 +272,20 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empt
         fence_async_shared()
         _tma_store(o_desc, [off_b, off_h, first_row, 0], q_tile)
         count += 1
+        buffer = count % 2
+        mbarrier.wait(q_ready.index(buffer), (count // 2) & 1)
+        position = gl.max(tile_slot.index(buffer).load(slot_layout), 0)
     tma.store_wait(0)
 
 
 @gluon.jit
-def attention_fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, Lse, seqlen_q, seqlen_k, heads_q, group, num_tiles,
-                              section_heads, qk_scale, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
-                              STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr):
+def attention_fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, Lse, TileCounter, seqlen_q, seqlen_k, heads_q, group,
+                              num_tiles, section_heads, qk_scale, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr,
+                              STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, DYNAMIC: gl.constexpr):
     """Q, K, V and Out as 4-D (batch, heads, seqlen, head_dim) TMA descriptors (blocks [1, 1, CONSUMER_ROWS,
     HEAD_DIM] for Q and Out, [1, 1, BLOCK_N, HEAD_DIM] for K and V), Lse (batch, heads_q, seqlen_q) float32.
     Persistent: each CTA runs its share of the num_tiles = batch x heads_q x cdiv(seqlen_q, BLOCK_M) work tiles
-    (_list_position, _work_tile), so its set-up is paid once and the next tile's Q and K/V loads overlap this
+    (_draw, _work_tile), so its set-up is paid once and the next tile's Q and K/V loads overlap this
     tile's last products and its output store."""
     dtype: gl.constexpr = q_desc.dtype
     # Two Q buffers (each CONSUMERS parts of CONSUMER_ROWS rows), so the next tile's Q loads during this tile.
@@ -285,6 +298,8 @@ def attention_fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, Lse, seqlen_q, seq
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    # Each Q buffer's work tile (its list position), written by the loader before the buffer's ready barrier.
+    tile_slot = gl.allocate_shared_memory(gl.int32, [2, 1], gl.SwizzledSharedLayout(1, 1, 1, [0]))
     for buffer in gl.static_range(2):
         mbarrier.init(q_ready.index(buffer), count=1)
         mbarrier.init(q_empty.index(buffer), count=CONSUMERS)
@@ -295,13 +310,13 @@ def attention_fwd_sm90_kernel(q_desc, k_desc, v_desc, o_desc, Lse, seqlen_q, seq
         mbarrier.init(v_empty.index(stage), count=CONSUMERS)
 
     gl.warp_specialize([
-        (_consumer, (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, o_desc, Lse,
-                     num_tiles, section_heads, heads_q, group, seqlen_q, seqlen_k, qk_scale, 0,
+        (_consumer, (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, tile_slot, o_desc,
+                     Lse, num_tiles, section_heads, heads_q, group, seqlen_q, seqlen_k, qk_scale, 0,
                      HEAD_DIM, BLOCK_N, STAGES, IS_CAUSAL)),
-        (_consumer, (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, o_desc, Lse,
-                     num_tiles, section_heads, heads_q, group, seqlen_q, seqlen_k, qk_scale, 1,
+        (_consumer, (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, tile_slot, o_desc,
+                     Lse, num_tiles, section_heads, heads_q, group, seqlen_q, seqlen_k, qk_scale, 1,
                      HEAD_DIM, BLOCK_N, STAGES, IS_CAUSAL)),
         (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty,
-                   v_empty, num_tiles, section_heads, heads_q, group, seqlen_q, seqlen_k, BLOCK_N,
-                   STAGES, IS_CAUSAL)),
+                   v_empty, tile_slot, TileCounter, num_tiles, section_heads, heads_q, group, seqlen_q, seqlen_k,
+                   BLOCK_N, STAGES, IS_CAUSAL, DYNAMIC)),
     ], [4, 1], [240, 24])
