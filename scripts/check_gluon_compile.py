@@ -6,7 +6,8 @@
 For head dims 64 and 128, fp16 and bf16, causal or not: it compiles with the installed Triton, fits an H100's shared
 memory, spills no register, and its SASS has the warpgroup MMAs of both products (S = Q K^T over BLOCK_N keys; O +=
 P V with P from registers), the TMA loads, the output's TMA store and, causal, the dynamic deal's atomic draws. One
-line per variant; exit status 1 if any fails. The Triton interpreter must be off (TRITON_INTERPRET unset): it replaces jit functions.
+line per variant; exit status 1 if any fails. The Triton interpreter must be off (TRITON_INTERPRET unset): it
+replaces jit functions.
 """
 
 from __future__ import annotations
