@@ -37,7 +37,7 @@ def compile_for_sm90(head_dim: int, dtype: torch.dtype, causal: bool):
     lse = torch.empty(2, 4, 1000, dtype=torch.float32)
     # One CTA for the 16 tiles: a persistent grid, whose causal calls take the dynamic deal.
     args, options, _ = backend.sm90_launch_arguments(query, key, key, query, lse, causal=causal,
-                                                     softmax_scale=head_dim ** -0.5, ctas=1)
+                                                     softmax_scale=head_dim ** -0.5, stream=0, ctas=1)
     names = [param.name for param in kernel.params]
     signature = {name: mangle_type(arg) for name, arg in zip(names, args)}
     constexprs = {name: options[name] for name in names[len(args):]}

@@ -65,7 +65,8 @@ WORKER_CASES = [
     (2, 8, 2, 2304, 4100, 128, "float16", False, "bhsd"),
     (1, 4, 1, 1024, 8200, 128, "float16", True, "bhsd"),
     # The triton backend's Gluon kernel on Hopper (calls of at least 2^32 FLOPs): causal GQA with partial tiles and
-    # 144 work tiles, so its persistent CTAs carry the Q buffers and the K/V ring from tile to tile.
+    # 144 work tiles, so its persistent CTAs draw tiles from the stream's counter and carry the Q buffers and the
+    # K/V ring from tile to tile.
     (2, 8, 2, 1100, 1500, 128, "bfloat16", True, "bhsd"),
     (2, 8, 2, 2048, 4096, 128, "bfloat16", True, "bhsd"),
 ]

@@ -1,6 +1,6 @@
 """The triton backend's Gluon kernel (Hopper) compiled for sm_90 without a GPU, as CI runs
 (scripts/check_gluon_compile.py): it compiles with this Triton, fits the shared memory, spills nothing, and its SASS
-has the warpgroup MMAs of both products, the TMA loads and the TMA store."""
+has the warpgroup MMAs of both products, the TMA loads, the TMA store and, causal, the dynamic deal's atomics."""
 
 from __future__ import annotations
 

@@ -136,7 +136,8 @@ def _plan_key(query, key, value, causal: bool, softmax_scale: float) -> tuple:
 
 
 # ------------------------------------------------------------------------------------------------ the Hopper kernel
-# Its tile: BLOCK_N keys a K/V stage, STAGES stages (shared memory: 2 x 64 query rows + 2 x STAGES key tiles).
+# Its tile: BLOCK_N keys a K/V stage, STAGES stages (shared memory: two Q buffers of 128 query rows, and a K and a V
+# tile of BLOCK_N keys per stage).
 SM90_BLOCK_N = 128
 SM90_STAGES = 2
 # Registers: 12 warps (two consumer warpgroups, the loader's warp padded to a warpgroup) at 168 each fill the
@@ -228,7 +229,7 @@ def sm90_grid(num_tiles: int, query) -> int:
     return min(num_tiles, _decode_plan.multiprocessors(device_index(query)))
 
 
-def sm90_launch_arguments(query, key, value, out, lse, *, causal: bool, softmax_scale: float, stream: int = 0,
+def sm90_launch_arguments(query, key, value, out, lse, *, causal: bool, softmax_scale: float, stream: int,
                           ctas: Optional[int] = None) -> tuple[tuple, dict, int]:
     """The Gluon kernel's arguments, options and grid for a call on `stream` (4-D (B, H, N, D) views): 4-D TMA
     descriptors over any strides, the LSE, the tile counter, the lengths and the tile count. `ctas`: the grid, if
