@@ -453,7 +453,8 @@ def test_ab_kernels_takes_the_benchmark_grids_shapes_and_the_registrys_kernels()
     assert {case.kernel.stem for case in decode} == {"decode_hdim128_bf16"}
     varlen = ab.varlen_cases("bf16", None, torch.device("cpu"))
     assert [case.cells[1] for case in varlen] == [s.mix for s in grids.GRIDS["varlen"].axes.shapes("bf16")] * 2
-    assert {case.kernel.stem for case in varlen} == {"fwd_sm90_hdim128_bf16", "fwd_sm90_hdim128_bf16_causal"}
+    assert {case.kernel.stem for case in varlen} == {f"fwd_sm90_hdim{d}_bf16{mask}" for mask in ("", "_causal")
+                                                     for d in grids.GRIDS["varlen"].axes.head_dims}
     for mixed in ("decode,paper", "varlen,paper"):
         with pytest.raises(SystemExit):
             ab.main(["--baseline", ".", "--grids", mixed])

@@ -124,11 +124,13 @@ GRIDS = {grid.name: grid for grid in (
     Grid("smoke-decode", "tiny decode shapes",
          axes=DecodeAxes(batches=(1, 2), keys=(64, 200), heads=((4, 2),), query_lens=(1, 3), head_dims=(32,)),
          **DECODE),
-    # 16k tokens (the paper grid's), Llama-3-8B heads: dense batches of 2k and 512, a ragged mix of long sequences,
-    # a serving mix, one long prompt among short ones.
-    Grid("varlen", "packed ragged batches (attention_varlen): 16k tokens in mixes of lengths, 32/8 heads, d128",
+    # 16k tokens (the paper grid's) and 64k, Llama-3-8B heads: dense batches of 2k and 512, a ragged mix of long
+    # sequences, a serving mix, one long prompt among short ones.
+    Grid("varlen", "packed ragged batches (attention_varlen): 16k and 64k tokens in mixes of lengths, 32/8 heads, "
+                   "d64 and d128",
          axes=VarlenAxes(mixes=("equal-2048", "uniform-1024-4096", "equal-512", "uniform-128-2048",
-                                "skewed-8192-128"), tokens=(16384,), heads=((32, 8),), head_dims=(128,)), **VARLEN),
+                                "skewed-8192-128"), tokens=(16384, 65536), heads=((32, 8),), head_dims=(64, 128)),
+         **VARLEN),
     Grid("smoke-varlen", "tiny varlen mixes",
          axes=VarlenAxes(mixes=("equal-32", "uniform-5-40", "skewed-50-3"), tokens=(96,), heads=((4, 2),),
                          head_dims=(32,)), **VARLEN),
