@@ -135,14 +135,17 @@ def run_kvcache_cases(backend: str, generator) -> int:
 # attention_varlen, for backends with a varlen kernel: (heads_q, heads_kv, head_dim, dtype, causal, query lengths, key
 # lengths, cu_seqlens_q override or None). Ragged sequences around the tile heights (a last tile that ends inside
 # the tile, whose rows the SM90 epilogue copies out instead of storing by TMA), empty sequences, more tiles than an
-# H100 has SMs, causal rows that see no key; the last carries offsets a caller must not pass (decreasing, past the
-# total, negative): the kernels must stay inside the tensors.
+# H100 has SMs, causal rows that see no key, one long sequence among many short ones (the Triton kernel's searched
+# grid); the last two carry offsets a caller must not pass (decreasing, past the total, negative): the kernels must
+# stay inside the tensors.
 VARLEN_CASES = [
     (4, 2, 64, "float16", False, [1, 130, 0, 77], [1, 130, 5, 77], None),
     (4, 1, 128, "bfloat16", True, [300, 64, 129, 2], [300, 100, 64, 2], None),
     (8, 8, 128, "bfloat16", True, [2000, 5, 700, 1], [2000, 5, 700, 1], None),
     (2, 2, 256, "float16", True, [90, 10], [50, 10], None),
+    (4, 2, 128, "bfloat16", True, [700] + [3, 0, 1] * 10, [650] + [3, 2, 1] * 10, None),
     (4, 2, 64, "bfloat16", True, [60, 60, 60], [60, 60, 60], [0, 60, 1 << 30, -4]),
+    (4, 2, 64, "float16", False, [600] + [1] * 20, [600] + [1] * 20, [0, 600, -4, 1 << 30] + list(range(601, 619))),
 ]
 
 

@@ -82,7 +82,8 @@ def run_and_check(backend, lengths_q, lengths_k, heads_q, heads_kv, head_dim, dt
 
 
 # Sequence lengths: equal ones, ragged ones around the tile sizes, empty sequences (of queries, of keys), more queries
-# than keys (causal rows that see nothing), one long sequence among short ones.
+# than keys (causal rows that see nothing), one long sequence among short ones, many sequences (the Triton kernel
+# finds each program's sequence by a binary search over cu_seqlens_q: five levels here).
 LENGTHS = {
     "equal": ([64, 64, 64], [64, 64, 64]),
     "ragged": ([1, 17, 33, 90], [1, 17, 33, 90]),
@@ -91,6 +92,9 @@ LENGTHS = {
     "more_queries": ([40, 9], [7, 9]),
     "skewed": ([150, 2, 3, 1, 5], [150, 2, 3, 1, 5]),
     "no_keys_at_all": ([7, 20], [0, 0]),
+    "many": ([3, 0, 40, 1, 0, 33, 7, 64, 0, 2, 31, 5, 0, 0, 9, 70, 1, 12, 0, 4, 32, 6],
+             [5, 2, 40, 0, 1, 30, 7, 64, 3, 2, 31, 9, 0, 6, 9, 70, 1, 12, 8, 4, 33, 6]),
+    "long_among_many": ([300] + [2, 0, 3] * 14, [290] + [2, 5, 3] * 14),
 }
 
 
@@ -100,6 +104,22 @@ LENGTHS = {
 @pytest.mark.parametrize("heads_q,heads_kv", [(4, 1), (4, 2), (2, 2)], ids=["mqa", "gqa", "mha"])
 def test_matches_reference(varlen_backend, dtype, causal, lengths, heads_q, heads_kv):
     run_and_check(varlen_backend, *lengths, heads_q, heads_kv, HEAD_DIM, dtype, causal=causal)
+
+
+@pytest.mark.parametrize("search", [False, True], ids=["longest-grid", "searched"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("lengths", [LENGTHS[name] for name in ("many", "empty", "long_among_many", "ragged")],
+                         ids=["many", "empty", "long_among_many", "ragged"])
+def test_triton_grid_mappings(monkeypatch, search, causal, lengths):
+    """The Triton kernel's two grids for packed batches, whichever the call would pick: the longest sequence's row
+    blocks for every sequence, and the packed rows' blocks with each program's sequence found by a binary search
+    (22 and 43 sequences: five and six levels). long_among_many picks the search by itself; the others do not."""
+    assert flash_attention.triton.searched_varlen_grid(len(lengths[0]), max(lengths[0]), sum(lengths[0])) == (
+        lengths is LENGTHS["long_among_many"])
+    monkeypatch.setattr(flash_attention.triton, "searched_varlen_grid", lambda *_: search)
+    flash_attention.triton._forward_plans.clear()  # a GPU call's plan would repeat the other grid
+    run_and_check("triton", *lengths, 4, 2, HEAD_DIM, torch.bfloat16, causal=causal)
+    flash_attention.triton._forward_plans.clear()
 
 
 @requires_gpu

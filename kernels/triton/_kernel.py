@@ -15,7 +15,10 @@ HEAD_DIM_PAD).
 Packed variable-length batches (`attention_varlen`) run the same kernel (IS_VARLEN): the packed tensors are one batch
 of total rows, and each program reads its sequence's row range from cu_seqlens. A tile's rows past its sequence read
 the next sequence's rows (masked for keys, never stored for queries), so TMA still loads; the output is stored with
-pointers, masked at the sequence's end.
+pointers, masked at the sequence's end. Its grid is the longest sequence's row blocks for every sequence (the extra
+programs exit at once), or, where that would be more than twice as many programs (one long sequence among many short
+ones: SEARCH_SEQUENCE), the packed rows' blocks plus one per sequence, each program finding its sequence by a binary
+search over cu_seqlens_q (_varlen_row_block).
 """
 
 import triton
@@ -107,7 +110,28 @@ def _sequence_bounds(cu_seqlens, index, total):
     return start, end
 
 
-@triton.jit(do_not_specialize=["seqlen_q_bucket", "seqlen_k_bucket", "total_q", "total_k"])
+@triton.jit
+def _varlen_row_block(CuSeqlensQ, virtual_block, num_sequences, total_q, BLOCK_M: tl.constexpr):
+    """(sequence, row block within it) of a packed batch's `virtual_block`. Sequence b owns the virtual blocks
+    [first(b), first(b + 1)), first(b) = cu_seqlens_q[b] // BLOCK_M + b: that holds its cdiv(length, BLOCK_M) row
+    blocks and at most two more, so cdiv(total_q, BLOCK_M) + num_sequences virtual blocks cover any batch, where a
+    grid of the longest sequence's blocks for every sequence holds 919k programs x heads for 9k real row blocks at
+    one 8k sequence among 448 of 128 tokens. A binary search over first(), which rises with b (cu_seqlens clamped as
+    _sequence_bounds does). The row block may lie past the sequence's last (or, for a cu_seqlens_q[0] above 0, be
+    negative): the caller skips those."""
+    lo = num_sequences * 0  # first(lo) <= virtual_block < first(hi), hi == num_sequences standing for +inf
+    hi = num_sequences + 0
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if tl.minimum(tl.maximum(tl.load(CuSeqlensQ + mid), 0), total_q) // BLOCK_M + mid <= virtual_block:
+            lo = mid
+        else:
+            hi = mid
+    first = tl.minimum(tl.maximum(tl.load(CuSeqlensQ + lo), 0), total_q) // BLOCK_M + lo
+    return lo, virtual_block - first
+
+
+@triton.jit(do_not_specialize=["seqlen_q_bucket", "seqlen_k_bucket", "total_q", "total_k", "num_sequences"])
 def attention_fwd_kernel(
     Q, K, V, Out, Lse, CuSeqlensQ, CuSeqlensK,
     stride_qb, stride_qh, stride_qm,
@@ -116,10 +140,11 @@ def attention_fwd_kernel(
     stride_ob, stride_oh, stride_om,
     heads_q, group_size, seqlen_q, seqlen_k, head_dim, qk_scale,
     total_q, total_k,  # varlen: the packed rows of Q and K (the LSE row length and the clamp for cu_seqlens)
+    num_sequences,  # varlen: the packed batch's sequences (cu_seqlens has one more entry)
     seqlen_q_bucket, seqlen_k_bucket,  # autotune keys only: a new length bucket retunes
     IS_CAUSAL: tl.constexpr, POSITIVE_SCALE: tl.constexpr, IS_BF16: tl.constexpr,
     HEAD_DIM_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    USE_TMA: tl.constexpr, DOT_IN_FP32: tl.constexpr, IS_VARLEN: tl.constexpr,
+    USE_TMA: tl.constexpr, DOT_IN_FP32: tl.constexpr, IS_VARLEN: tl.constexpr, SEARCH_SEQUENCE: tl.constexpr,
 ):
     """Dense: Q (B, Hq, seqlen_q, D), K/V (B, Hkv, seqlen_k, D). Varlen (IS_VARLEN): the packed (total, H, D)
     tensors seen as one batch (1, H, total, D), sequence b's rows [CuSeqlensQ[b], CuSeqlensQ[b + 1]) and keys
@@ -127,17 +152,21 @@ def attention_fwd_kernel(
     row indices within [q_start, q_end) and [k_start, k_end)."""
     # One flat grid axis (limit 2^31 - 1) so that batch x heads beyond 65,535 needs no y/z dimension.
     pid = tl.program_id(0)
-    num_m_blocks = tl.cdiv(seqlen_q, BLOCK_M)
-    bh = pid // num_m_blocks
-    m_index = pid % num_m_blocks
-    off_b = bh // heads_q
-    off_h = bh % heads_q
+    if SEARCH_SEQUENCE:  # (virtual row block, head), heads innermost
+        off_h = pid % heads_q
+        off_b, m_index = _varlen_row_block(CuSeqlensQ, pid // heads_q, num_sequences, total_q, BLOCK_M)
+    else:  # (batch x head, row block of the longest sequence)
+        num_m_blocks = tl.cdiv(seqlen_q, BLOCK_M)
+        bh = pid // num_m_blocks
+        m_index = pid % num_m_blocks
+        off_b = bh // heads_q
+        off_h = bh % heads_q
     off_kv_head = off_h // group_size  # GQA: query heads of a group share one K/V head, never copied
     if IS_VARLEN:
         q_start, q_end = _sequence_bounds(CuSeqlensQ, off_b, total_q)
         k_start, k_end = _sequence_bounds(CuSeqlensK, off_b, total_k)
         seq_m_blocks = tl.cdiv(q_end - q_start, BLOCK_M)
-        if m_index >= seq_m_blocks:  # the grid covers the longest sequence; shorter ones have fewer tiles
+        if (m_index < 0) | (m_index >= seq_m_blocks):  # past a shorter sequence's rows, or a spare searched block
             return
         addr_b = tl.zeros_like(off_b)  # every sequence lives in the one packed "batch"
     else:
