@@ -90,7 +90,8 @@ class VarlenAxes:
 
 def dense_twin(shape: Shape, shapes: list[Shape]) -> Shape | None:
     """The equal-length row of the same tokens, heads and mask that a mix is read against: of the run's equal mixes,
-    the one of the longest sequences no longer than this mix's mean length (else the shortest there is)."""
+    the one of the longest sequences no longer than this mix's mean length; where every one is longer (a long
+    sequence among many short ones, whose work the long one carries), the longest there is."""
     mean = shape.tokens / max(1, len(shape.lengths))
     candidates = [s for s in shapes if s.mix.startswith("equal-") and s.tokens == shape.tokens
                   and (s.heads_q, s.heads_kv, s.head_dim, s.causal) == (shape.heads_q, shape.heads_kv,
