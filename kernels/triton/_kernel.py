@@ -102,10 +102,16 @@ def _attend_tiles(acc, row_sum, row_max, q, K, V, k_base, v_base, off_b, off_kv_
 
 
 @triton.jit
+def _sequence_start(cu_seqlens, index, total):
+    """cu_seqlens[index] clamped into [0, total], whatever it holds (the caller's guarantee on device values cannot
+    be checked without a sync; no access may leave the tensor)."""
+    return tl.minimum(tl.maximum(tl.load(cu_seqlens + index), 0), total)
+
+
+@triton.jit
 def _sequence_bounds(cu_seqlens, index, total):
-    """[start, end) of packed sequence `index`, clamped into [0, total] and end >= start whatever cu_seqlens holds
-    (the caller's guarantee on device values cannot be checked without a sync; no access may leave the tensor)."""
-    start = tl.minimum(tl.maximum(tl.load(cu_seqlens + index), 0), total)
+    """[start, end) of packed sequence `index`, clamped into [0, total] and end >= start."""
+    start = _sequence_start(cu_seqlens, index, total)
     end = tl.minimum(tl.maximum(tl.load(cu_seqlens + index + 1), start), total)
     return start, end
 
@@ -116,19 +122,18 @@ def _varlen_row_block(CuSeqlensQ, virtual_block, num_sequences, total_q, BLOCK_M
     [first(b), first(b + 1)), first(b) = cu_seqlens_q[b] // BLOCK_M + b: that holds its cdiv(length, BLOCK_M) row
     blocks and at most two more, so cdiv(total_q, BLOCK_M) + num_sequences virtual blocks cover any batch, where a
     grid of the longest sequence's blocks for every sequence holds 919k programs x heads for 9k real row blocks at
-    one 8k sequence among 448 of 128 tokens. A binary search over first(), which rises with b (cu_seqlens clamped as
-    _sequence_bounds does). The row block may lie past the sequence's last (or, for a cu_seqlens_q[0] above 0, be
+    one 8k sequence among 448 of 128 tokens. A binary search over first(), which rises with b (the offsets clamped,
+    _sequence_start). The row block may lie past the sequence's last (or, for a cu_seqlens_q[0] above 0, be
     negative): the caller skips those."""
     lo = num_sequences * 0  # first(lo) <= virtual_block < first(hi), hi == num_sequences standing for +inf
     hi = num_sequences + 0
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if tl.minimum(tl.maximum(tl.load(CuSeqlensQ + mid), 0), total_q) // BLOCK_M + mid <= virtual_block:
+        if _sequence_start(CuSeqlensQ, mid, total_q) // BLOCK_M + mid <= virtual_block:
             lo = mid
         else:
             hi = mid
-    first = tl.minimum(tl.maximum(tl.load(CuSeqlensQ + lo), 0), total_q) // BLOCK_M + lo
-    return lo, virtual_block - first
+    return lo, virtual_block - (_sequence_start(CuSeqlensQ, lo, total_q) // BLOCK_M + lo)
 
 
 @triton.jit(do_not_specialize=["seqlen_q_bucket", "seqlen_k_bucket", "total_q", "total_k", "num_sequences"])
