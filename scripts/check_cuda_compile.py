@@ -103,9 +103,9 @@ def demangle(names: list[str]) -> dict[str, str]:
 def short_name(demangled: str) -> str:
     # flash::flash_fwd_sm80_kernel<flash::FwdKernelTraits<64, 128, 128, 4, cutlass::half_t>, false>(...)
     # flash::flash_fwd_sm90_kernel<flash::Sm90FwdTraits<128, 128, 128, 2, cutlass::half_t>, true, ...>(...)
-    # flash::decode::decode_kernel<(flash::DType)1, 128, 6>(...), decode_combine_kernel<(flash::DType)0>(...)
+    # flash::decode::decode_kernel<(flash::DType)1, 128, 6>(...), decode_combine_kernel<(flash::DType)0, 128>(...)
     m = re.search(r"decode::decode_(kernel|combine_kernel|append_kernel)"
-                  r"(?:<\(flash::DType\)(\d)(?:, (\d+), (\d+))?>)?", demangled)
+                  r"(?:<\(flash::DType\)(\d)(?:, (\d+))?(?:, (\d+))?>)?", demangled)
     if m:
         role, dtype, d, stages = m.groups()
         role = {"kernel": "decode", "combine_kernel": "decode combine", "append_kernel": "decode append"}[role]

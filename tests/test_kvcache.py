@@ -141,12 +141,13 @@ def test_split_kv_matches_reference(backend, num_splits, causal, page_size):
 @pytest.mark.parametrize("head_dim", [72, 128, 256])
 @pytest.mark.parametrize("num_splits", [65, 128])
 def test_many_splits_merge(backend, head_dim, num_splits):
-    """More splits than a merging thread holds partials in flight (the CUDA combine loads them in chunks), up to the
-    limit; head_dim 72 leaves the combine's column vectors no whole number of split groups per block."""
+    """More splits than the CUDA combine's lanes hold in flight (16 partials) or weigh from one register (32), up to
+    the limit; head_dim 72 leaves lanes of a row's warp without a column, and 6 rows leave a block's last warps
+    without a row."""
     cache = Cache(2, 1, 1040, head_dim, torch.float16)
     lengths = [1040, 300]  # the second sequence leaves most splits empty
     seqlens = torch.tensor(lengths, dtype=torch.int32, device=DEVICE)
-    query = make_query(2, 2, 1, head_dim, torch.float16)
+    query = make_query(2, 3, 1, head_dim, torch.float16)
     out, lse = flash_attention.attention_with_kvcache(
         query, cache.key, cache.value, cache_seqlens=seqlens, return_lse=True, num_splits=num_splits,
         backend=backend)

@@ -27,6 +27,7 @@ namespace flash {
 namespace decode {
 
 constexpr int kCombineThreads = 128;
+constexpr int kCombineRowsPerBlock = kCombineThreads / 32;  // a warp per output row
 constexpr int kRows = 16;    // packed query rows per CTA: one MMA row tile
 constexpr int kBlockN = 16;  // keys per warp tile
 constexpr int kMaxSplits = 128;  // flash_attention._validation.MAX_NUM_SPLITS
@@ -154,13 +155,19 @@ struct DecodeWork {
   int tile_begin, tile_end;  // the split's 16-key tiles
   int key_end;    // keys at or past this are not this split's (or no row of the block sees them)
 
-  __device__ DecodeWork(const DecodeParams& p) {
+  // The CTA's rows and split, from its block index.
+  __device__ explicit DecodeWork(const DecodeParams& p) {
     const int packed_rows = p.group * p.seqlen_q;
     const int row_blocks = (packed_rows + kRows - 1) / kRows;
     first_row = (blockIdx.x % row_blocks) * kRows;
     kv_head = (blockIdx.x / row_blocks) % p.heads_kv;
     batch = blockIdx.x / (row_blocks * p.heads_kv);
     split = blockIdx.y;
+  }
+
+  // The keys they see: reads the sequence's length, a global load whose latency the CTA's first copies share.
+  __device__ void find_keys(const DecodeParams& p) {
+    const int packed_rows = p.group * p.seqlen_q;
     length = p.capacity;
     if (p.seqlens_ptr != nullptr) {
       const long long keys = static_cast<long long>(p.seqlens_ptr[batch]) + p.seqlen_new;
@@ -217,23 +224,25 @@ __global__ void __launch_bounds__(StageChoice<kHeadDim>::kWarps * 32) decode_ker
   Element* smem_q = reinterpret_cast<Element*>(smem);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   Element* smem_kv = smem_q + T::kQElems + warp * T::kWarpElems;
-  const DecodeWork work(p);
+  DecodeWork work(p);
   const int packed_rows = p.group * p.seqlen_q;
 
-  // The packed Q rows (zero past the packed rows and head_dim), once per CTA.
+  // The packed Q rows (zero past the packed rows and head_dim), once per CTA: copied asynchronously, in a group of
+  // their own, and before the length is read, so that the Q and length loads are in flight together and the K/V
+  // copies wait for the length alone. (A load into registers and a store would hold each thread until Q arrived: a
+  // third DRAM latency before the first K/V copy.)
   constexpr int kThreads = T::kThreads;
   for (int chunk = threadIdx.x; chunk < kRows * T::kChunksPerRow; chunk += kThreads) {
     const int r = chunk / T::kChunksPerRow, col = (chunk % T::kChunksPerRow) * 8;
     const int row = work.first_row + r;
-    uint4 value = make_uint4(0, 0, 0, 0);
-    if (row < packed_rows && col < p.head_dim) {
-      const int head = work.kv_head * p.group + row % p.group;
-      const Element* source = static_cast<const Element*>(p.q_ptr) + work.batch * p.q_batch_stride +
-                              head * p.q_head_stride + static_cast<index_t>(row / p.group) * p.q_row_stride + col;
-      value = *reinterpret_cast<const uint4*>(source);
-    }
-    *reinterpret_cast<uint4*>(smem_q + r * T::kRowPitch + col) = value;
+    const bool valid = row < packed_rows && col < p.head_dim;
+    const int head = work.kv_head * p.group + row % p.group;
+    const Element* source = static_cast<const Element*>(p.q_ptr) + work.batch * p.q_batch_stride +
+                            head * p.q_head_stride + static_cast<index_t>(row / p.group) * p.q_row_stride + col;
+    cp_async_16(smem_address(smem_q + r * T::kRowPitch + col), valid ? source : p.q_ptr, valid);
   }
+  cp_async_commit();
+  work.find_keys(p);
 
   // This thread's two rows of the MMA tile (group = lane / 4, rows g and g + 8) and the keys each sees here.
   const int g = lane / 4, t = lane % 4;
@@ -322,7 +331,8 @@ __global__ void __launch_bounds__(StageChoice<kHeadDim>::kWarps * 32) decode_ker
     cp_async_commit();
   }
   int next_page = T::kStages - 1 < my_tiles ? fetch_page(tile_of(T::kStages - 1)) : 0;
-  __syncthreads();  // the Q tile is in shared memory
+  cp_async_wait<T::kStages - 1>();  // this thread's Q copies (the group before the tiles')
+  __syncthreads();                  // everyone's: the Q tile is in shared memory
 
   // Keys below unmasked_end are seen by every row of the block (its first row sees the fewest): such tiles skip
   // the mask. Padded rows (past the packed rows) then see them too; their output is never written.
@@ -500,102 +510,94 @@ __global__ void __launch_bounds__(StageChoice<kHeadDim>::kWarps * 32) decode_ker
   }
 }
 
-// Merges the splits of one output row: out = sum_s w_s partial_s, w_s = exp(lse_s - lse), lse = log sum exp(lse_s).
-// Latency-bound (a row is a few KiB), so every load a thread needs is in flight at once: the first kCombineChunk
-// partials of each thread are requested before warp 0 weighs the splits (its LSE loads, one per lane, run alongside),
-// and each thread sums float4 columns of every groups-th split, the groups then adding up in shared memory. With a
-// thread per column walking the splits one dependent load at a time, a split call cost about 6 µs more than an
-// unsplit one of the same read on an H100; 3.5-4 µs so (results/NOTES.md, "The split count").
-constexpr int kCombineChunk = 8;  // partials per thread in flight at once
-template <DType kDType>
+// Merges the splits of output rows: out = sum_s w_s partial_s, w_s = exp(lse_s - lse), lse = log sum exp(lse_s). A
+// warp per row: lane l holds the row's float4 columns l (and l + 32 at head dim 256) and the LSEs of splits l,
+// l + 32, ...; each split's weight passes from its lane by a shuffle, so nothing goes through shared memory and no
+// barrier is crossed. Latency-bound (a row is a few KiB): the first partials a lane reads are requested together with
+// the LSEs, kChunk splits at a time (16 float4 registers in flight). 1.01-1.03x a block per row summing split groups
+// in shared memory, on split calls at batch 1 (results/NOTES.md, "The decode combine, a warp per row").
+template <DType kDType, int kHeadDim>
 __global__ void __launch_bounds__(kCombineThreads) decode_combine_kernel(const __grid_constant__ DecodeParams p) {
-  using Element = typename Traits<kDType, 64, 2>::Element;
-  __shared__ float weights[kMaxSplits];
-  __shared__ float4 group_sums[kCombineThreads];
-  __shared__ float scale[2];  // 1 / total, and the row's LSE
+  using Element = typename Traits<kDType, kHeadDim, 2>::Element;
+  constexpr int kVecs = (kHeadDim + 127) / 128;  // float4 columns per lane
+  constexpr int kChunk = 16 / kVecs;             // splits whose partials a lane has in flight at once
+  constexpr int kPerLane = kMaxSplits / 32;      // LSEs per lane
+  static_assert(32 % kChunk == 0, "a chunk of splits takes its weights from one register of the lanes");
   const index_t rows_total = static_cast<index_t>(p.batch) * p.heads_q * p.seqlen_q;
-  const index_t out_row = blockIdx.x;
-  // Thread t sums float4 column `vec` of splits group, group + groups, ... (head_dim is a multiple of 8).
-  const int vecs = p.head_dim / 4;
-  const int groups = kCombineThreads / vecs;
-  const int vec = threadIdx.x % vecs, group = threadIdx.x / vecs;
-  const bool has_group = group < groups;
-  const float4* partial = reinterpret_cast<const float4*>(p.partial_o_ptr) + out_row * vecs + vec;
+  const index_t out_row = static_cast<index_t>(blockIdx.x) * kCombineRowsPerBlock + threadIdx.x / 32;
+  if (out_row >= rows_total) return;
+  const int lane = threadIdx.x % 32;
+  const int vecs = p.head_dim / 4;  // float4 columns of a row (head_dim is a multiple of 8)
+  const float4* partial = reinterpret_cast<const float4*>(p.partial_o_ptr) + out_row * vecs;
   const index_t split_stride = rows_total * vecs;
-  float4 loaded[kCombineChunk];
+  float4 loaded[kChunk][kVecs];
   auto load_chunk = [&](int first) {
 #pragma unroll
-    for (int i = 0; i < kCombineChunk; ++i) {
-      const int s = first + i * groups;
-      loaded[i] = has_group && s < p.num_splits ? partial[s * split_stride] : make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int i = 0; i < kChunk; ++i) {
+#pragma unroll
+      for (int j = 0; j < kVecs; ++j) {
+        const int vec = lane + 32 * j, s = first + i;
+        const bool valid = vec < vecs && s < p.num_splits;
+        loaded[i][j] = valid ? partial[s * split_stride + vec] : make_float4(0.f, 0.f, 0.f, 0.f);
+      }
     }
   };
-  load_chunk(group);
+  load_chunk(0);
 
-  if (threadIdx.x < 32) {
-    constexpr int kPerLane = kMaxSplits / 32;
-    float lse[kPerLane];
-    float top = -INFINITY;
+  float weight[kPerLane];  // of splits lane, lane + 32, ...
+  float top = -INFINITY;
 #pragma unroll
-    for (int i = 0; i < kPerLane; ++i) {
-      const int s = threadIdx.x + 32 * i;
-      lse[i] = s < p.num_splits ? p.partial_lse_ptr[s * rows_total + out_row] : -INFINITY;
-      top = fmaxf(top, lse[i]);
-    }
-    for (int offset = 16; offset > 0; offset /= 2) top = fmaxf(top, __shfl_xor_sync(0xffffffff, top, offset));
-    const float top_shift = top == -INFINITY ? 0.f : top;
-    float total = 0.f;
-#pragma unroll
-    for (int i = 0; i < kPerLane; ++i) {
-      const int s = threadIdx.x + 32 * i;
-      const float weight = __expf(lse[i] - top_shift);  // 0 for a split that saw no key (LSE -inf)
-      if (s < p.num_splits) weights[s] = weight;
-      total += s < p.num_splits ? weight : 0.f;
-    }
-    for (int offset = 16; offset > 0; offset /= 2) total += __shfl_xor_sync(0xffffffff, total, offset);
-    if (threadIdx.x == 0) {
-      scale[0] = total == 0.f ? 0.f : 1.f / total;
-      scale[1] = total == 0.f ? -INFINITY : top_shift + __logf(total);
-    }
+  for (int k = 0; k < kPerLane; ++k) {
+    const int s = lane + 32 * k;
+    weight[k] = s < p.num_splits ? p.partial_lse_ptr[s * rows_total + out_row] : -INFINITY;
+    top = fmaxf(top, weight[k]);
   }
-  __syncthreads();
+  for (int offset = 16; offset > 0; offset /= 2) top = fmaxf(top, __shfl_xor_sync(0xffffffff, top, offset));
+  const float top_shift = top == -INFINITY ? 0.f : top;
+  float total = 0.f;
+#pragma unroll
+  for (int k = 0; k < kPerLane; ++k) {
+    weight[k] = __expf(weight[k] - top_shift);  // 0 for a split that saw no key (LSE -inf) or past the splits
+    total += weight[k];
+  }
+  for (int offset = 16; offset > 0; offset /= 2) total += __shfl_xor_sync(0xffffffff, total, offset);
+  const float inverse = total == 0.f ? 0.f : 1.f / total;  // a row that saw no key: output 0, LSE -inf
 
-  float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
-  for (int first = group;;) {
+  float sum[kVecs][4] = {};
 #pragma unroll
-    for (int i = 0; i < kCombineChunk; ++i) {
-      const int s = first + i * groups;
-      const float weight = has_group && s < p.num_splits ? weights[s] : 0.f;
-      sum.x += weight * loaded[i].x;
-      sum.y += weight * loaded[i].y;
-      sum.z += weight * loaded[i].z;
-      sum.w += weight * loaded[i].w;
+  for (int k = 0; k < kPerLane; ++k) {  // splits 32k .. 32k + 31, whose weights the lanes hold in weight[k]
+    if (32 * k >= p.num_splits) break;
+    for (int first = 32 * k; first < 32 * k + 32 && first < p.num_splits; first += kChunk) {
+      if (first > 0) load_chunk(first);  // the first chunk was requested with the LSEs
+#pragma unroll
+      for (int i = 0; i < kChunk; ++i) {
+        const float w = __shfl_sync(0xffffffff, weight[k], (first + i) % 32);  // 0 past the splits
+#pragma unroll
+        for (int j = 0; j < kVecs; ++j) {
+          sum[j][0] += w * loaded[i][j].x;
+          sum[j][1] += w * loaded[i][j].y;
+          sum[j][2] += w * loaded[i][j].z;
+          sum[j][3] += w * loaded[i][j].w;
+        }
+      }
     }
-    first += kCombineChunk * groups;
-    if (first >= p.num_splits) break;
-    load_chunk(first);
   }
-  group_sums[threadIdx.x] = sum;
-  __syncthreads();
-  if (threadIdx.x >= vecs) return;
-  float values[4] = {0.f, 0.f, 0.f, 0.f};
-  for (int g = 0; g < groups; ++g) {
-    const float4 part = group_sums[g * vecs + threadIdx.x];
-    values[0] += part.x;
-    values[1] += part.y;
-    values[2] += part.z;
-    values[3] += part.w;
-  }
+
   const int query_row = static_cast<int>(out_row % p.seqlen_q);
   const int head = static_cast<int>((out_row / p.seqlen_q) % p.heads_q);
   const int batch = static_cast<int>(out_row / (static_cast<index_t>(p.seqlen_q) * p.heads_q));
   Element* destination = static_cast<Element*>(p.o_ptr) + batch * p.o_batch_stride + head * p.o_head_stride +
-                         static_cast<index_t>(query_row) * p.o_row_stride + 4 * threadIdx.x;
-  uint2 packed;
-  packed.x = pack_pair<kDType>(values[0] * scale[0], values[1] * scale[0]);
-  packed.y = pack_pair<kDType>(values[2] * scale[0], values[3] * scale[0]);
-  *reinterpret_cast<uint2*>(destination) = packed;
-  if (threadIdx.x == 0) p.lse_ptr[out_row] = scale[1];
+                         static_cast<index_t>(query_row) * p.o_row_stride;
+#pragma unroll
+  for (int j = 0; j < kVecs; ++j) {
+    const int vec = lane + 32 * j;
+    if (vec >= vecs) continue;
+    uint2 packed;
+    packed.x = pack_pair<kDType>(sum[j][0] * inverse, sum[j][1] * inverse);
+    packed.y = pack_pair<kDType>(sum[j][2] * inverse, sum[j][3] * inverse);
+    *reinterpret_cast<uint2*>(destination + 4 * vec) = packed;
+  }
+  if (lane == 0) p.lse_ptr[out_row] = total == 0.f ? -INFINITY : top_shift + __logf(total);
 }
 
 // Writes the new tokens into the cache: one block of 32 threads per (batch, K/V head, token), 16 bytes a thread.
@@ -674,7 +676,9 @@ cudaError_t run_decode(const DecodeParams& p, cudaStream_t stream) {
   err = optin >= kDeepBytes ? decode::launch_decode<kDType, kHeadDim, Stages::kDeepStages>(p, stream)
                             : decode::launch_decode<kDType, kHeadDim, Stages::kShallowStages>(p, stream);
   if (err != cudaSuccess || p.num_splits == 1) return err;
-  decode::decode_combine_kernel<kDType><<<p.batch * p.heads_q * p.seqlen_q, decode::kCombineThreads, 0, stream>>>(p);
+  const index_t rows = static_cast<index_t>(p.batch) * p.heads_q * p.seqlen_q;
+  const auto blocks = static_cast<unsigned>((rows + decode::kCombineRowsPerBlock - 1) / decode::kCombineRowsPerBlock);
+  decode::decode_combine_kernel<kDType, kHeadDim><<<blocks, decode::kCombineThreads, 0, stream>>>(p);
   return cudaGetLastError();
 }
 
