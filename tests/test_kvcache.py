@@ -76,9 +76,11 @@ def make_query(batch, heads_q, seqlen_q, head_dim, dtype, layout="bhsd"):
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("page_size", [None, 16, 64], ids=["contiguous", "page16", "page64"])
-@pytest.mark.parametrize("heads_q,heads_kv,seqlen_q", [(4, 1, 1), (8, 2, 3), (2, 2, 5)], ids=["mqa1", "gqa3", "mha5"])
+@pytest.mark.parametrize("heads_q,heads_kv,seqlen_q", [(4, 1, 1), (8, 2, 3), (2, 2, 5), (16, 2, 5)],
+                         ids=["mqa1", "gqa3", "mha5", "gqa8x5"])
 def test_matches_reference(backend, dtype, causal, page_size, heads_q, heads_kv, seqlen_q):
-    """Per-sequence lengths 0, 1, short and full, with 2 appended tokens; the cache is checked after the append."""
+    """Per-sequence lengths 0, 1, short and full, with 2 appended tokens; the cache is checked after the append.
+    gqa8x5 packs 40 rows per K/V head: a full and a partial block of the CUDA kernel's 32-row CTAs."""
     capacity, head_dim, new = 150, 64, 2
     cache = Cache(4, heads_kv, capacity, head_dim, dtype, page_size=page_size)
     lengths_before = [0, 1, 61, capacity - new]
@@ -127,11 +129,12 @@ def test_a_decoding_loop(backend, num_splits, page_size):
 @pytest.mark.parametrize("page_size", [16, 24])
 def test_split_kv_matches_reference(backend, num_splits, causal, page_size):
     """Forced splits, more than some sequences have key tiles (empty splits must merge as nothing). Pages of 24 keys
-    hold no whole number of key tiles, so each tile gathers its keys' pages one by one."""
+    hold no whole number of key tiles, so each tile gathers its keys' pages one by one. 20 packed rows per K/V head:
+    one 32-row CTA unsplit, a full and a partial 16-row CTA split (the CUDA kernel)."""
     cache = Cache(3, 2, 200, 64, torch.bfloat16, page_size=page_size)
     lengths = [200, 33, 5]
     seqlens = torch.tensor(lengths, dtype=torch.int32, device=DEVICE)
-    query = make_query(3, 8, 2, 64, torch.bfloat16)
+    query = make_query(3, 20, 2, 64, torch.bfloat16)
     out, lse = flash_attention.attention_with_kvcache(
         query, cache.key, cache.value, cache_seqlens=seqlens, block_table=cache.block_table, causal=causal,
         return_lse=True, num_splits=num_splits, backend=backend)
@@ -190,11 +193,13 @@ def test_whole_cache_without_seqlens_equals_attention(backend):
     assert_attention_close(out, lse, query, cache.key, cache.value, softmax_scale=0.3)
 
 
+@pytest.mark.parametrize("seqlen_q", [1, 12])
 @pytest.mark.parametrize("head_dim", [32, 128, 256])
-def test_head_dims(backend, head_dim):
+def test_head_dims(backend, head_dim, seqlen_q):
+    """2 and 24 packed rows per K/V head (the CUDA kernel's 16- and, up to head dim 128, 32-row CTAs)."""
     cache = Cache(1, 2, 70, head_dim, torch.bfloat16, page_size=16)
     seqlens = torch.tensor([70], dtype=torch.int32, device=DEVICE)
-    query = make_query(1, 4, 1, head_dim, torch.bfloat16)
+    query = make_query(1, 4, seqlen_q, head_dim, torch.bfloat16)
     out, lse = flash_attention.attention_with_kvcache(query, cache.key, cache.value, cache_seqlens=seqlens,
                                                       block_table=cache.block_table, return_lse=True,
                                                       backend=backend)

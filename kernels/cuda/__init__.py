@@ -164,7 +164,14 @@ _DECODE_PROGRAMS_PER_SM = 1
 # unsplit one of the same read; a split gives each of the eight warps at least one 16-key tile.
 _DECODE_SPLIT_COSTS = _decode_plan.SplitCosts(program_bytes_per_s=80e9, split_overhead_s=4e-6,
                                               min_keys_per_split=128)
-_DECODE_ROWS = 16  # packed query rows per decode CTA (csrc/decode_kernel.h, kRows)
+
+
+def _unsplit_decode_rows(packed_rows: int, head_dim: int) -> int:
+    """Packed query rows per CTA of an unsplit decode call (a split call's CTAs take 16): two 16-row MMA tiles where
+    more than 16 rows share a K/V head and the kernel's head dim is at most 128, else one. The kernel makes this
+    choice (csrc/decode_kernel.h, decode_rows); the split heuristic counts the CTAs it gives."""
+    two_tiles = packed_rows > 16 and _registry.decode_kernel(head_dim, torch.float16).head_dim <= 128
+    return 32 if two_tiles else 16
 
 
 def load_kernel(query, causal: bool = False, **options) -> None:
@@ -327,10 +334,11 @@ def kvcache_unsupported_reason(query, key_cache, value_cache) -> str | None:
 
 
 def _decode_auto_eligible(query, heads_kv: int) -> bool:
-    """`auto` takes the decode kernel where its packed rows fit one 16-row tile: with more, each row block reads the
-    K/V again (0.60-0.67 of FlashAttention-4 at 32 rows, batch 16, on an H200, where the Triton kernel's 32-row tile
-    reached 0.98-1.00: results/runtime_decode-heads_bf16.md). And only once it is built (`auto` never builds)."""
-    if query.shape[1] // heads_kv * query.shape[2] > _DECODE_ROWS:
+    """`auto` takes the decode kernel where its packed rows fit one 16-row tile. With more, the Triton kernel (one
+    32-row tile, split or not) is faster: at 64/8 heads with 4 query rows on an H100, `cuda` / `triton` time 1.18 at
+    batch 1 with 4k keys (16-row CTAs, split) and 1.03 at batch 16 (32-row CTAs, unsplit; results/NOTES.md, "Two row
+    tiles in a decode CTA"). And only once it is built (`auto` never builds)."""
+    if query.shape[1] // heads_kv * query.shape[2] > 16:
         return False
     return _built_for_auto(query, _registry.decode_kernel(query.shape[-1], query.dtype).stem)
 
@@ -352,13 +360,22 @@ def _call(op, *args):
 
 def decode_num_splits(query, key_cache, block_table) -> int:
     """The key splits the decode kernel runs a call in (`_decode_plan.choose_num_splits` over this kernel's CTAs:
-    one per batch, K/V head and block of _DECODE_ROWS packed rows)."""
-    batch, heads_q, seqlen_q, _ = query.shape
+    one per batch, K/V head and block of packed rows): unsplit where 32-row CTAs fill the GPU so, else the split count
+    of 16-row CTAs (_unsplit_decode_rows)."""
+    batch, heads_q, seqlen_q, head_dim = query.shape
     heads_kv = key_cache.shape[1]
-    programs = batch * heads_kv * -(-(heads_q // heads_kv * seqlen_q) // _DECODE_ROWS)
-    return _decode_plan.num_splits_for(query, heads_kv=heads_kv, keys=cache_geometry(key_cache, block_table)[0],
-                                       programs=programs, programs_per_sm=_DECODE_PROGRAMS_PER_SM,
-                                       costs=_DECODE_SPLIT_COSTS)
+    packed_rows = heads_q // heads_kv * seqlen_q
+
+    def splits(rows: int) -> int:
+        programs = batch * heads_kv * -(-packed_rows // rows)
+        return _decode_plan.num_splits_for(query, heads_kv=heads_kv, keys=cache_geometry(key_cache, block_table)[0],
+                                           programs=programs, programs_per_sm=_DECODE_PROGRAMS_PER_SM,
+                                           costs=_DECODE_SPLIT_COSTS)
+
+    rows = _unsplit_decode_rows(packed_rows, head_dim)
+    if rows > 16 and splits(rows) == 1:
+        return 1
+    return splits(16)
 
 
 def _run_decode(query, key_cache, value_cache, cache_seqlens, block_table, key, value, *, causal, softmax_scale,

@@ -1,12 +1,12 @@
 // Decode-shaped attention: a few query rows against a long KV cache, contiguous or paged (decode_params.h).
 //
-// One CTA of eight warps (four at head dim 256) per (batch, K/V head, 16 packed rows, key split). The query heads
-// of a GQA group and the query rows are packed into the 16 rows of one MMA tile (row r: query row r / group of head
-// kv_head * group + r % group), so each K/V tile is read once per group. Each warp streams its own 16-key tiles
-// (tiles warp, warp + kWarps, ... of the split) through a private cp.async pipeline and keeps its own online
-// softmax; the warps' states merge through shared memory at the end. No block-wide barrier inside the loop: a warp
-// waits only for its own copies. Matrix work is mma.sync m16n8k16 (fp32 accumulation) with ldmatrix operands, which
-// every SM80+ GPU runs; decode moves bytes, so the tensor cores are far from the limit.
+// One CTA of eight warps (four at head dim 256) per (batch, K/V head, 16 or 32 packed rows, key split). The query
+// heads of a GQA group and the query rows are packed into the rows of one or two MMA tiles (row r: query row
+// r / group of head kv_head * group + r % group), so each K/V tile is read once per group. Each warp streams its own
+// 16-key tiles (tiles warp, warp + kWarps, ... of the split) through a private cp.async pipeline and keeps its own
+// online softmax; the warps' states merge through shared memory at the end. No block-wide barrier inside the loop: a
+// warp waits only for its own copies. Matrix work is mma.sync m16n8k16 (fp32 accumulation) with ldmatrix operands,
+// which every SM80+ GPU runs; decode moves bytes, so the tensor cores are far from the limit.
 //
 // Keys are addressed row by row: a page index per 16-key tile where pages of a power-of-two size hold whole tiles,
 // else per key. Lengths
@@ -28,7 +28,6 @@ namespace decode {
 
 constexpr int kCombineThreads = 128;
 constexpr int kCombineRowsPerBlock = kCombineThreads / 32;  // a warp per output row
-constexpr int kRows = 16;    // packed query rows per CTA: one MMA row tile
 constexpr int kBlockN = 16;  // keys per warp tile
 constexpr int kMaxSplits = 128;  // flash_attention._validation.MAX_NUM_SPLITS
 constexpr float kLn2 = 0.6931471805599453f;
@@ -45,9 +44,28 @@ struct StageChoice {
   static constexpr int kShallowStages = kHeadDim == 64 ? 4 : 2;
 };
 
-template <DType kDType, int kHeadDim, int kStages_>
+// Packed query rows per CTA: one 16-row MMA tile, or two where more rows share a K/V head and the call is not split
+// (64/8 heads with 4 query rows: 32 rows), so that each K/V tile is read once for all of them and the grid holds half
+// the CTAs. Measured on an H100 (results/NOTES.md, "Two row tiles in a decode CTA"): 32-row CTAs 1.02-1.05x 16-row
+// ones at batch 16, where the 16-row grid took two waves; 0.90-0.96x at batch 1, where the keys are split to fill
+// the GPU and the 16-row CTAs' second K/V read comes from L2. Head dim 256 keeps one tile: a second would double its
+// 128 accumulator registers a thread. flash_attention.cuda's _decode_rows mirrors this (the split heuristic counts
+// the CTAs).
+template <int kHeadDim>
+__host__ __device__ constexpr int max_decode_rows() {
+  return kHeadDim <= 128 ? 32 : 16;
+}
+template <int kHeadDim>
+inline int decode_rows(int packed_rows, int num_splits) {
+  return packed_rows > 16 && num_splits == 1 ? max_decode_rows<kHeadDim>() : 16;
+}
+
+template <DType kDType, int kHeadDim, int kStages_, int kRows_>
 struct Traits {
   static_assert(kHeadDim % 16 == 0 && kHeadDim <= 256, "head dims 64, 128, 256 are instantiated");
+  static_assert(kRows_ == 16 || kRows_ == 32, "one or two 16-row MMA tiles");
+  static constexpr int kRows = kRows_;
+  static constexpr int kMTiles = kRows / 16;
   static constexpr int kStages = kStages_;
   static constexpr int kWarps = StageChoice<kHeadDim>::kWarps;
   static constexpr int kThreads = kWarps * 32;
@@ -148,7 +166,8 @@ __device__ __forceinline__ float quad_sum(float value) {
 }
 
 // ------------------------------------------------------------------------------------------------ the work
-// Which keys a CTA's rows see, and which of them its split covers.
+// Which keys a CTA's kRows rows see, and which of them its split covers.
+template <int kRows>
 struct DecodeWork {
   int batch, kv_head, first_row, split;
   int length;     // keys of the sequence after the append, clamped to the capacity
@@ -215,16 +234,17 @@ __device__ __forceinline__ int page_of(const DecodeParams& p, int batch, int key
   return min(max(page, 0), p.num_pages - 1);
 }
 
-template <DType kDType, int kHeadDim, int kStages>
+template <DType kDType, int kHeadDim, int kStages, int kRows>
 __global__ void __launch_bounds__(StageChoice<kHeadDim>::kWarps * 32) decode_kernel(const __grid_constant__
                                                                                    DecodeParams p) {
-  using T = Traits<kDType, kHeadDim, kStages>;
+  using T = Traits<kDType, kHeadDim, kStages, kRows>;
+  constexpr int kMTiles = T::kMTiles;
   using Element = typename T::Element;
   extern __shared__ __align__(16) unsigned char smem[];
   Element* smem_q = reinterpret_cast<Element*>(smem);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   Element* smem_kv = smem_q + T::kQElems + warp * T::kWarpElems;
-  DecodeWork work(p);
+  DecodeWork<kRows> work(p);
   const int packed_rows = p.group * p.seqlen_q;
 
   // The packed Q rows (zero past the packed rows and head_dim), once per CTA: copied asynchronously, in a group of
@@ -244,12 +264,16 @@ __global__ void __launch_bounds__(StageChoice<kHeadDim>::kWarps * 32) decode_ker
   cp_async_commit();
   work.find_keys(p);
 
-  // This thread's two rows of the MMA tile (group = lane / 4, rows g and g + 8) and the keys each sees here.
+  // This thread's two rows of each MMA tile (group = lane / 4: rows g and g + 8 of tile mt) and the keys each sees.
   const int g = lane / 4, t = lane % 4;
-  int limit[2];
-  for (int h = 0; h < 2; ++h) {
-    const int row = work.first_row + g + 8 * h;
-    limit[h] = row < packed_rows ? min(work.row_limit(p, row / p.group), work.key_end) : 0;
+  int limit[kMTiles][2];
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = work.first_row + 16 * mt + g + 8 * h;
+      limit[mt][h] = row < packed_rows ? min(work.row_limit(p, row / p.group), work.key_end) : 0;
+    }
   }
 
   // A lane copies the same 16-byte column of rows lane_row + j * kRowsPerStep of each tile: one source address per
@@ -337,16 +361,22 @@ __global__ void __launch_bounds__(StageChoice<kHeadDim>::kWarps * 32) decode_ker
   // Keys below unmasked_end are seen by every row of the block (its first row sees the fewest): such tiles skip
   // the mask. Padded rows (past the packed rows) then see them too; their output is never written.
   const int unmasked_end = min(work.row_limit(p, work.first_row / p.group), work.key_end);
-  float acc[kHeadDim / 8][4] = {};
-  float row_max[2] = {-INFINITY, -INFINITY};
-  float row_sum[2] = {0.f, 0.f};
+  float acc[kMTiles][kHeadDim / 8][4] = {};
+  float row_max[kMTiles][2], row_sum[kMTiles][2];
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt) {
+    row_max[mt][0] = row_max[mt][1] = -INFINITY;
+    row_sum[mt][0] = row_sum[mt][1] = 0.f;
+  }
   // ldmatrix addresses: for A (Q) matrix m = lane / 8 is rows (m % 2) * 8.., columns (m / 2) * 8..; for B from K,
   // keys (m / 2) * 8.., columns (m % 2) * 8..; for B from V (transposed), keys (m % 2) * 8.., columns (m / 2) * 8..
   const int m = lane / 8, mr = lane % 8;
   const uint32_t q_address = smem_address(smem_q + ((m % 2) * 8 + mr) * T::kRowPitch + (m / 2) * 8);
-  // Q's A fragments stay in registers up to head dim 128 (32 registers), sparing one ldmatrix per 16 columns of
-  // every tile; at 256 they would not fit beside the accumulator, and are read from shared memory each tile.
-  constexpr bool kQInRegisters = kHeadDim <= 128;
+  constexpr uint32_t kQTileBytes = 16 * T::kRowPitch * 2;  // one 16-row MMA tile of Q
+  // Q's A fragments stay in registers for one row tile up to head dim 128 (32 registers), sparing one ldmatrix per
+  // 16 columns of every tile; at 256, or with two row tiles, they would not fit beside the accumulators, and are
+  // read from shared memory each tile (one ldmatrix serves the two row tiles' S products).
+  constexpr bool kQInRegisters = kHeadDim <= 128 && kMTiles == 1;
   uint32_t q_fragments[kQInRegisters ? kHeadDim / 16 : 1][4];
   if constexpr (kQInRegisters) {
 #pragma unroll
@@ -364,21 +394,25 @@ __global__ void __launch_bounds__(StageChoice<kHeadDim>::kWarps * 32) decode_ker
     const Element* k_tile = smem_kv + (i % T::kStages) * 2 * T::kTileElems;
     const Element* v_tile = k_tile + T::kTileElems;
 
-    // S = Q K^T, 16 rows x 16 keys: s[n] holds keys n * 8 + 2t, + 1 of rows g (0, 1) and g + 8 (2, 3).
-    float s[2][4] = {};
+    // S = Q K^T, 16 rows x 16 keys per row tile: s[mt][n] holds keys n * 8 + 2t, + 1 of rows g (0, 1) and g + 8
+    // (2, 3) of row tile mt.
+    float s[kMTiles][2][4] = {};
     const uint32_t k_address = smem_address(k_tile);
 #pragma unroll
     for (int kk = 0; kk < kHeadDim / 16; ++kk) {
       uint32_t b[4];
       ldmatrix_x4(b, k_address + kv_tile_offset<kHeadDim>((m / 2) * 8 + mr, 2 * kk + m % 2) * 2);
-      if constexpr (kQInRegisters) {
-        mma_16x8x16<kDType>(s[0], q_fragments[kk], b[0], b[1]);
-        mma_16x8x16<kDType>(s[1], q_fragments[kk], b[2], b[3]);
-      } else {
-        uint32_t a[4];
-        ldmatrix_x4(a, q_address + kk * 32);
-        mma_16x8x16<kDType>(s[0], a, b[0], b[1]);
-        mma_16x8x16<kDType>(s[1], a, b[2], b[3]);
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) {
+        if constexpr (kQInRegisters) {
+          mma_16x8x16<kDType>(s[mt][0], q_fragments[kk], b[0], b[1]);
+          mma_16x8x16<kDType>(s[mt][1], q_fragments[kk], b[2], b[3]);
+        } else {
+          uint32_t a[4];
+          ldmatrix_x4(a, q_address + mt * kQTileBytes + kk * 32);
+          mma_16x8x16<kDType>(s[mt][0], a, b[0], b[1]);
+          mma_16x8x16<kDType>(s[mt][1], a, b[2], b[3]);
+        }
       }
     }
 
@@ -386,55 +420,74 @@ __global__ void __launch_bounds__(StageChoice<kHeadDim>::kWarps * 32) decode_ker
     const int first_key = tile_of(i) * kBlockN;
     if (first_key + kBlockN > unmasked_end) {  // warp-uniform: a tile some row sees only in part
 #pragma unroll
-      for (int n = 0; n < 2; ++n) {
+      for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          if (first_key + n * 8 + 2 * t + e % 2 >= limit[e / 2]) s[n][e] = -INFINITY;
+        for (int n = 0; n < 2; ++n) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            if (first_key + n * 8 + 2 * t + e % 2 >= limit[mt][e / 2]) s[mt][n][e] = -INFINITY;
+          }
         }
       }
     }
-    float shift[2], correction[2];
+    float shift[kMTiles][2], correction[kMTiles][2];
+    bool rescale = false;
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const float tile_max = quad_max(fmaxf(fmaxf(s[0][2 * h], s[0][2 * h + 1]), fmaxf(s[1][2 * h], s[1][2 * h + 1])));
-      const float new_max = fmaxf(row_max[h], tile_max * p.scale_log2);
-      shift[h] = new_max == -INFINITY ? 0.f : new_max;  // a row with no key yet: exp2(-inf - 0) = 0, not NaN
-      correction[h] = exp2f(row_max[h] - shift[h]);
-      row_max[h] = new_max;
-    }
-    // The running max rarely moves after the first tiles: rescale only when it did for some row of the warp.
-    if (__any_sync(0xffffffff, correction[0] != 1.f || correction[1] != 1.f)) {
+    for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        row_sum[h] *= correction[h];
-#pragma unroll
-        for (int n = 0; n < kHeadDim / 8; ++n) {
-          acc[n][2 * h] *= correction[h];
-          acc[n][2 * h + 1] *= correction[h];
-        }
+        const float tile_max = quad_max(fmaxf(fmaxf(s[mt][0][2 * h], s[mt][0][2 * h + 1]),
+                                              fmaxf(s[mt][1][2 * h], s[mt][1][2 * h + 1])));
+        const float new_max = fmaxf(row_max[mt][h], tile_max * p.scale_log2);
+        shift[mt][h] = new_max == -INFINITY ? 0.f : new_max;  // a row with no key yet: exp2(-inf - 0) = 0, not NaN
+        correction[mt][h] = exp2f(row_max[mt][h] - shift[mt][h]);
+        row_max[mt][h] = new_max;
+        rescale |= correction[mt][h] != 1.f;
       }
     }
-    float probability[2][4];
+    // The running max rarely moves after the first tiles: rescale only when it did for some row of the warp.
+    if (__any_sync(0xffffffff, rescale)) {
 #pragma unroll
-    for (int n = 0; n < 2; ++n) {
+      for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        probability[n][e] = exp2f(s[n][e] * p.scale_log2 - shift[e / 2]);
-        row_sum[e / 2] += probability[n][e];
+        for (int h = 0; h < 2; ++h) {
+          row_sum[mt][h] *= correction[mt][h];
+#pragma unroll
+          for (int n = 0; n < kHeadDim / 8; ++n) {
+            acc[mt][n][2 * h] *= correction[mt][h];
+            acc[mt][n][2 * h + 1] *= correction[mt][h];
+          }
+        }
       }
     }
     // P's accumulator layout is the A-operand layout of the next MMA (16 rows x 16 keys).
-    const uint32_t pa[4] = {pack_pair<kDType>(probability[0][0], probability[0][1]),
-                            pack_pair<kDType>(probability[0][2], probability[0][3]),
-                            pack_pair<kDType>(probability[1][0], probability[1][1]),
-                            pack_pair<kDType>(probability[1][2], probability[1][3])};
+    uint32_t pa[kMTiles][4];
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) {
+      float probability[2][4];
+#pragma unroll
+      for (int n = 0; n < 2; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          probability[n][e] = exp2f(s[mt][n][e] * p.scale_log2 - shift[mt][e / 2]);
+          row_sum[mt][e / 2] += probability[n][e];
+        }
+      }
+      pa[mt][0] = pack_pair<kDType>(probability[0][0], probability[0][1]);
+      pa[mt][1] = pack_pair<kDType>(probability[0][2], probability[0][3]);
+      pa[mt][2] = pack_pair<kDType>(probability[1][0], probability[1][1]);
+      pa[mt][3] = pack_pair<kDType>(probability[1][2], probability[1][3]);
+    }
     const uint32_t v_address = smem_address(v_tile);
 #pragma unroll
     for (int n = 0; n < kHeadDim / 8; n += 2) {
       uint32_t b[4];
       ldmatrix_x4_trans(b, v_address + kv_tile_offset<kHeadDim>((m % 2) * 8 + mr, n + m / 2) * 2);
-      mma_16x8x16<kDType>(acc[n], pa, b[0], b[1]);
-      mma_16x8x16<kDType>(acc[n + 1], pa, b[2], b[3]);
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) {
+        mma_16x8x16<kDType>(acc[mt][n], pa[mt], b[0], b[1]);
+        mma_16x8x16<kDType>(acc[mt][n + 1], pa[mt], b[2], b[3]);
+      }
     }
     __syncwarp();  // this stage is refilled by the next iteration's copy
   }
@@ -447,23 +500,26 @@ __global__ void __launch_bounds__(StageChoice<kHeadDim>::kWarps * 32) decode_ker
   float* merge_max = merge_o + kWarps * kRows * kHeadDim;
   float* merge_sum = merge_max + kWarps * kRows;
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int row = g + 8 * h;
-    const float sum = quad_sum(row_sum[h]);
-    if (t == 0) {
-      merge_max[warp * kRows + row] = row_max[h];
-      merge_sum[warp * kRows + row] = sum;
-    }
+  for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
-    for (int n = 0; n < kHeadDim / 8; ++n) {
-      float* destination = merge_o + (warp * kRows + row) * kHeadDim + n * 8 + 2 * t;
-      destination[0] = acc[n][2 * h];
-      destination[1] = acc[n][2 * h + 1];
+    for (int h = 0; h < 2; ++h) {
+      const int row = 16 * mt + g + 8 * h;
+      const float sum = quad_sum(row_sum[mt][h]);
+      if (t == 0) {
+        merge_max[warp * kRows + row] = row_max[mt][h];
+        merge_sum[warp * kRows + row] = sum;
+      }
+#pragma unroll
+      for (int n = 0; n < kHeadDim / 8; ++n) {
+        float* destination = merge_o + (warp * kRows + row) * kHeadDim + n * 8 + 2 * t;
+        destination[0] = acc[mt][n][2 * h];
+        destination[1] = acc[mt][n][2 * h + 1];
+      }
     }
   }
   __syncthreads();
 
-  // Each thread finishes 8-column chunks of the 16 rows.
+  // Each thread finishes 8-column chunks of the kRows rows.
   const index_t rows_total = static_cast<index_t>(p.batch) * p.heads_q * p.seqlen_q;
   for (int chunk = threadIdx.x; chunk < kRows * T::kChunksPerRow; chunk += kThreads) {
     const int row = chunk / T::kChunksPerRow, c = (chunk % T::kChunksPerRow) * 8;
@@ -518,7 +574,7 @@ __global__ void __launch_bounds__(StageChoice<kHeadDim>::kWarps * 32) decode_ker
 // in shared memory, on split calls at batch 1 (results/NOTES.md, "The decode combine, a warp per row").
 template <DType kDType, int kHeadDim>
 __global__ void __launch_bounds__(kCombineThreads) decode_combine_kernel(const __grid_constant__ DecodeParams p) {
-  using Element = typename Traits<kDType, kHeadDim, 2>::Element;
+  using Element = typename Traits<kDType, kHeadDim, 2, 16>::Element;
   constexpr int kVecs = (kHeadDim + 127) / 128;  // float4 columns per lane
   constexpr int kChunk = 16 / kVecs;             // splits whose partials a lane has in flight at once
   constexpr int kPerLane = kMaxSplits / 32;      // LSEs per lane
@@ -648,15 +704,24 @@ inline cudaError_t shared_memory_optin(int& bytes) {
   return err;
 }
 
-template <DType kDType, int kHeadDim, int kStages>
+template <DType kDType, int kHeadDim, int kStages, int kRows>
 cudaError_t launch_decode(const DecodeParams& p, cudaStream_t stream) {
-  using T = Traits<kDType, kHeadDim, kStages>;
-  constexpr auto kernel = decode_kernel<kDType, kHeadDim, kStages>;
+  using T = Traits<kDType, kHeadDim, kStages, kRows>;
+  constexpr auto kernel = decode_kernel<kDType, kHeadDim, kStages, kRows>;
   const cudaError_t err = opt_in_shared_memory<kernel>(T::kSmemBytes);
   if (err != cudaSuccess) return err;
   const int row_blocks = (p.group * p.seqlen_q + kRows - 1) / kRows;
   kernel<<<dim3(p.batch * p.heads_kv * row_blocks, p.num_splits), T::kThreads, T::kSmemBytes, stream>>>(p);
   return cudaGetLastError();
+}
+
+// kRows-row CTAs with the deepest pipeline the device's shared memory fits.
+template <DType kDType, int kHeadDim, int kRows>
+cudaError_t launch_decode_rows(const DecodeParams& p, int optin, cudaStream_t stream) {
+  using Stages = StageChoice<kHeadDim>;
+  constexpr int kDeepBytes = Traits<kDType, kHeadDim, Stages::kDeepStages, kRows>::kSmemBytes;
+  return optin >= kDeepBytes ? launch_decode<kDType, kHeadDim, Stages::kDeepStages, kRows>(p, stream)
+                             : launch_decode<kDType, kHeadDim, Stages::kShallowStages, kRows>(p, stream);
 }
 }  // namespace decode
 
@@ -668,13 +733,13 @@ inline cudaError_t run_decode_append(const DecodeParams& p, cudaStream_t stream)
 
 template <DType kDType, int kHeadDim>
 cudaError_t run_decode(const DecodeParams& p, cudaStream_t stream) {
-  using Stages = decode::StageChoice<kHeadDim>;
   int optin = 0;
   cudaError_t err = decode::shared_memory_optin(optin);
   if (err != cudaSuccess) return err;
-  constexpr int kDeepBytes = decode::Traits<kDType, kHeadDim, Stages::kDeepStages>::kSmemBytes;
-  err = optin >= kDeepBytes ? decode::launch_decode<kDType, kHeadDim, Stages::kDeepStages>(p, stream)
-                            : decode::launch_decode<kDType, kHeadDim, Stages::kShallowStages>(p, stream);
+  constexpr int kMaxRows = decode::max_decode_rows<kHeadDim>();
+  err = decode::decode_rows<kHeadDim>(p.group * p.seqlen_q, p.num_splits) == kMaxRows
+            ? decode::launch_decode_rows<kDType, kHeadDim, kMaxRows>(p, optin, stream)
+            : decode::launch_decode_rows<kDType, kHeadDim, 16>(p, optin, stream);
   if (err != cudaSuccess || p.num_splits == 1) return err;
   const index_t rows = static_cast<index_t>(p.batch) * p.heads_q * p.seqlen_q;
   const auto blocks = static_cast<unsigned>((rows + decode::kCombineRowsPerBlock - 1) / decode::kCombineRowsPerBlock);
