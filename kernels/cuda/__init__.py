@@ -335,9 +335,9 @@ def kvcache_unsupported_reason(query, key_cache, value_cache) -> str | None:
 
 def _decode_auto_eligible(query, heads_kv: int) -> bool:
     """`auto` takes the decode kernel where its packed rows fit one 16-row tile. With more, the Triton kernel (one
-    32-row tile, split or not) is faster: at 64/8 heads with 4 query rows on an H100, `cuda` / `triton` time 1.18 at
-    batch 1 with 4k keys (16-row CTAs, split) and 1.03 at batch 16 (32-row CTAs, unsplit; results/NOTES.md, "Two row
-    tiles in a decode CTA"). And only once it is built (`auto` never builds)."""
+    32-row tile, split or not) is as fast or faster: at 64/8 heads with 4 query rows on an H100, `cuda` / `triton`
+    time 1.02 at batch 1 and 16 with 4k keys, 1.00 at batch 16 with 32k (results/NOTES.md, "Two row tiles in a
+    decode CTA"). And only once it is built (`auto` never builds)."""
     if query.shape[1] // heads_kv * query.shape[2] > 16:
         return False
     return _built_for_auto(query, _registry.decode_kernel(query.shape[-1], query.dtype).stem)
