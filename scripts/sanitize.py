@@ -81,7 +81,7 @@ KVCACHE_CASES = [
     (2, 8, 2, 1, 300, 128, None, 1, False, None, [0, 299]),
     (3, 4, 1, 3, 256, 64, 16, 2, True, 5, [10, 254, 100]),
     (2, 8, 8, 1, 1024, 128, 64, 0, False, None, [1024, 513]),
-    (2, 16, 2, 5, 300, 128, 64, 1, True, None, [150, 299]),  # 40 packed rows: a full and a partial 32-row CTA
+    (2, 16, 2, 5, 320, 128, 64, 1, True, None, [150, 299]),  # 40 packed rows: a full and a partial 32-row CTA
     (2, 16, 2, 5, 300, 128, None, 0, False, 3, [299, 17]),  # split: 16-row CTAs, the last partial
     (2, 4, 2, 2, 200, 64, None, 4, True, 3, [1 << 30, -7]),
     (2, 4, 2, 1, 256, 64, 64, 2, False, 2, [255, 1 << 20]),
