@@ -46,11 +46,11 @@ struct StageChoice {
 
 // Packed query rows per CTA: one 16-row MMA tile, or two where more rows share a K/V head and the call is not split
 // (64/8 heads with 4 query rows: 32 rows), so that each K/V tile is read once for all of them and the grid holds half
-// the CTAs. Measured on an H100 (results/NOTES.md, "Two row tiles in a decode CTA"): 32-row CTAs 1.02-1.05x 16-row
-// ones at batch 16, where the 16-row grid took two waves; 0.90-0.96x at batch 1, where the keys are split to fill
-// the GPU and the 16-row CTAs' second K/V read comes from L2. Head dim 256 keeps one tile: a second would double its
-// 128 accumulator registers a thread. flash_attention.cuda's _decode_rows mirrors this (the split heuristic counts
-// the CTAs).
+// the CTAs. Measured on an H100 (results/NOTES.md, "Two row tiles in a decode CTA"): 32-row CTAs 1.015-1.045x
+// 16-row ones at batch 16, where the 16-row grid took two waves; 0.90-0.96x at batch 1, where the keys are split to
+// fill the GPU and the 16-row CTAs' second K/V read comes from L2. Head dim 256 keeps one tile: a second would double
+// its 128 accumulator registers a thread. flash_attention.cuda's _unsplit_decode_rows mirrors this (the split
+// heuristic counts the CTAs).
 template <int kHeadDim>
 __host__ __device__ constexpr int max_decode_rows() {
   return kHeadDim <= 128 ? 32 : 16;
