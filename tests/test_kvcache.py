@@ -141,6 +141,28 @@ def test_split_kv_matches_reference(backend, num_splits, causal, page_size):
     check_against_reference(out, lse, query, cache, lengths, causal=causal)
 
 
+@pytest.mark.parametrize("max_split_pages", [64, 0], ids=["indices-per-split", "indices-per-tile"])
+@pytest.mark.parametrize("page_size", [16, 24, 64])
+def test_triton_paged_index_loads(monkeypatch, max_split_pages, page_size):
+    """The Triton decode kernel's two ways to a key's page: the split's page indices loaded before its first tile
+    (the default where they fit MAX_SPLIT_PAGES) and each tile's own; splits that start inside a page (24) and tiles
+    that span pages (16 and 24 under the interpreter's 16-key tiles and the GPU's 128-key ones)."""
+    from flash_attention.triton import _decode
+
+    monkeypatch.setattr(_decode, "MAX_SPLIT_PAGES", max_split_pages)
+    _decode._plans.clear()  # a GPU call's plan would keep the other load
+    cache = Cache(3, 2, 384, 64, torch.bfloat16, page_size=page_size)
+    lengths = [384, 250, 7]
+    seqlens = torch.tensor(lengths, dtype=torch.int32, device=DEVICE)
+    query = make_query(3, 4, 2, 64, torch.bfloat16)
+    for num_splits in (1, 3):
+        out, lse = flash_attention.attention_with_kvcache(
+            query, cache.key, cache.value, cache_seqlens=seqlens, block_table=cache.block_table, causal=True,
+            return_lse=True, num_splits=num_splits, backend="triton")
+        check_against_reference(out, lse, query, cache, lengths, causal=True)
+    _decode._plans.clear()
+
+
 @pytest.mark.parametrize("head_dim", [72, 128, 256])
 @pytest.mark.parametrize("num_splits", [65, 128])
 def test_many_splits_merge(backend, head_dim, num_splits):

@@ -25,6 +25,12 @@ NUM_WARPS = 4
 NUM_STAGES = 3
 # Launch plans of the decode (and combine) kernels, by everything their arguments derive from (see _plan_key).
 _plans = PlanCache()
+# The most page indices a paged split loads up front (decode_kernel's SPLIT_PAGES); a split whose keys span more
+# pages loads each tile's own. Against each tile's own (H100, graph replays, 64-key pages): up to 64 pages 1.01-1.05x
+# at batch 1-4 and 0.99-1.01x at batch 16; at 256 pages (16k keys a split) 0.98-0.99x at batch 16, where a full wave
+# of programs hides each tile's index load and the gather over 256 indices per tile costs more (results/NOTES.md,
+# "The Triton decode kernel's page indices").
+MAX_SPLIT_PAGES = 64
 
 
 @functools.lru_cache(maxsize=None)
@@ -45,6 +51,17 @@ def tile_shape(packed_rows: int, head_dim_pad: int, device_index: int | None) ->
     if device_index is None:
         return block_m, 16
     return block_m, min(128, _stage_elements(device_index) // head_dim_pad)
+
+
+def split_page_slots(capacity: int, num_splits: int, block_n: int, page_size: int) -> int:
+    """decode_kernel's SPLIT_PAGES for a paged call: a power of two covering the pages of any split's keys (at most
+    cdiv(tiles, num_splits) tiles of block_n keys, from a multiple of block_n), or 0 where that passes
+    MAX_SPLIT_PAGES or the cache is contiguous."""
+    if page_size == 0:
+        return 0
+    keys = triton.cdiv(triton.cdiv(capacity, block_n), num_splits) * block_n
+    pages = triton.cdiv(keys, page_size) + (0 if block_n % page_size == 0 else 1)  # a misaligned start spans one more
+    return triton.next_power_of_2(pages) if pages <= MAX_SPLIT_PAGES else 0
 
 
 def _cache_strides(cache: torch.Tensor):
@@ -167,7 +184,8 @@ def attend(query, key_cache, value_cache, cache_seqlens, block_table, *, heads_k
     )
     decode_options = dict(
         IS_CAUSAL=causal, POSITIVE_SCALE=positive_scale, HAS_SEQLENS=cache_seqlens is not None,
-        PAGE_SIZE=page_size, HEAD_DIM_PAD=head_dim_pad, BLOCK_M=block_m, BLOCK_N=block_n,
+        PAGE_SIZE=page_size, SPLIT_PAGES=split_page_slots(capacity, num_splits, block_n, page_size),
+        HEAD_DIM_PAD=head_dim_pad, BLOCK_M=block_m, BLOCK_N=block_n,
         DOT_IN_FP32=dot_in_fp32, num_warps=NUM_WARPS, num_stages=1 if interpreted else NUM_STAGES,
     )
     combine_args = (

@@ -31,14 +31,27 @@ def _sequence_length(SeqLens, off_b, seqlen_new, capacity, HAS_SEQLENS: tl.const
 
 
 @triton.jit
+def _split_pages(BlockTable, table_row, lo, hi, PAGE_SIZE: tl.constexpr, SPLIT_PAGES: tl.constexpr):
+    """The page indices of keys [lo, hi), lo // PAGE_SIZE onwards, in one load (SPLIT_PAGES covers them); the slots
+    past hi's page hold 0."""
+    slots = lo // PAGE_SIZE + tl.arange(0, SPLIT_PAGES)
+    return tl.load(BlockTable + table_row + slots, mask=slots * PAGE_SIZE < hi, other=0)
+
+
+@triton.jit
 def _key_rows(BlockTable, table_row, keys, first_key, key_limit, stride_k_seq, stride_k_row, stride_v_seq,
-              stride_v_row, num_pages, PAGE_SIZE: tl.constexpr, ONE_PAGE: tl.constexpr):
+              stride_v_row, num_pages, split_pages, split_first_key, PAGE_SIZE: tl.constexpr, ONE_PAGE: tl.constexpr,
+              SPLIT_PAGES: tl.constexpr):
     """Element offsets of `keys` in the K and V caches (relative to the sequence's base for a contiguous cache, to
     the head's base for a paged one) and whether each key may be read: below key_limit and on a real page.
-    ONE_PAGE: the keys are first_key + 0, 1, ... and lie inside one page."""
+    ONE_PAGE: the keys are first_key + 0, 1, ... and lie inside one page. SPLIT_PAGES > 0: their page indices are
+    in split_pages (_split_pages from split_first_key), so no key tile waits on a load of its own indices."""
     readable = keys < key_limit
     if PAGE_SIZE > 0:
-        if ONE_PAGE:
+        if SPLIT_PAGES > 0:
+            slot = keys // PAGE_SIZE - split_first_key // PAGE_SIZE
+            page = tl.gather(split_pages, tl.minimum(slot, SPLIT_PAGES - 1), axis=0)
+        elif ONE_PAGE:
             # One index load per tile instead of a gather of one per key (which halved paged throughput at batch
             # 16, results/NOTES.md).
             page = tl.load(BlockTable + table_row + first_key // PAGE_SIZE) + tl.zeros_like(keys)
@@ -75,7 +88,8 @@ def decode_kernel(
     stride_tb,  # block table: per sequence (its entries are contiguous in a row)
     heads_kv, group, seqlen_q, capacity, seqlen_new, head_dim, num_pages, qk_scale, num_splits,
     IS_CAUSAL: tl.constexpr, POSITIVE_SCALE: tl.constexpr, HAS_SEQLENS: tl.constexpr, PAGE_SIZE: tl.constexpr,
-    HEAD_DIM_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_IN_FP32: tl.constexpr,
+    SPLIT_PAGES: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr,
 ):
     # Axis 0 (limit 2^31 - 1): (batch, K/V head, row block); axis 1: the key split (at most MAX_NUM_SPLITS).
     pid = tl.program_id(0)
@@ -115,6 +129,13 @@ def decode_kernel(
 
     k_base, v_base = _cache_bases(K, V, off_b, off_kv, stride_kb, stride_kh, stride_vb, stride_vh, PAGE_SIZE)
     table_row = off_b.to(tl.int64) * stride_tb
+    # A paged split's page indices, loaded before its first tile where they fit SPLIT_PAGES: each tile's own index
+    # load would be a DRAM latency between the length and the tile's K/V, and between one tile and the next in the
+    # pipeline's prologue (results/NOTES.md, "The Triton decode kernel's page indices").
+    if SPLIT_PAGES > 0:
+        split_pages = _split_pages(BlockTable, table_row, lo, hi, PAGE_SIZE, SPLIT_PAGES)
+    else:
+        split_pages = 0
 
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], dtype=tl.float32)
     row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -127,7 +148,8 @@ def decode_kernel(
         keys = start + offs_n
         # Tiles start at multiples of BLOCK_N, so a page of a multiple of BLOCK_N keys holds whole tiles.
         k_rows, v_rows, readable = _key_rows(BlockTable, table_row, keys, start, hi, stride_kb, stride_kn, stride_vb,
-                                             stride_vn, num_pages, PAGE_SIZE, PAGE_SIZE % BLOCK_N == 0)
+                                             stride_vn, num_pages, split_pages, lo, PAGE_SIZE,
+                                             PAGE_SIZE % BLOCK_N == 0, SPLIT_PAGES)
         kv_mask = readable[:, None] & col_ok[None, :]
         k = tl.load(k_base + k_rows[:, None] + cols[None, :], mask=kv_mask, other=0.0)
         v = tl.load(v_base + v_rows[:, None] + cols[None, :], mask=kv_mask, other=0.0)
@@ -208,7 +230,7 @@ def append_kernel(
     writable = (tokens < seqlen_new) & (positions >= 0)
     k_rows, v_rows, writable = _key_rows(BlockTable, off_b.to(tl.int64) * stride_tb, tl.maximum(positions, 0), 0,
                                          tl.where(writable, capacity, 0), stride_kb, stride_kn, stride_vb, stride_vn,
-                                         num_pages, PAGE_SIZE, False)
+                                         num_pages, 0, 0, PAGE_SIZE, False, 0)
     cols = tl.arange(0, HEAD_DIM_PAD)
     mask = writable[:, None] & (cols[None, :] < head_dim)
     new_rows = tokens[:, None].to(tl.int64)
