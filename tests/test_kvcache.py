@@ -129,7 +129,7 @@ def test_a_decoding_loop(backend, num_splits, page_size):
 @pytest.mark.parametrize("page_size", [16, 24])
 def test_split_kv_matches_reference(backend, num_splits, causal, page_size):
     """Forced splits, more than some sequences have key tiles (empty splits must merge as nothing). Pages of 24 keys
-    hold no whole number of key tiles, so each tile gathers its keys' pages one by one. 20 packed rows per K/V head:
+    hold no whole number of key tiles, so a tile's keys take their pages one by one. 20 packed rows per K/V head:
     one 32-row CTA unsplit, a full and a partial 16-row CTA split (the CUDA kernel)."""
     cache = Cache(3, 2, 200, 64, torch.bfloat16, page_size=page_size)
     lengths = [200, 33, 5]
