@@ -365,12 +365,12 @@ def decode_num_splits(query, key_cache, block_table) -> int:
     batch, heads_q, seqlen_q, head_dim = query.shape
     heads_kv = key_cache.shape[1]
     packed_rows = heads_q // heads_kv * seqlen_q
+    capacity = cache_geometry(key_cache, block_table)[0]
 
     def splits(rows: int) -> int:
         programs = batch * heads_kv * -(-packed_rows // rows)
-        return _decode_plan.num_splits_for(query, heads_kv=heads_kv, keys=cache_geometry(key_cache, block_table)[0],
-                                           programs=programs, programs_per_sm=_DECODE_PROGRAMS_PER_SM,
-                                           costs=_DECODE_SPLIT_COSTS)
+        return _decode_plan.num_splits_for(query, heads_kv=heads_kv, keys=capacity, programs=programs,
+                                           programs_per_sm=_DECODE_PROGRAMS_PER_SM, costs=_DECODE_SPLIT_COSTS)
 
     rows = _unsplit_decode_rows(packed_rows, head_dim)
     if rows > 16 and splits(rows) == 1:
