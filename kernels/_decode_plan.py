@@ -54,24 +54,33 @@ def memory_bandwidth(device_index: int) -> float:
     return ACHIEVED_BANDWIDTH_SHARE * peak
 
 
-def choose_num_splits(*, programs: int, sequences: int, keys: int, key_bytes: int, multiprocessors: int,
-                      programs_per_sm: int, bandwidth: float, costs: SplitCosts) -> int:
-    """Split the keys of `programs` (batch x K/V heads x row blocks; `sequences` = batch x K/V heads of them read
-    distinct K/V) into as many ranges as fit one wave of `programs_per_sm` per multiprocessor (a second, partial wave
-    would leave most SMs idle while it runs), each at least costs.min_keys_per_split keys long; or not at all, where
-    that is predicted faster. A call lasts about as long as the longer of one program's stream (keys x key_bytes at
-    its own rate) and the whole read at the memory's rate, plus the split's overhead: a few programs that each reach
-    their full rate can saturate memory alone (batch 4 x 8 K/V heads of 4k keys: 32 CUDA programs read at 2.1 TB/s,
-    and 128 split ones were slower), while a batch of one with 8 programs reads at a tenth of that unsplit."""
-    most = min(programs_per_sm * multiprocessors // max(programs, 1), keys // costs.min_keys_per_split,
-               MAX_NUM_SPLITS)
-    if most <= 1:
-        return 1
+def predicted_seconds(*, splits: int, sequences: int, keys: int, key_bytes: int, bandwidth: float,
+                      costs: SplitCosts) -> float:
+    """The split model's time of a decode call whose `sequences` (batch x K/V heads) of `keys` keys each are cut into
+    `splits` ranges: the longer of one program's stream (its keys x key_bytes at its own rate) and the whole read at
+    the memory's rate, plus the split's overhead. A few programs that each reach their full rate can saturate memory
+    alone (batch 4 x 8 K/V heads of 4k keys: 32 CUDA programs read at 2.1 TB/s, and 128 split ones were slower),
+    while a batch of one with 8 programs reads at a tenth of that unsplit."""
     program_bytes = keys * key_bytes
     memory_time = sequences * program_bytes / bandwidth
-    unsplit = max(program_bytes / costs.program_bytes_per_s, memory_time)
-    split = max(program_bytes / most / costs.program_bytes_per_s, memory_time) + costs.split_overhead_s
-    return most if split < unsplit else 1
+    stream_time = program_bytes / splits / costs.program_bytes_per_s
+    return max(stream_time, memory_time) + (costs.split_overhead_s if splits > 1 else 0.0)
+
+
+def choose_num_splits(*, programs: int, sequences: int, keys: int, key_bytes: int, multiprocessors: int,
+                      programs_per_sm: int, bandwidth: float, costs: SplitCosts) -> tuple[int, float]:
+    """(splits, predicted seconds): split the keys of `programs` (batch x K/V heads x row blocks; `sequences` =
+    batch x K/V heads of them read distinct K/V) into as many ranges as fit one wave of `programs_per_sm` per
+    multiprocessor (a second, partial wave would leave most SMs idle while it runs), each at least
+    costs.min_keys_per_split keys long; or not at all, where predicted_seconds says that is faster."""
+    most = min(programs_per_sm * multiprocessors // max(programs, 1), keys // costs.min_keys_per_split,
+               MAX_NUM_SPLITS)
+    model = dict(sequences=sequences, keys=keys, key_bytes=key_bytes, bandwidth=bandwidth, costs=costs)
+    unsplit = predicted_seconds(splits=1, **model)
+    if most <= 1:
+        return 1, unsplit
+    split = predicted_seconds(splits=most, **model)
+    return (most, split) if split < unsplit else (1, unsplit)
 
 
 def num_splits_for(query, *, heads_kv: int, keys: int, programs: int, programs_per_sm: int,
@@ -82,4 +91,4 @@ def num_splits_for(query, *, heads_kv: int, keys: int, programs: int, programs_p
     return choose_num_splits(programs=programs, sequences=query.shape[0] * heads_kv, keys=keys,
                              key_bytes=2 * query.shape[-1] * query.element_size(),
                              multiprocessors=multiprocessors(device), programs_per_sm=programs_per_sm,
-                             bandwidth=memory_bandwidth(device), costs=costs)
+                             bandwidth=memory_bandwidth(device), costs=costs)[0]

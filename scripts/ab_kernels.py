@@ -142,17 +142,17 @@ def varlen_cases(dtype_name, head_dims, device) -> list[Case]:
 
 
 def decode_cases(dtype_name, head_dims, device) -> list[Case]:
-    from flash_attention.cuda import decode_num_splits
+    from flash_attention.cuda import decode_launch
     from harness.kvcache import make_inputs
 
     cases = []
     for shape in shapes_of(["decode"], dtype_name, head_dims, both_masks=False):
         def prepare(shape=shape):
             x = make_inputs(shape, device)
-            splits = decode_num_splits(x.query, x.key_cache, x.block_table)
+            launch = decode_launch(x.query, x.key_cache, x.block_table)
             return lambda handle: lambda: torch.ops.flash_attention.cuda_decode(
                 x.query, x.key_cache, x.value_cache, x.cache_seqlens, x.block_table, 0, x.causal,
-                shape.head_dim ** -0.5, splits, handle)
+                shape.head_dim ** -0.5, launch.num_splits, launch.rows, launch.warps, handle)
 
         kernel = _registry.decode_kernel(shape.head_dim, DTYPES[dtype_name])
         cells = (shape.head_dim, shape.batch, f"{shape.heads_q}/{shape.heads_kv}", shape.seqlen_q, shape.keys,

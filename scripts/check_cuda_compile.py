@@ -103,14 +103,15 @@ def demangle(names: list[str]) -> dict[str, str]:
 def short_name(demangled: str) -> str:
     # flash::flash_fwd_sm80_kernel<flash::FwdKernelTraits<64, 128, 128, 4, cutlass::half_t>, false>(...)
     # flash::flash_fwd_sm90_kernel<flash::Sm90FwdTraits<128, 128, 128, 2, cutlass::half_t>, true, ...>(...)
-    # flash::decode::decode_kernel<(flash::DType)1, 128, 3, 32>(...), decode_combine_kernel<(flash::DType)0, 128>(...)
+    # flash::decode::decode_kernel<(flash::DType)1, 128, 3, 32, 8>(...),
+    # flash::decode::decode_combine_kernel<(flash::DType)0, 128>(...)
     m = re.search(r"decode::decode_(kernel|combine_kernel|append_kernel)"
-                  r"(?:<\(flash::DType\)(\d)(?:, (\d+))?(?:, (\d+), (\d+))?>)?", demangled)
+                  r"(?:<\(flash::DType\)(\d)(?:, (\d+))?(?:, (\d+), (\d+), (\d+))?>)?", demangled)
     if m:
-        role, dtype, d, stages, rows = m.groups()
+        role, dtype, d, stages, rows, warps = m.groups()
         role = {"kernel": "decode", "combine_kernel": "decode combine", "append_kernel": "decode append"}[role]
         parts = (role, f"d{d}" if d else "", {"0": "fp16", "1": "bf16"}.get(dtype, ""), f"{stages}st" if stages else "",
-                 f"{rows} rows" if rows else "")
+                 f"{rows} rows" if rows else "", f"{warps}w" if warps else "")
         return " ".join(part for part in parts if part)
     m = re.search(r"Sm90FwdTraits<(\d+), (\d+), (\d+), (\d+), cutlass::(\w+)(?:, (\d+))?>, (true|false), "
                   r"(true|false)", demangled)
@@ -216,10 +217,9 @@ def check_binding(nvcc: str, outdir: Path) -> dict:
 
 
 def smem_bytes(name: str) -> str:
-    m = re.search(r"decode_kernel<\(flash::DType\)\d, (\d+), (\d+), (\d+)>", name)
+    m = re.search(r"decode_kernel<\(flash::DType\)\d, (\d+), (\d+), (\d+), (\d+)>", name)
     if m:  # as decode::Traits sizes it: Q (rows padded by 8 elements) + warps x stages x (K + V) 16-key tiles
-        d, stages, rows = int(m[1]), int(m[2]), int(m[3])
-        warps = 4 if d == 256 else 8  # decode::StageChoice
+        d, stages, rows, warps = int(m[1]), int(m[2]), int(m[3]), int(m[4])
         return f"{(rows * (d + 8) + warps * stages * 2 * 16 * d) * 2 // 1024} KiB"
     m = re.search(r"Sm90FwdTraits<(\d+), (\d+), (\d+), (\d+), cutlass::(\w+)(?:, \d+)?>", name)
     if m:

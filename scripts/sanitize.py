@@ -85,6 +85,9 @@ KVCACHE_CASES = [
     (2, 16, 2, 5, 300, 128, None, 0, False, 3, [299, 17]),  # split: 16-row CTAs, the last partial
     (2, 4, 2, 2, 200, 64, None, 4, True, 3, [1 << 30, -7]),
     (2, 4, 2, 1, 256, 64, 64, 2, False, 2, [255, 1 << 20]),
+    # 64 K/V sequences: narrow CTAs (four warps), 16 and 32 rows (flash_attention.cuda.decode_launch)
+    (8, 32, 8, 1, 512, 128, 64, 1, False, None, [0, 511, 300, 1, 17, 256, 511, 100]),
+    (8, 64, 8, 4, 384, 64, None, 2, True, None, [382, 5, 200, 0, 64, 381, 90, 33]),
 ]
 
 

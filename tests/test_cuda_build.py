@@ -346,12 +346,15 @@ def test_check_cuda_compile_script_is_importable():
         "P>(x)") == "sm90 d256 fp16 128x64 2st causal varlen"
     assert module.short_name("void flash::varlen_tile_list_kernel<192, 64, false>(flash::FwdParams)") == \
         "varlen tile list 192-row tiles"
-    assert module.short_name("void flash::decode::decode_kernel<(flash::DType)1, 128, 3, 32>(flash::DecodeParams)") \
-        == "decode d128 bf16 3st 32 rows"
+    assert module.short_name(
+        "void flash::decode::decode_kernel<(flash::DType)1, 128, 3, 32, 8>(flash::DecodeParams)") \
+        == "decode d128 bf16 3st 32 rows 8w"
     assert module.short_name("void flash::decode::decode_combine_kernel<(flash::DType)0, 64>(flash::DecodeParams)") \
         == "decode combine d64 fp16"
-    assert module.smem_bytes("void flash::decode::decode_kernel<(flash::DType)1, 128, 3, 16>(flash::DecodeParams)") \
-        == "196 KiB"
+    assert module.smem_bytes(
+        "void flash::decode::decode_kernel<(flash::DType)1, 128, 3, 16, 8>(flash::DecodeParams)") == "196 KiB"
+    assert module.smem_bytes(
+        "void flash::decode::decode_kernel<(flash::DType)1, 128, 3, 16, 4>(flash::DecodeParams)") == "100 KiB"
 
 
 _CONCURRENT_LOADER = """

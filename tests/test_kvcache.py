@@ -141,6 +141,37 @@ def test_split_kv_matches_reference(backend, num_splits, causal, page_size):
     check_against_reference(out, lse, query, cache, lengths, causal=causal)
 
 
+@requires_gpu
+@pytest.mark.parametrize("width", ["narrow", "wide"])
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("num_splits", [1, 3])
+@pytest.mark.parametrize("page_size", [None, 16, 24], ids=["contiguous", "page16", "page24"])
+def test_cuda_decode_cta_widths(monkeypatch, width, head_dim, num_splits, page_size):
+    """Each CTA width of the CUDA decode kernel (four warps two to an SM, eight one to an SM), whichever the split
+    model would pick: 40 packed rows per K/V head (a full and a partial 32-row CTA unsplit, 16-row CTAs split),
+    lengths that leave warps without a tile, causal."""
+    if "cuda" not in BACKENDS:
+        pytest.skip("the cuda backend cannot run here")
+    import flash_attention.cuda as cuda_backend
+
+    chosen = {"narrow": cuda_backend._NARROW_DECODE_CTA, "wide": cuda_backend._WIDE_DECODE_CTA}[width]
+    monkeypatch.setattr(cuda_backend, "decode_ctas", lambda kernel_head_dim: (chosen,))
+    cuda_backend._planned_decode_launch.cache_clear()  # plans are cached per shape: none made with the real widths
+    try:
+        cache = Cache(3, 2, 300, head_dim, torch.bfloat16, page_size=page_size)
+        lengths = [300, 45, 3]
+        seqlens = torch.tensor(lengths, dtype=torch.int32, device=DEVICE)
+        query = make_query(3, 16, 5, head_dim, torch.bfloat16)
+        launch = cuda_backend.decode_launch(query, cache.key, cache.block_table, num_splits)
+        assert (launch.warps, launch.rows) == (chosen.warps, 32 if num_splits == 1 else 16)
+        out, lse = flash_attention.attention_with_kvcache(
+            query, cache.key, cache.value, cache_seqlens=seqlens, block_table=cache.block_table, causal=True,
+            return_lse=True, num_splits=num_splits, backend="cuda")
+    finally:
+        cuda_backend._planned_decode_launch.cache_clear()  # and none made with this test's
+    check_against_reference(out, lse, query, cache, lengths, causal=True)
+
+
 @pytest.mark.parametrize("max_split_pages", [64, 0], ids=["indices-per-split", "indices-per-tile"])
 @pytest.mark.parametrize("page_size", [16, 24, 64])
 def test_triton_paged_index_loads(monkeypatch, max_split_pages, page_size):
@@ -250,7 +281,7 @@ def test_split_count_follows_the_cost_of_a_split():
 
     def splits(batch, keys, costs=costs):
         return choose_num_splits(programs=batch * 8, sequences=batch * 8, keys=keys, key_bytes=512,
-                                 multiprocessors=132, programs_per_sm=1, bandwidth=2.85e12, costs=costs)
+                                 multiprocessors=132, programs_per_sm=1, bandwidth=2.85e12, costs=costs)[0]
 
     assert splits(1, 4096) == 16  # 132 // 8, rounded down to one wave
     assert splits(1, 1024) == 8  # 1024 keys hold eight 128-key splits
@@ -260,6 +291,39 @@ def test_split_count_follows_the_cost_of_a_split():
     slow = SplitCosts(program_bytes_per_s=45e9, split_overhead_s=5e-6, min_keys_per_split=128)
     assert splits(4, 4096, slow) == 4  # a slower program is worth splitting where a faster one is not
     assert splits(1, 1 << 20) <= 128
+
+
+def test_cuda_decode_launch_plans(monkeypatch):
+    """The CUDA decode kernel's launch plan on an H100's numbers (132 SMs, 2.85 TB/s), 32/8 heads and d128 unless
+    given, as measured (results/NOTES.md, "Narrow decode CTAs"): narrow CTAs where they go two to an SM or stream few
+    keys each, wide ones where a few CTAs each stream long (batch 4 with 1k keys) or one wave streams long, 32 rows
+    only unsplit."""
+    import flash_attention.cuda as cuda_backend
+    from flash_attention import _decode_plan
+
+    monkeypatch.setattr(cuda_backend, "device_index", lambda tensor: -1)  # a device of its own in the plans' cache
+    monkeypatch.setattr(_decode_plan, "multiprocessors", lambda device: 132)
+    monkeypatch.setattr(_decode_plan, "memory_bandwidth", lambda device: 2.85e12)
+
+    def plan(batch, keys, heads_q=32, seqlen_q=1, head_dim=128, num_splits=None):
+        query = torch.empty(batch, heads_q, seqlen_q, head_dim, dtype=torch.bfloat16, device="meta")
+        cache = torch.empty(batch, 8, keys, head_dim, dtype=torch.bfloat16, device="meta")
+        launch = cuda_backend.decode_launch(query, cache, None, num_splits)
+        return launch.num_splits, launch.rows, launch.warps
+
+    assert plan(1, 1024) == (16, 16, 4)  # 132 // 8 splits of 64 keys
+    assert plan(1, 16384) == (16, 16, 4)  # 1k keys a CTA
+    assert plan(1, 65536) == (16, 16, 8)  # 4k keys a CTA, one wave: wide
+    assert plan(4, 1024) == (1, 16, 8)  # 32 wide CTAs stream faster than narrow or split ones
+    assert plan(16, 1024) == (1, 16, 4)  # 128 CTAs of 1k keys
+    assert plan(16, 4096) == (1, 16, 8)  # 128 CTAs of 4k keys
+    assert plan(64, 4096) == (1, 16, 4)  # 512 CTAs: two an SM
+    assert plan(64, 1024, head_dim=64) == (1, 16, 4) and plan(16, 4096, head_dim=64) == (1, 16, 8)
+    assert plan(16, 4096, heads_q=64, seqlen_q=4) == (1, 32, 8)
+    assert plan(1, 4096, heads_q=64, seqlen_q=4) == (8, 16, 4)  # 16 programs of 16 rows, split
+    assert plan(1, 4096, head_dim=256) == (16, 16, 4)  # head dim 256: one width, four warps
+    assert plan(1, 4096, heads_q=64, seqlen_q=4, num_splits=1) == (1, 32, 8)  # 8 CTAs alone: wide
+    assert plan(1, 4096, heads_q=64, seqlen_q=4, num_splits=3) == (3, 16, 8)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])

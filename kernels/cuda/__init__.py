@@ -23,7 +23,9 @@ FakeTensor) and autograd rule live here, its CUDA implementation in ``csrc/bindi
 
 from __future__ import annotations
 
+import functools
 import warnings
+from dataclasses import dataclass
 
 import torch
 
@@ -40,7 +42,7 @@ from ._registry import KERNELS, Kernel
 __all__ = [
     "attention", "run_validated", "attention_with_kvcache", "run_kvcache_validated", "kvcache_unsupported_reason",
     "attention_varlen", "run_varlen_validated", "varlen_unsupported_reason", "unavailable_reason", "auto_eligible",
-    "kernel_stem", "load_kernel", "decode_num_splits",
+    "kernel_stem", "load_kernel", "decode_launch",
 ]
 
 _OP_NAME = "flash_attention::cuda_fwd"
@@ -106,7 +108,8 @@ def _define_op() -> None:
         "Tensor cache_seqlens, Tensor? block_table, int kernel) -> ()")
     _LIBRARY.define(
         "cuda_decode(Tensor q, Tensor key_cache, Tensor value_cache, Tensor? cache_seqlens, Tensor? block_table, "
-        "int seqlen_new, bool causal, float softmax_scale, int num_splits, int kernel) -> (Tensor, Tensor)")
+        "int seqlen_new, bool causal, float softmax_scale, int num_splits, int cta_rows, int cta_warps, int kernel) "
+        "-> (Tensor, Tensor)")
 
     @torch.library.register_fake(_APPEND_OP_NAME)
     def _cuda_kvcache_append_fake(key_cache, value_cache, key, value, cache_seqlens, block_table, kernel):
@@ -115,7 +118,7 @@ def _define_op() -> None:
 
     @torch.library.register_fake(_DECODE_OP_NAME)
     def _cuda_decode_fake(q, key_cache, value_cache, cache_seqlens, block_table, seqlen_new, causal, softmax_scale,
-                          num_splits, kernel):
+                          num_splits, cta_rows, cta_warps, kernel):
         _load_while_tracing(q, kernel)
         return empty_like_query(q), q.new_empty(q.shape[:3], dtype=torch.float32)
 
@@ -156,22 +159,89 @@ def kernel_stem(major_minor: tuple[int, int], head_dim: int, dtype: torch.dtype,
     return _registry.forward_kernel(major_minor, head_dim, dtype, causal, family).stem
 
 
-# Decode CTAs resident on a multiprocessor at once: one, whose pipeline takes most of the shared memory
-# (decode_kernel.h, StageChoice). The wave depth for the split heuristic (flash_attention._decode_plan).
+@dataclass(frozen=True)
+class DecodeCta:
+    """A CTA width of the decode kernel (csrc/decode_kernel.h, CtaChoice) and its costs for the split model
+    (flash_attention._decode_plan): `warps` warps, each streaming its own 16-key tiles."""
+
+    warps: int
+    costs: _decode_plan.SplitCosts
+
+
+# Measured on an H100 (results/NOTES.md, "The split count" and "Narrow decode CTAs"). Wide CTAs (eight warps, one an
+# SM) stream 80 GB/s each; narrow ones (four warps, two an SM) 57 GB/s; a split call costs 3.5-4 µs more than an
+# unsplit one of the same read; a split gives each warp at least one 16-key tile.
+_NARROW_DECODE_CTA = DecodeCta(4, _decode_plan.SplitCosts(program_bytes_per_s=57e9, split_overhead_s=4e-6,
+                                                          min_keys_per_split=64))
+_WIDE_DECODE_CTA = DecodeCta(8, _decode_plan.SplitCosts(program_bytes_per_s=80e9, split_overhead_s=4e-6,
+                                                        min_keys_per_split=128))
+# Head dim 256 has one width: four warps whose tiles fill the shared memory as eight do at 128.
+_HEAD_DIM_256_DECODE_CTA = DecodeCta(4, _WIDE_DECODE_CTA.costs)
+# The split count fills one wave of a CTA per SM, either width: the second narrow CTA of an SM overlaps the first's
+# prologue and merge but adds no bandwidth (twice the splits at batch 1 with 4k keys: 0.91x).
 _DECODE_PROGRAMS_PER_SM = 1
-# The decode kernel's costs for the split heuristic, measured on an H100 (results/NOTES.md, "The split count"): one
-# CTA streams 80 GB/s (eight warps, each with its own cp.async pipeline); a split call costs 3.5-4 µs more than an
-# unsplit one of the same read; a split gives each of the eight warps at least one 16-key tile.
-_DECODE_SPLIT_COSTS = _decode_plan.SplitCosts(program_bytes_per_s=80e9, split_overhead_s=4e-6,
-                                              min_keys_per_split=128)
+# Narrow CTAs pay where they go two to an SM (more CTAs than SMs) or where each streams few keys (its prologue and
+# merge are much of its time: batch 1 with 1k-16k keys split 16 ways, 1.01-1.06x wide ones); a single wave of long
+# streams read up to 3% slower in them (four warps an SM keep fewer copies in flight: head dim 64, batch 16, 4k-16k
+# keys, 0.97-0.99x). Where a grid has at most one CTA an SM, narrow ones stream at most this many keys each.
+_NARROW_DECODE_MAX_SINGLE_WAVE_KEYS = 2048
 
 
-def _unsplit_decode_rows(packed_rows: int, head_dim: int) -> int:
-    """Packed query rows per CTA of an unsplit decode call (a split call's CTAs take 16): two 16-row MMA tiles where
-    more than 16 rows share a K/V head and the kernel's head dim is at most 128, else one. The kernel makes this
-    choice (csrc/decode_kernel.h, decode_rows); the split heuristic counts the CTAs it gives."""
-    two_tiles = packed_rows > 16 and _registry.decode_kernel(head_dim, torch.float16).head_dim <= 128
-    return 32 if two_tiles else 16
+def decode_ctas(kernel_head_dim: int) -> tuple[DecodeCta, ...]:
+    """The CTA widths the decode kernel of this (instantiated) head dim has, narrow first: where the split model
+    predicts a tie (a call bound by memory), narrow CTAs measured faster."""
+    return (_NARROW_DECODE_CTA, _WIDE_DECODE_CTA) if kernel_head_dim <= 128 else (_HEAD_DIM_256_DECODE_CTA,)
+
+
+@dataclass(frozen=True)
+class DecodeLaunch:
+    """How the decode kernel runs a call: key splits, packed query rows per CTA, warps per CTA."""
+
+    num_splits: int
+    rows: int
+    warps: int
+
+
+def decode_launch(query, key_cache, block_table, num_splits: int | None = None) -> DecodeLaunch:
+    """How the decode kernel runs this call (_planned_decode_launch, once per shape and GPU)."""
+    batch, heads_q, seqlen_q, head_dim = query.shape
+    return _planned_decode_launch(device_index(query), batch, heads_q, seqlen_q, head_dim, key_cache.shape[1],
+                                  cache_geometry(key_cache, block_table)[0], query.element_size(), num_splits)
+
+
+@functools.lru_cache(maxsize=1024)
+def _planned_decode_launch(device: int, batch: int, heads_q: int, seqlen_q: int, head_dim: int, heads_kv: int,
+                           capacity: int, element_size: int, num_splits: int | None) -> DecodeLaunch:
+    """The launch the split model (flash_attention._decode_plan) predicts fastest over the CTA shapes this head dim
+    has (decode_ctas; narrow ones within _NARROW_DECODE_MAX_SINGLE_WAVE_KEYS), with `num_splits` splits if given.
+    32 packed rows per CTA (two MMA row tiles reading each K/V tile once) where more than 16 rows share a K/V head,
+    the kernel's head dim is at most 128 and the call is not split, else 16: 32-row CTAs lost 4-10% to 16-row ones on
+    split calls (results/NOTES.md, "Two row tiles in a decode CTA")."""
+    packed_rows = heads_q // heads_kv * seqlen_q
+    kernel_head_dim = _registry.decode_kernel(head_dim, torch.float16).head_dim
+    rows_options = (32, 16) if packed_rows > 16 and kernel_head_dim <= 128 else (16,)
+    multiprocessors = _decode_plan.multiprocessors(device)
+    model = dict(sequences=batch * heads_kv, keys=capacity, key_bytes=2 * head_dim * element_size,
+                 bandwidth=_decode_plan.memory_bandwidth(device))
+    best, best_seconds = None, float("inf")
+    for rows in rows_options:
+        if rows > 16 and num_splits not in (None, 1):
+            continue
+        programs = batch * heads_kv * -(-packed_rows // rows)
+        for cta in decode_ctas(kernel_head_dim):
+            if rows > 16 or num_splits is not None:
+                splits = 1 if rows > 16 else num_splits
+                seconds = _decode_plan.predicted_seconds(splits=splits, costs=cta.costs, **model)
+            else:
+                splits, seconds = _decode_plan.choose_num_splits(
+                    programs=programs, multiprocessors=multiprocessors, programs_per_sm=_DECODE_PROGRAMS_PER_SM,
+                    costs=cta.costs, **model)
+            if (cta is _NARROW_DECODE_CTA and programs * splits <= multiprocessors
+                    and -(-capacity // splits) > _NARROW_DECODE_MAX_SINGLE_WAVE_KEYS):
+                continue
+            if seconds < best_seconds:  # the first of equals: 32 rows (one K/V read a group), then narrow
+                best, best_seconds = DecodeLaunch(splits, rows, cta.warps), seconds
+    return best
 
 
 def load_kernel(query, causal: bool = False, **options) -> None:
@@ -358,32 +428,11 @@ def _call(op, *args):
     return op.default.redispatch(_CUDA_KERNEL_ONLY, *args)
 
 
-def decode_num_splits(query, key_cache, block_table) -> int:
-    """The key splits the decode kernel runs a call in (`_decode_plan.choose_num_splits` over this kernel's CTAs:
-    one per batch, K/V head and block of packed rows): unsplit where 32-row CTAs fill the GPU so, else the split count
-    of 16-row CTAs (_unsplit_decode_rows)."""
-    batch, heads_q, seqlen_q, head_dim = query.shape
-    heads_kv = key_cache.shape[1]
-    packed_rows = heads_q // heads_kv * seqlen_q
-    capacity = cache_geometry(key_cache, block_table)[0]
-
-    def splits(rows: int) -> int:
-        programs = batch * heads_kv * -(-packed_rows // rows)
-        return _decode_plan.num_splits_for(query, heads_kv=heads_kv, keys=capacity, programs=programs,
-                                           programs_per_sm=_DECODE_PROGRAMS_PER_SM, costs=_DECODE_SPLIT_COSTS)
-
-    rows = _unsplit_decode_rows(packed_rows, head_dim)
-    if rows > 16 and splits(rows) == 1:
-        return 1
-    return splits(16)
-
-
 def _run_decode(query, key_cache, value_cache, cache_seqlens, block_table, key, value, *, causal, softmax_scale,
                 num_splits):
     """Append key/value (if given), then the decode kernel, on validated, 16-byte copyable caches: (out, lse)."""
     kernel = _decode_kernel(query)
-    if num_splits is None:
-        num_splits = decode_num_splits(query, key_cache, block_table)
+    launch = decode_launch(query, key_cache, block_table, num_splits)
     seqlen_new = 0
     if key is not None:
         seqlen_new = key.shape[2]
@@ -391,7 +440,7 @@ def _run_decode(query, key_cache, value_cache, cache_seqlens, block_table, key, 
               block_table, kernel.handle)
     query, softmax_scale = _with_positive_scale(query, softmax_scale)
     return _call(torch.ops.flash_attention.cuda_decode, query, key_cache, value_cache, cache_seqlens, block_table,
-                 seqlen_new, causal, softmax_scale, num_splits, kernel.handle)
+                 seqlen_new, causal, softmax_scale, launch.num_splits, launch.rows, launch.warps, kernel.handle)
 
 
 def run_kvcache_validated(query, key_cache, value_cache, shape, *, cache_seqlens, block_table, key, value, causal,

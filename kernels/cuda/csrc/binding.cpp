@@ -421,7 +421,7 @@ std::tuple<at::Tensor, at::Tensor> cuda_decode(const at::Tensor& q_in, const at:
                                                const at::Tensor& v_cache, const c10::optional<at::Tensor>& seqlens,
                                                const c10::optional<at::Tensor>& block_table, int64_t seqlen_new,
                                                bool causal, double softmax_scale, int64_t num_splits,
-                                               int64_t kernel) {
+                                               int64_t cta_rows, int64_t cta_warps, int64_t kernel) {
   TORCH_CHECK_VALUE(q_in.is_cuda() && q_in.dim() == 4, "flash_attention cuda: query must be a 4-D CUDA tensor");
   const auto dtype = q_in.scalar_type();
   TORCH_CHECK_TYPE(k_cache.scalar_type() == dtype, "flash_attention cuda: query and caches must share a dtype");
@@ -429,6 +429,9 @@ std::tuple<at::Tensor, at::Tensor> cuda_decode(const at::Tensor& q_in, const at:
   TORCH_CHECK_VALUE(std::isfinite(softmax_scale) && softmax_scale > 0, "flash_attention cuda: softmax_scale must be "
                     "positive here (flash_attention.cuda folds other scales into the query)");
   TORCH_CHECK_VALUE(num_splits >= 1 && num_splits <= 128, "flash_attention cuda: num_splits must be in [1, 128]");
+  TORCH_CHECK_VALUE((cta_rows == 16 || cta_rows == 32) && (cta_warps == 4 || cta_warps == 8),
+                    "flash_attention cuda: a decode CTA has 16 or 32 rows and 4 or 8 warps, got ", text(cta_rows),
+                    " and ", text(cta_warps));
   TORCH_CHECK_VALUE(seqlen_new >= 0 && (seqlen_new == 0 || seqlens.has_value()),
                     "flash_attention cuda: seqlen_new counts appended tokens, which need cache_seqlens");
   flash::DecodeParams p{};
@@ -453,6 +456,8 @@ std::tuple<at::Tensor, at::Tensor> cuda_decode(const at::Tensor& q_in, const at:
   p.seqlen_q = static_cast<int>(seqlen_q);
   p.seqlen_new = static_cast<int>(seqlen_new);
   p.num_splits = static_cast<int>(num_splits);
+  p.cta_rows = static_cast<int>(cta_rows);
+  p.cta_warps = static_cast<int>(cta_warps);
   p.scale_log2 = static_cast<float>(softmax_scale * M_LOG2E);
   p.causal = causal;
   at::Tensor partial_o, partial_lse;

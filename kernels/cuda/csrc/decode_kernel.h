@@ -1,6 +1,6 @@
 // Decode-shaped attention: a few query rows against a long KV cache, contiguous or paged (decode_params.h).
 //
-// One CTA of eight warps (four at head dim 256) per (batch, K/V head, 16 or 32 packed rows, key split). The query
+// One CTA of four or eight warps (CtaChoice) per (batch, K/V head, 16 or 32 packed rows, key split). The query
 // heads of a GQA group and the query rows are packed into the rows of one or two MMA tiles (row r: query row
 // r / group of head kv_head * group + r % group), so each K/V tile is read once per group. Each warp streams its own
 // 16-key tiles (tiles warp, warp + kWarps, ... of the split) through a private cp.async pipeline and keeps its own
@@ -9,9 +9,8 @@
 // which every SM80+ GPU runs; decode moves bytes, so the tensor cores are far from the limit.
 //
 // Keys are addressed row by row: a page index per 16-key tile where pages of a power-of-two size hold whole tiles,
-// else per key. Lengths
-// and page indices come from device tensors the host never reads; lengths are clamped to the capacity and page
-// indices into the cache, so no access leaves it.
+// else per key. Lengths and page indices come from device tensors the host never reads; lengths are clamped to the
+// capacity and page indices into the cache, so no access leaves it.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -32,42 +31,42 @@ constexpr int kBlockN = 16;  // keys per warp tile
 constexpr int kMaxSplits = 128;  // flash_attention._validation.MAX_NUM_SPLITS
 constexpr float kLn2 = 0.6931471805599453f;
 
-// One CTA an SM, its warps each streaming their own tiles. With four warps (one per scheduler) every dependency
-// stall of a warp's chain (ldmatrix -> MMA -> softmax -> MMA) was exposed: 3.9-4.1 TB/s on an H200 whatever the
-// pipeline depth; eight warps hide each other's (results/NOTES.md, decode v2-v5). Head dim 256 keeps four: its
-// tiles are twice the bytes. kStages 16-key stages per warp: the launcher takes the deepest pipeline that fits the
-// GPU's shared memory (kDeepStages, for 227 KiB a block: Hopper), else kShallowStages (164 KiB: A100).
+// The CTA shapes a decode call may launch; flash_attention.cuda's decode_launch picks one per call (and passes it in
+// DecodeParams::cta_warps, cta_rows) and mirrors this list (_DECODE_CTAS).
+// - Warps: each warp streams its own tiles, so a CTA streams as fast as its warps hide each other's dependency stalls
+//   (four warps alone, one per scheduler, left them exposed: 3.9-4.1 TB/s on an H200 whatever the pipeline depth;
+//   results/NOTES.md, decode v2-v5). Wide CTAs (eight warps; four at head dim 256, whose tiles are twice the bytes)
+//   take most of an SM's shared memory, one to an SM: for calls whose few CTAs each stream long (batch 4 x 8 K/V
+//   heads unsplit). Narrow CTAs (four warps, half the memory) go two to an SM, so that one CTA's prologue and merge
+//   overlap the other's stream, and their warps' merge is half as wide: 1.01-1.07x wide ones on calls split or
+//   batched to fill the GPU (results/NOTES.md, "Narrow decode CTAs"). Head dim 256 has one shape.
+// - Stages: 16-key stages per warp. Wide CTAs take the deepest pipeline that fits the GPU's shared memory
+//   (kDeepStages for 227 KiB a block: Hopper, else kShallowStages for 164 KiB: A100); narrow ones fit both.
+// - Rows: one 16-row MMA tile, or two where more rows share a K/V head and the call is not split (64/8 heads with 4
+//   query rows: 32 rows), so that each K/V tile is read once for all of them and the grid holds half the CTAs.
+//   Measured on an H100 (results/NOTES.md, "Two row tiles in a decode CTA"): 32-row CTAs 1.015-1.045x 16-row ones
+//   at batch 16, where the 16-row grid took two waves; 0.90-0.96x at batch 1, where the keys are split to fill the
+//   GPU and the 16-row CTAs' second K/V read comes from L2. Head dim 256 keeps one tile: a second would double its
+//   128 accumulator registers a thread.
 template <int kHeadDim>
-struct StageChoice {
-  static constexpr int kWarps = kHeadDim == 256 ? 4 : 8;
+struct CtaChoice {
+  static constexpr int kWideWarps = kHeadDim == 256 ? 4 : 8;
+  static constexpr bool kHasNarrow = kHeadDim <= 128;
+  static constexpr int kNarrowWarps = 4;
   static constexpr int kDeepStages = kHeadDim == 64 ? 5 : 3;
   static constexpr int kShallowStages = kHeadDim == 64 ? 4 : 2;
+  static constexpr int kNarrowStages = kHeadDim == 64 ? 5 : 3;
+  static constexpr int kMaxRows = kHeadDim <= 128 ? 32 : 16;
 };
 
-// Packed query rows per CTA: one 16-row MMA tile, or two where more rows share a K/V head and the call is not split
-// (64/8 heads with 4 query rows: 32 rows), so that each K/V tile is read once for all of them and the grid holds half
-// the CTAs. Measured on an H100 (results/NOTES.md, "Two row tiles in a decode CTA"): 32-row CTAs 1.015-1.045x
-// 16-row ones at batch 16, where the 16-row grid took two waves; 0.90-0.96x at batch 1, where the keys are split to
-// fill the GPU and the 16-row CTAs' second K/V read comes from L2. Head dim 256 keeps one tile: a second would double
-// its 128 accumulator registers a thread. flash_attention.cuda's _unsplit_decode_rows mirrors this (the split
-// heuristic counts the CTAs).
-template <int kHeadDim>
-__host__ __device__ constexpr int max_decode_rows() {
-  return kHeadDim <= 128 ? 32 : 16;
-}
-template <int kHeadDim>
-inline int decode_rows(int packed_rows, int num_splits) {
-  return packed_rows > 16 && num_splits == 1 ? max_decode_rows<kHeadDim>() : 16;
-}
-
-template <DType kDType, int kHeadDim, int kStages_, int kRows_>
+template <DType kDType, int kHeadDim, int kStages_, int kRows_, int kWarps_>
 struct Traits {
   static_assert(kHeadDim % 16 == 0 && kHeadDim <= 256, "head dims 64, 128, 256 are instantiated");
   static_assert(kRows_ == 16 || kRows_ == 32, "one or two 16-row MMA tiles");
   static constexpr int kRows = kRows_;
   static constexpr int kMTiles = kRows / 16;
   static constexpr int kStages = kStages_;
-  static constexpr int kWarps = StageChoice<kHeadDim>::kWarps;
+  static constexpr int kWarps = kWarps_;
   static constexpr int kThreads = kWarps * 32;
   // Q's rows are padded by 16 bytes: the 8 rows an ldmatrix reads land in 8 different 4-bank groups.
   static constexpr int kRowPitch = kHeadDim + 8;
@@ -234,10 +233,9 @@ __device__ __forceinline__ int page_of(const DecodeParams& p, int batch, int key
   return min(max(page, 0), p.num_pages - 1);
 }
 
-template <DType kDType, int kHeadDim, int kStages, int kRows>
-__global__ void __launch_bounds__(StageChoice<kHeadDim>::kWarps * 32) decode_kernel(const __grid_constant__
-                                                                                   DecodeParams p) {
-  using T = Traits<kDType, kHeadDim, kStages, kRows>;
+template <DType kDType, int kHeadDim, int kStages, int kRows, int kWarps>
+__global__ void __launch_bounds__(kWarps * 32) decode_kernel(const __grid_constant__ DecodeParams p) {
+  using T = Traits<kDType, kHeadDim, kStages, kRows, kWarps>;
   constexpr int kMTiles = T::kMTiles;
   using Element = typename T::Element;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -495,7 +493,6 @@ __global__ void __launch_bounds__(StageChoice<kHeadDim>::kWarps * 32) decode_ker
   __syncthreads();  // every warp is done with the pipeline: its memory now holds the merge
 
   // Merge the warps' (max, sum, O) by their maxima.
-  constexpr int kWarps = T::kWarps;
   float* merge_o = reinterpret_cast<float*>(smem);
   float* merge_max = merge_o + kWarps * kRows * kHeadDim;
   float* merge_sum = merge_max + kWarps * kRows;
@@ -574,7 +571,7 @@ __global__ void __launch_bounds__(StageChoice<kHeadDim>::kWarps * 32) decode_ker
 // in shared memory, on split calls at batch 1 (results/NOTES.md, "The decode combine, a warp per row").
 template <DType kDType, int kHeadDim>
 __global__ void __launch_bounds__(kCombineThreads) decode_combine_kernel(const __grid_constant__ DecodeParams p) {
-  using Element = typename Traits<kDType, kHeadDim, 2, 16>::Element;
+  using Element = typename Traits<kDType, kHeadDim, 2, 16, 4>::Element;
   constexpr int kVecs = (kHeadDim + 127) / 128;  // float4 columns per lane
   constexpr int kChunk = 16 / kVecs;             // splits whose partials a lane has in flight at once
   constexpr int kPerLane = kMaxSplits / 32;      // LSEs per lane
@@ -704,10 +701,10 @@ inline cudaError_t shared_memory_optin(int& bytes) {
   return err;
 }
 
-template <DType kDType, int kHeadDim, int kStages, int kRows>
+template <DType kDType, int kHeadDim, int kStages, int kRows, int kWarps>
 cudaError_t launch_decode(const DecodeParams& p, cudaStream_t stream) {
-  using T = Traits<kDType, kHeadDim, kStages, kRows>;
-  constexpr auto kernel = decode_kernel<kDType, kHeadDim, kStages, kRows>;
+  using T = Traits<kDType, kHeadDim, kStages, kRows, kWarps>;
+  constexpr auto kernel = decode_kernel<kDType, kHeadDim, kStages, kRows, kWarps>;
   const cudaError_t err = opt_in_shared_memory<kernel>(T::kSmemBytes);
   if (err != cudaSuccess) return err;
   const int row_blocks = (p.group * p.seqlen_q + kRows - 1) / kRows;
@@ -715,13 +712,21 @@ cudaError_t launch_decode(const DecodeParams& p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-// kRows-row CTAs with the deepest pipeline the device's shared memory fits.
+// kRows-row CTAs of the width the call asks for (p.cta_warps); wide ones with the deepest pipeline the device's
+// shared memory fits. A shape this head dim does not have: cudaErrorInvalidValue.
 template <DType kDType, int kHeadDim, int kRows>
 cudaError_t launch_decode_rows(const DecodeParams& p, int optin, cudaStream_t stream) {
-  using Stages = StageChoice<kHeadDim>;
-  constexpr int kDeepBytes = Traits<kDType, kHeadDim, Stages::kDeepStages, kRows>::kSmemBytes;
-  return optin >= kDeepBytes ? launch_decode<kDType, kHeadDim, Stages::kDeepStages, kRows>(p, stream)
-                             : launch_decode<kDType, kHeadDim, Stages::kShallowStages, kRows>(p, stream);
+  using Cta = CtaChoice<kHeadDim>;
+  if constexpr (Cta::kHasNarrow) {
+    if (p.cta_warps == Cta::kNarrowWarps) {
+      return launch_decode<kDType, kHeadDim, Cta::kNarrowStages, kRows, Cta::kNarrowWarps>(p, stream);
+    }
+  }
+  if (p.cta_warps != Cta::kWideWarps) return cudaErrorInvalidValue;
+  constexpr int kDeepBytes = Traits<kDType, kHeadDim, Cta::kDeepStages, kRows, Cta::kWideWarps>::kSmemBytes;
+  return optin >= kDeepBytes
+             ? launch_decode<kDType, kHeadDim, Cta::kDeepStages, kRows, Cta::kWideWarps>(p, stream)
+             : launch_decode<kDType, kHeadDim, Cta::kShallowStages, kRows, Cta::kWideWarps>(p, stream);
 }
 }  // namespace decode
 
@@ -736,10 +741,14 @@ cudaError_t run_decode(const DecodeParams& p, cudaStream_t stream) {
   int optin = 0;
   cudaError_t err = decode::shared_memory_optin(optin);
   if (err != cudaSuccess) return err;
-  constexpr int kMaxRows = decode::max_decode_rows<kHeadDim>();
-  err = decode::decode_rows<kHeadDim>(p.group * p.seqlen_q, p.num_splits) == kMaxRows
-            ? decode::launch_decode_rows<kDType, kHeadDim, kMaxRows>(p, optin, stream)
-            : decode::launch_decode_rows<kDType, kHeadDim, 16>(p, optin, stream);
+  constexpr int kMaxRows = decode::CtaChoice<kHeadDim>::kMaxRows;
+  if (p.cta_rows == kMaxRows) {
+    err = decode::launch_decode_rows<kDType, kHeadDim, kMaxRows>(p, optin, stream);
+  } else if (p.cta_rows == 16) {
+    err = decode::launch_decode_rows<kDType, kHeadDim, 16>(p, optin, stream);
+  } else {
+    err = cudaErrorInvalidValue;
+  }
   if (err != cudaSuccess || p.num_splits == 1) return err;
   const index_t rows = static_cast<index_t>(p.batch) * p.heads_q * p.seqlen_q;
   const auto blocks = static_cast<unsigned>((rows + decode::kCombineRowsPerBlock - 1) / decode::kCombineRowsPerBlock);

@@ -43,6 +43,8 @@ struct DecodeParams {
   int num_pages;   // paged: page indices are clamped into [0, num_pages), so no access leaves the cache
   int seqlen_new;  // tokens appended at cache_seqlens[b] (by run_decode_append, before the decode: 0 if none)
   int num_splits;  // key ranges per row block, merged by the combine kernel when > 1
+  int cta_rows;    // packed query rows per CTA (16, or 32 up to head dim 128) and warps per CTA (4 or 8; 4 at head
+  int cta_warps;   // dim 256): the CTA shape flash_attention.cuda's decode plan picked (decode_kernel.h, CtaChoice)
   float scale_log2;  // softmax_scale * log2(e), positive (the caller folds other scales into the query)
   bool causal;       // row i of sequence b sees keys j <= L_b - seqlen_q + i, L_b = cache_seqlens[b] + seqlen_new
 };
