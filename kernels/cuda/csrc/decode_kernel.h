@@ -581,17 +581,22 @@ __global__ void __launch_bounds__(kCombineThreads) decode_combine_kernel(const _
   if (out_row >= rows_total) return;
   const int lane = threadIdx.x % 32;
   const int vecs = p.head_dim / 4;  // float4 columns of a row (head_dim is a multiple of 8)
-  const float4* partial = reinterpret_cast<const float4*>(p.partial_o_ptr) + out_row * vecs;
+  // One warp runs the whole row, so its instruction count is its latency: addresses step by a pointer increment
+  // from this lane's column, not by a 64-bit product per load.
+  const float4* column = reinterpret_cast<const float4*>(p.partial_o_ptr) + out_row * vecs + lane;
   const index_t split_stride = rows_total * vecs;
+  bool lane_has[kVecs];
+#pragma unroll
+  for (int j = 0; j < kVecs; ++j) lane_has[j] = lane + 32 * j < vecs;
   float4 loaded[kChunk][kVecs];
   auto load_chunk = [&](int first) {
+    const float4* source = column + first * split_stride;
 #pragma unroll
-    for (int i = 0; i < kChunk; ++i) {
+    for (int i = 0; i < kChunk; ++i, source += split_stride) {
+      const bool split_valid = first + i < p.num_splits;
 #pragma unroll
       for (int j = 0; j < kVecs; ++j) {
-        const int vec = lane + 32 * j, s = first + i;
-        const bool valid = vec < vecs && s < p.num_splits;
-        loaded[i][j] = valid ? partial[s * split_stride + vec] : make_float4(0.f, 0.f, 0.f, 0.f);
+        loaded[i][j] = split_valid && lane_has[j] ? source[32 * j] : make_float4(0.f, 0.f, 0.f, 0.f);
       }
     }
   };
@@ -599,10 +604,11 @@ __global__ void __launch_bounds__(kCombineThreads) decode_combine_kernel(const _
 
   float weight[kPerLane];  // of splits lane, lane + 32, ...
   float top = -INFINITY;
+  const float* lse_column = p.partial_lse_ptr + out_row + lane * rows_total;
 #pragma unroll
   for (int k = 0; k < kPerLane; ++k) {
     const int s = lane + 32 * k;
-    weight[k] = s < p.num_splits ? p.partial_lse_ptr[s * rows_total + out_row] : -INFINITY;
+    weight[k] = s < p.num_splits ? lse_column[32 * k * rows_total] : -INFINITY;
     top = fmaxf(top, weight[k]);
   }
   for (int offset = 16; offset > 0; offset /= 2) top = fmaxf(top, __shfl_xor_sync(0xffffffff, top, offset));
