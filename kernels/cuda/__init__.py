@@ -181,7 +181,7 @@ _HEAD_DIM_256_DECODE_CTA = DecodeCta(4, _WIDE_DECODE_CTA.costs)
 # prologue and merge but adds no bandwidth (twice the splits at batch 1 with 4k keys: 0.91x).
 _DECODE_PROGRAMS_PER_SM = 1
 # Narrow CTAs pay where they go two to an SM (more CTAs than SMs) or where each streams few keys (its prologue and
-# merge are much of its time: batch 1 with 1k-16k keys split 16 ways, 1.01-1.06x wide ones); a single wave of long
+# merge are much of its time: batch 1 with 1k-16k keys split 16 ways, 1.02-1.04x wide ones); a single wave of long
 # streams read up to 3% slower in them (four warps an SM keep fewer copies in flight: head dim 64, batch 16, 4k-16k
 # keys, 0.97-0.99x). Where a grid has at most one CTA an SM, narrow ones stream at most this many keys each.
 _NARROW_DECODE_MAX_SINGLE_WAVE_KEYS = 2048

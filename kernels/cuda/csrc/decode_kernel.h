@@ -32,13 +32,13 @@ constexpr int kMaxSplits = 128;  // flash_attention._validation.MAX_NUM_SPLITS
 constexpr float kLn2 = 0.6931471805599453f;
 
 // The CTA shapes a decode call may launch; flash_attention.cuda's decode_launch picks one per call (and passes it in
-// DecodeParams::cta_warps, cta_rows) and mirrors this list (_DECODE_CTAS).
+// DecodeParams::cta_warps, cta_rows) from the widths its decode_ctas lists for the head dim, which mirror these.
 // - Warps: each warp streams its own tiles, so a CTA streams as fast as its warps hide each other's dependency stalls
 //   (four warps alone, one per scheduler, left them exposed: 3.9-4.1 TB/s on an H200 whatever the pipeline depth;
 //   results/NOTES.md, decode v2-v5). Wide CTAs (eight warps; four at head dim 256, whose tiles are twice the bytes)
 //   take most of an SM's shared memory, one to an SM: for calls whose few CTAs each stream long (batch 4 x 8 K/V
 //   heads unsplit). Narrow CTAs (four warps, half the memory) go two to an SM, so that one CTA's prologue and merge
-//   overlap the other's stream, and their warps' merge is half as wide: 1.01-1.07x wide ones on calls split or
+//   overlap the other's stream, and their warps' merge is half as wide: 1.02-1.04x wide ones on calls split or
 //   batched to fill the GPU (results/NOTES.md, "Narrow decode CTAs"). Head dim 256 has one shape.
 // - Stages: 16-key stages per warp. Wide CTAs take the deepest pipeline that fits the GPU's shared memory
 //   (kDeepStages for 227 KiB a block: Hopper, else kShallowStages for 164 KiB: A100); narrow ones fit both.
