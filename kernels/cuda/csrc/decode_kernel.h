@@ -55,7 +55,7 @@ struct CtaChoice {
   static constexpr int kNarrowWarps = 4;
   static constexpr int kDeepStages = kHeadDim == 64 ? 5 : 3;
   static constexpr int kShallowStages = kHeadDim == 64 ? 4 : 2;
-  static constexpr int kNarrowStages = kHeadDim == 64 ? 5 : 3;
+  static constexpr int kNarrowStages = kDeepStages;  // half the warps: the deep pipeline in half the memory
   static constexpr int kMaxRows = kHeadDim <= 128 ? 32 : 16;
 };
 
