@@ -319,7 +319,7 @@ def test_cuda_decode_launch_plans(monkeypatch):
     assert plan(16, 4096) == (1, 16, 8)  # 128 CTAs of 4k keys
     assert plan(64, 4096) == (1, 16, 4)  # 512 CTAs: two an SM
     assert plan(64, 1024, head_dim=64) == (1, 16, 4) and plan(16, 4096, head_dim=64) == (1, 16, 8)
-    assert plan(16, 4096, heads_q=64, seqlen_q=4) == (1, 32, 8)
+    assert plan(16, 4096, heads_q=64, seqlen_q=4) == (1, 32, 4)  # one wave of 32-row CTAs: narrow still
     assert plan(1, 4096, heads_q=64, seqlen_q=4) == (8, 16, 4)  # 16 programs of 16 rows, split
     assert plan(1, 4096, head_dim=256) == (16, 16, 4)  # head dim 256: one width, four warps
     assert plan(1, 4096, heads_q=64, seqlen_q=4, num_splits=1) == (1, 32, 8)  # 8 CTAs alone: wide

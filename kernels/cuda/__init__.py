@@ -182,8 +182,10 @@ _HEAD_DIM_256_DECODE_CTA = DecodeCta(4, _WIDE_DECODE_CTA.costs)
 _DECODE_PROGRAMS_PER_SM = 1
 # Narrow CTAs pay where they go two to an SM (more CTAs than SMs) or where each streams few keys (its prologue and
 # merge are much of its time: batch 1 with 1k-16k keys split 16 ways, 1.02-1.04x wide ones); a single wave of long
-# streams read up to 3% slower in them (four warps an SM keep fewer copies in flight: head dim 64, batch 16, 4k-16k
-# keys, 0.97-0.99x). Where a grid has at most one CTA an SM, narrow ones stream at most this many keys each.
+# streams of one row tile read up to 3% slower in them (four warps an SM keep fewer copies in flight: head dim 64,
+# batch 16, 4k-16k keys, 0.97-0.99x). Where a grid of 16-row CTAs has at most one CTA an SM, narrow ones stream at
+# most this many keys each. 32-row CTAs (two row tiles a warp: twice the MMA and softmax work per byte) keep narrow
+# ones there too: 1.015x wide ones at batch 16, 64/8 heads, 4 query rows, 4k keys, 1.004x at 32k.
 _NARROW_DECODE_MAX_SINGLE_WAVE_KEYS = 2048
 
 
@@ -213,7 +215,7 @@ def decode_launch(query, key_cache, block_table, num_splits: int | None = None) 
 def _planned_decode_launch(device: int, batch: int, heads_q: int, seqlen_q: int, head_dim: int, heads_kv: int,
                            capacity: int, element_size: int, num_splits: int | None) -> DecodeLaunch:
     """The launch the split model (flash_attention._decode_plan) predicts fastest over the CTA shapes this head dim
-    has (decode_ctas; narrow ones within _NARROW_DECODE_MAX_SINGLE_WAVE_KEYS), with `num_splits` splits if given.
+    has (decode_ctas; narrow 16-row ones within _NARROW_DECODE_MAX_SINGLE_WAVE_KEYS), with `num_splits` splits if given.
     32 packed rows per CTA (two MMA row tiles reading each K/V tile once) where more than 16 rows share a K/V head,
     the kernel's head dim is at most 128 and the call is not split, else 16: 32-row CTAs lost 4-10% to 16-row ones on
     split calls (results/NOTES.md, "Two row tiles in a decode CTA")."""
@@ -236,7 +238,7 @@ def _planned_decode_launch(device: int, batch: int, heads_q: int, seqlen_q: int,
                 splits, seconds = _decode_plan.choose_num_splits(
                     programs=programs, multiprocessors=multiprocessors, programs_per_sm=_DECODE_PROGRAMS_PER_SM,
                     costs=cta.costs, **model)
-            if (cta is _NARROW_DECODE_CTA and programs * splits <= multiprocessors
+            if (cta is _NARROW_DECODE_CTA and rows == 16 and programs * splits <= multiprocessors
                     and -(-capacity // splits) > _NARROW_DECODE_MAX_SINGLE_WAVE_KEYS):
                 continue
             if seconds < best_seconds:  # the first of equals: 32 rows (one K/V read a group), then narrow
