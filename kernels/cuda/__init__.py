@@ -185,7 +185,8 @@ _DECODE_PROGRAMS_PER_SM = 1
 # streams of one row tile read up to 3% slower in them (four warps an SM keep fewer copies in flight: head dim 64,
 # batch 16, 4k-16k keys, 0.97-0.99x). Where a grid of 16-row CTAs has at most one CTA an SM, narrow ones stream at
 # most this many keys each. 32-row CTAs (two row tiles a warp: twice the MMA and softmax work per byte) keep narrow
-# ones there too: 1.015x wide ones at batch 16, 64/8 heads, 4 query rows, 4k keys, 1.004x at 32k.
+# ones there too: 1.007-1.015x wide ones at batch 16, 64/8 heads, 4 query rows, 4k keys, 0.997-1.004x at 32k (two
+# runs).
 _NARROW_DECODE_MAX_SINGLE_WAVE_KEYS = 2048
 
 
