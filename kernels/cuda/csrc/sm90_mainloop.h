@@ -244,6 +244,7 @@ __forceinline__ __device__ void sm90_mma(const FwdParams& args, typename Traits:
   constexpr int kBlockN = Traits::kBlockN;
   constexpr int kHeadDim = Traits::kHeadDim;
   constexpr int kRowsPerConsumer = Traits::kRowsPerConsumer;
+  constexpr bool kRescaleOAfterPV = Traits::rescale_o_after_pv(kCausal);
   const int tid = threadIdx.x % cutlass::NumThreadsPerWarpGroup;
 
   Tensor sQ = make_tensor(make_smem_ptr(storage.q.data() + q.stage * cute::cosize_v<typename Traits::SmemLayoutQ>),
@@ -339,7 +340,9 @@ __forceinline__ __device__ void sm90_mma(const FwdParams& args, typename Traits:
     pipeline_k.consumer_wait(state_k);
     ping_pong.wait_turn();
     warpgroup_gemm<true, -1>(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), acc_s);
-    softmax.rescale_o(acc_o, correction);  // the previous P V retired at the end of the last step
+    if constexpr (!kRescaleOAfterPV) {
+      softmax.rescale_o(acc_o, correction);  // the previous P V retired at the end of the last step
+    }
     pipeline_v.consumer_wait(state_v);
     warpgroup_gemm<false, -1>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), acc_o);
     ping_pong.pass_turn();
@@ -354,6 +357,7 @@ __forceinline__ __device__ void sm90_mma(const FwdParams& args, typename Traits:
     pipeline_v.consumer_release(state_v);
     ++state_v;
     rP = convert_fragment<Element>(acc_s);
+    if constexpr (kRescaleOAfterPV) softmax.rescale_o(acc_o, correction);
   };
   --n_block;
   CUTE_NO_UNROLL
@@ -366,7 +370,7 @@ __forceinline__ __device__ void sm90_mma(const FwdParams& args, typename Traits:
   // The last P V.
   {
     Tensor tOrP = make_tensor(rP.data(), wgmma_acc_as_operand_a_layout(rP.layout()));
-    softmax.rescale_o(acc_o, correction);
+    if constexpr (!kRescaleOAfterPV) softmax.rescale_o(acc_o, correction);
     pipeline_v.consumer_wait(state_v);
     ping_pong.wait_turn();
     warpgroup_gemm<false, 0>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), acc_o);
