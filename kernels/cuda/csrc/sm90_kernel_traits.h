@@ -65,9 +65,9 @@ struct Sm90FwdTraits {
                            Shape<Int<kRowsPerConsumer>, Int<kBlockN / 2>, Int<kHeadDim>>>()));
   // Where O's rescale by the moved row max runs: at the end of each key tile's step, once the P V that wrote O
   // retired (FlashAttention-4's SM90 order up to head dim 128), or between issuing S and P V (FlashAttention-3's).
-  // A/B on an H100, same bits: at head dim 128 the end of the step is 1.01-1.04x causal at every length and 1.01-1.07x
-  // without a mask below 8k keys, 0.986-0.997x without a mask from 8k (the 176-key tiles' steady state); head dim 64
-  // 1.00-1.01x (results/NOTES.md, "O's rescale at the end of the step").
+  // A/B on an H100, same bits: at head dim 128 the end of the step is 1.00-1.04x causal at every length, 1.01-1.07x
+  // without a mask below 8k keys and on packed batches, 0.986-0.997x without a mask from 8k (the 176-key tiles'
+  // steady state); head dim 64 1.00-1.02x (results/NOTES.md, "O's rescale at the end of the step").
   static constexpr bool rescale_o_after_pv(bool causal) {
     return kHeadDim <= 128 && (causal || kBlockN <= 128);
   }
