@@ -45,6 +45,6 @@ def test_causal_tile_order_names_every_tile_once(tmp_path):
     from flash_attention.triton import section_heads
 
     rules = [line.split()[1:] for line in output.splitlines() if line.startswith("rule ")]
-    assert len(rules) == 2 * 3 * 8 * 9, output
-    for l2, head_dim, seqlen_k, heads, sections in (map(int, rule) for rule in rules):
-        assert section_heads(l2, seqlen_k, head_dim, 2, heads) == sections, (l2, head_dim, seqlen_k, heads)
+    assert len(rules) == 2 * 3 * 8 * 9 * 3, output
+    for l2, head_dim, seqlen_k, heads, group, sections in (map(int, rule) for rule in rules):
+        assert section_heads(l2, seqlen_k, head_dim, 2, heads, group) == sections, (l2, seqlen_k, heads, group)

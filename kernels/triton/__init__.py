@@ -202,23 +202,25 @@ def sm90_tile_counter(query, stream: int) -> torch.Tensor:
     return counter
 
 
-def section_heads(l2_bytes: int, seqlen_k: int, head_dim: int, element_size: int, heads: int) -> int:
-    """Causal work lists run longest first within sections of this many heads: the largest power of two whose K and
-    V fit the L2 together (FlashAttention-3's rule), at least 1 and at most the list's `heads`. The cuda backend's
+def section_heads(l2_bytes: int, seqlen_k: int, head_dim: int, element_size: int, heads: int, group: int) -> int:
+    """Causal work lists run longest first within sections of this many query heads: the whole groups (`group` query
+    heads a K/V head) of the largest power of two of K/V heads whose K and V fit the L2 together (FlashAttention-3's
+    rule, counted in the K/V heads a section reads), at least 1 and at most the list's `heads`. The cuda backend's
     `section_heads` (tile_scheduler.h) is the same rule; tests/test_cuda_layouts.py holds the two in step."""
-    head_bytes = 2 * seqlen_k * head_dim * element_size
-    fit = l2_bytes // max(head_bytes, 1)
-    section = 1
-    while 2 * section <= fit:
-        section *= 2
-    return max(1, min(section, heads))
+    kv_head_bytes = 2 * seqlen_k * head_dim * element_size
+    fit = l2_bytes // max(kv_head_bytes, 1)
+    kv_heads = 1
+    while 2 * kv_heads <= fit:
+        kv_heads *= 2
+    return max(1, min(kv_heads * group, heads))
 
 
-def sm90_section_heads(query, seqlen_k: int, heads: int) -> int:
+def sm90_section_heads(query, seqlen_k: int, heads: int, group: int) -> int:
     """section_heads for a call on query's GPU (1 on the CPU, where only compile checks build arguments)."""
     if not query.is_cuda:
         return 1
-    return section_heads(l2_cache_bytes(device_index(query)), seqlen_k, query.shape[-1], query.element_size(), heads)
+    return section_heads(l2_cache_bytes(device_index(query)), seqlen_k, query.shape[-1], query.element_size(), heads,
+                         group)
 
 
 def sm90_grid(num_tiles: int, query) -> int:
@@ -249,7 +251,7 @@ def sm90_launch_arguments(query, key, value, out, lse, *, causal: bool, softmax_
     rows = int(_hopper_kernel.CONSUMER_ROWS)
     qk_scale, _ = kernel_scale(softmax_scale)
     num_tiles = batch * heads_q * triton.cdiv(seqlen_q, int(_hopper_kernel.BLOCK_M))
-    section_heads = sm90_section_heads(query, key.shape[2], batch * heads_q) if causal else 0
+    section_heads = sm90_section_heads(query, key.shape[2], batch * heads_q, heads_q // key.shape[1]) if causal else 0
     if ctas is None:
         ctas = sm90_grid(num_tiles, query)
     args = (descriptor(query, rows), descriptor(key, SM90_BLOCK_N), descriptor(value, SM90_BLOCK_N),

@@ -3,7 +3,7 @@
 // among the head's tiles), each once, heads of a section side by side per index; a section holds 0 (head-major) or
 // 1..heads heads, so sections x tiles_per_head stays within the list. Built and run by tests/test_cuda_layouts.py
 // with nvcc, no GPU needed. Prints one line per group of cases, and a `rule` line per case of >= 16 tiles a head
-// (L2 bytes, head dim, keys, heads, heads a section) that the test compares with the triton backend's copy of the
+// (L2 bytes, head dim, keys, heads, query heads a K/V head, heads a section) that the test compares with the triton backend's copy of the
 // rule; exit status = failures.
 #include <cstdio>
 #include <vector>
@@ -44,19 +44,23 @@ int main() {
     for (int head_dim : {64, 128, 256}) {
       for (int seqlen_k : {0, 1, 100, 2048, 4096, 16384, 65536, 1 << 20}) {
         for (int tiles : {1, 15, 16, 17, 64, 128}) {
-          for (int heads : {1, 2, 3, 5, 6, 10, 16, 64, 100}) {
-            flash::FwdParams params{};
-            params.head_dim = head_dim;
-            params.l2_bytes = l2;
-            const int sections = flash::section_heads(params, seqlen_k, tiles, heads);
-            const bool bounded = tiles < flash::kSectionMinTilesPerHead ? sections == 0
-                                                                        : sections >= 1 && sections <= heads;
-            if (tiles == 128) printf("rule %lld %d %d %d %d\n", l2, head_dim, seqlen_k, heads, sections);
-            ++cases;
-            if (!bounded || !mapping_is_exact(tiles, heads, sections)) {
-              ++bad;
-              printf("  seqlen_k %d, head_dim %d, %d tiles x %d heads: %d heads a section\n", seqlen_k, head_dim,
-                     tiles, heads, sections);
+          for (int group : {1, 4, 7}) {
+            for (int groups : {1, 2, 3, 5, 6, 10, 16, 64, 100}) {
+              const int heads = groups * group;  // the list's query heads: whole groups (batch x heads_q)
+              flash::FwdParams params{};
+              params.head_dim = head_dim;
+              params.l2_bytes = l2;
+              params.group = group;
+              const int sections = flash::section_heads(params, seqlen_k, tiles, heads);
+              const bool bounded = tiles < flash::kSectionMinTilesPerHead ? sections == 0
+                                                                          : sections >= 1 && sections <= heads;
+              if (tiles == 128) printf("rule %lld %d %d %d %d %d\n", l2, head_dim, seqlen_k, heads, group, sections);
+              ++cases;
+              if (!bounded || !mapping_is_exact(tiles, heads, sections)) {
+                ++bad;
+                printf("  seqlen_k %d, head_dim %d, %d tiles x %d heads (groups of %d): %d heads a section\n",
+                       seqlen_k, head_dim, tiles, heads, group, sections);
+              }
             }
           }
         }
@@ -69,6 +73,7 @@ int main() {
   flash::FwdParams params{};
   params.head_dim = 128;
   params.l2_bytes = 52428800LL;
+  params.group = 1;
   const int sections = flash::section_heads(params, 0, 4096, 4096);
   bad = sections != 4096 || !mapping_is_exact(4096, 4096, sections);
   printf("no keys, 4096 x 4096 tiles: %d failures\n", bad);

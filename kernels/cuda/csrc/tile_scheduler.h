@@ -95,7 +95,10 @@ struct PersistentTileScheduler {
 // of the kernel, against 1.4-1.9% for FlashAttention-4's order. So causal lists with many tiles per head run longest
 // first across a section of heads whose K and V fit the L2 together (FlashAttention-3/4's scheduler order): every
 // head of a section gives its longest tile, then its next, ..., and the last draws are the shortest tiles of the
-// last section. A power of two of heads, as they take, keeps a section's K/V between half and all of the L2. A/B
+// last section. A section counts the K/V heads it reads: a power of two of them, as FlashAttention-3/4 take, keeps
+// its K/V between half and all of the L2, and it holds their whole groups of query heads (GQA: a K/V head's group
+// shares its bytes; +0.5-2% over counting each query head's own K/V at 32/8, 64/8 and 28/4 heads, causal 4k-16k and
+// chunked prefill, results/NOTES.md, "Sections of whole GQA groups"). A/B
 // against head-major (bf16): +3-7% at causal 2k-8k tokens (head dims 64, 128, 256; 64 also at 16k) and chunked
 // prefill on 8k keys, +-1% from 16k at 128 and 256. Fewer than 16 tiles per head (N < 2k at 128 rows) keep the
 // head-major order: their tiles cost about the same (mostly the fixed part), and wide sections lost 1-3% at N = 512
@@ -106,11 +109,12 @@ struct PersistentTileScheduler {
 constexpr int kSectionMinTilesPerHead = 16;
 __host__ __device__ inline int section_heads(const FwdParams& params, int seqlen_k, int tiles_per_head, int heads) {
   if (tiles_per_head < kSectionMinTilesPerHead) return 0;
-  const long long head_bytes = 2LL * seqlen_k * params.head_dim * 2;  // K and V of one head, 16-bit
-  const long long fit = params.l2_bytes / (head_bytes > 0 ? head_bytes : 1LL);
-  int section = 1;
-  while (2LL * section <= fit) section *= 2;
-  return section < heads ? section : heads;
+  const long long kv_head_bytes = 2LL * seqlen_k * params.head_dim * 2;  // K and V of one K/V head, 16-bit
+  const long long fit = params.l2_bytes / (kv_head_bytes > 0 ? kv_head_bytes : 1LL);
+  long long kv_heads = 1;
+  while (2LL * kv_heads <= fit) kv_heads *= 2;
+  const long long section = kv_heads * params.group;  // whole groups: a K/V head's query heads share its bytes
+  return section < heads ? static_cast<int>(section) : heads;
 }
 inline int causal_section_heads(const FwdParams& params, int num_m_blocks) {
   const long long heads = std::min(static_cast<long long>(params.batch) * params.heads_q, 1LL << 30);
