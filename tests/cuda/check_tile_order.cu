@@ -3,8 +3,8 @@
 // among the head's tiles), each once, heads of a section side by side per index; a section holds 0 (head-major) or
 // 1..heads heads, so sections x tiles_per_head stays within the list. Built and run by tests/test_cuda_layouts.py
 // with nvcc, no GPU needed. Prints one line per group of cases, and a `rule` line per case of >= 16 tiles a head
-// (L2 bytes, head dim, keys, heads, query heads a K/V head, heads a section) that the test compares with the triton backend's copy of the
-// rule; exit status = failures.
+// (L2 bytes, head dim, keys, heads, query heads a K/V head, heads a section) that the test compares with the triton
+// backend's copy of the rule; exit status = failures.
 #include <cstdio>
 #include <vector>
 

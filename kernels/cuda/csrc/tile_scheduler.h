@@ -97,8 +97,8 @@ struct PersistentTileScheduler {
 // head of a section gives its longest tile, then its next, ..., and the last draws are the shortest tiles of the
 // last section. A section counts the K/V heads it reads: a power of two of them, as FlashAttention-3/4 take, keeps
 // its K/V between half and all of the L2, and it holds their whole groups of query heads (GQA: a K/V head's group
-// shares its bytes; +0.5-2% over counting each query head's own K/V at 32/8, 64/8 and 28/4 heads, causal 4k-16k and
-// chunked prefill, results/NOTES.md, "Sections of whole GQA groups"). A/B
+// shares its bytes; against counting each query head's own K/V: +0.5-2% on GQA causal calls of 4k-16k keys and
+// chunked prefill, +-0.2% at 64k; results/NOTES.md, "Sections of whole GQA groups"). A/B
 // against head-major (bf16): +3-7% at causal 2k-8k tokens (head dims 64, 128, 256; 64 also at 16k) and chunked
 // prefill on 8k keys, +-1% from 16k at 128 and 256. Fewer than 16 tiles per head (N < 2k at 128 rows) keep the
 // head-major order: their tiles cost about the same (mostly the fixed part), and wide sections lost 1-3% at N = 512
