@@ -6,6 +6,7 @@
 #include <cute/tensor.hpp>
 
 #include "params.h"
+#include "utils.h"
 
 namespace flash {
 
@@ -14,15 +15,23 @@ using namespace cute;
 template <bool kCausal, typename TensorS, typename TensorC>
 __forceinline__ __device__ void apply_mask(TensorS& acc_s, TensorC const& coord_s, int row_offset, int col_offset,
                                            int seqlen_q, int seqlen_k) {
-  // coord_s holds the (row, col) inside the tile of each accumulator element owned by this thread.
-  const int diagonal_shift = seqlen_k - seqlen_q;
+  // coord_s holds the (row, col) inside the tile of each accumulator element owned by this thread. Row by row: the
+  // keys a row sees end at min(seqlen_k, its diagonal + 1), counted from the thread's first column, so that each
+  // value's column is a constant offset and its test one comparison with an immediate. Indices per value cost a
+  // 128-key masked SM90 step 65 instructions more (676 in SASS against 611; the unmasked step is 472).
+  Tensor s = make_tensor(acc_s.data(), acc_rowcol_layout(acc_s.layout()));
+  Tensor coord = make_tensor(coord_s.data(), acc_rowcol_layout(coord_s.layout()));
+  const int first_col = col_offset + get<1>(coord(0, 0));
   CUTE_UNROLL
-  for (int i = 0; i < size(acc_s); ++i) {
-    const int row = row_offset + get<0>(coord_s(i));
-    const int col = col_offset + get<1>(coord_s(i));
-    bool hidden = col >= seqlen_k;
-    if constexpr (kCausal) hidden = hidden || col > row + diagonal_shift;
-    if (hidden) acc_s(i) = -INFINITY;
+  for (int r = 0; r < size<0>(s); ++r) {
+    int visible_end = seqlen_k - first_col;
+    if constexpr (kCausal) {
+      visible_end = min(visible_end, row_offset + get<0>(coord(r, 0)) + seqlen_k - seqlen_q + 1 - first_col);
+    }
+    CUTE_UNROLL
+    for (int c = 0; c < size<1>(s); ++c) {
+      if (get<1>(coord(r, c)) - get<1>(coord(0, 0)) >= visible_end) s(r, c) = -INFINITY;
+    }
   }
 }
 
