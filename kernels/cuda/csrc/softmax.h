@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cmath>
+#include <type_traits>
 #include <cute/tensor.hpp>
 
 #include "utils.h"
@@ -44,11 +45,21 @@ struct OnlineSoftmax {
   // Hopper kernel can compute P while the previous P V, which still writes O, is in flight.
   // kCols: only this thread's first kCols columns hold scores (acc_rowcol_layout's column order follows the tile's);
   // the rest become 0 without an exp2 (the Hopper kernel's left-half key tile, sm90_mainloop.h).
-  template <bool kFirst, int kCols = -1, typename TensorS>
-  __forceinline__ __device__ void exponentiate(TensorS& acc_s, float scale_log2, float (&correction)[kRows]) {
+  // after_first_terms(sum), if given, is called once the first row's sum holds its first kFirstTerms exponentials:
+  // the Hopper step hangs an instruction there that ptxas must then schedule after them (sm90_mainloop.h). With it,
+  // each row's sum also starts from the rescaled previous sum, so the correction is computed before the
+  // exponentials and O's rescale can interleave with them; without it the rescaled previous sum is added last
+  // (the order the SM80 d128 tile fits its registers with: the other spills 864 bytes, against 576 allowed).
+  static constexpr int kFirstTerms = 8;
+  template <bool kFirst, int kCols = -1, typename TensorS, typename AfterFirstTerms = decltype(nullptr)>
+  __forceinline__ __device__ void exponentiate(TensorS& acc_s, float scale_log2, float (&correction)[kRows],
+                                               AfterFirstTerms after_first_terms = nullptr) {
     Tensor s = make_tensor(acc_s.data(), acc_rowcol_layout(acc_s.layout()));
     static_assert(decltype(size<0>(s))::value == kRows, "");
     constexpr int kValidCols = kCols < 0 ? int(decltype(size<1>(s))::value) : kCols;
+    constexpr bool kHooked = !std::is_same_v<AfterFirstTerms, decltype(nullptr)>;
+    static_assert(!kHooked || kValidCols >= kFirstTerms,
+                  "after_first_terms must be called: a row holds fewer than kFirstTerms scores");
     CUTE_UNROLL
     for (int r = 0; r < kRows; ++r) {
       float m = row_max[r];
@@ -59,15 +70,18 @@ struct OnlineSoftmax {
       const float max_scaled = m == -INFINITY ? 0.f : m * scale_log2;
       correction[r] = kFirst ? 1.f : exp2f(row_max[r] * scale_log2 - max_scaled);
       row_max[r] = m;
-      float sum = 0.f;
+      float sum = kFirst || !kHooked ? 0.f : row_sum[r] * correction[r];
       CUTE_UNROLL
       for (int c = 0; c < kValidCols; ++c) {
         s(r, c) = exp2f(s(r, c) * scale_log2 - max_scaled);
         sum += s(r, c);
+        if constexpr (kHooked) {
+          if (r == 0 && c == kFirstTerms - 1) after_first_terms(sum);
+        }
       }
       CUTE_UNROLL
       for (int c = kValidCols; c < size<1>(s); ++c) s(r, c) = 0.f;
-      row_sum[r] = kFirst ? sum : row_sum[r] * correction[r] + sum;
+      row_sum[r] = kFirst || kHooked ? sum : row_sum[r] * correction[r] + sum;
     }
   }
 
