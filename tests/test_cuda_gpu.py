@@ -360,6 +360,23 @@ def test_custom_scale_and_large_scores():
     check(q, k, v, causal=False, scale=0.5)
 
 
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("causal", [False, True])
+def test_a_nan_key_reaches_exactly_the_rows_that_see_it(head_dim, causal):
+    """A NaN in one key turns the rows that see it to NaN and no other, and the call finishes: the SM90 step
+    releases K's stage by an arrive predicated on a partial sum of exponentials, which a NaN must not switch off
+    (a skipped arrive would hang the producer)."""
+    torch.manual_seed(head_dim)
+    q, k, v = (rand(2, 2, 1000, head_dim) for _ in range(3))
+    k[:, :, 700, 0] = float("nan")
+    out = fa_cuda.attention(q, k, v, causal=causal)
+    torch.cuda.synchronize()
+    expected = torch.zeros(1000, dtype=torch.bool, device="cuda")
+    expected[700 if causal else 0:] = True
+    assert torch.equal(out.isnan().any(dim=-1), expected.expand(2, 2, 1000))
+    assert torch.equal(out.isnan().all(dim=-1), expected.expand(2, 2, 1000))
+
+
 def test_rows_that_see_no_key_give_zero_and_minus_inf():
     q, k, v = rand(1, 2, 300, 64), rand(1, 2, 40, 64), rand(1, 2, 40, 64)
     out, lse = fa_cuda.attention(q, k, v, causal=True, return_lse=True)
