@@ -7,10 +7,12 @@ decode families, sm_90a for the SM90 family; host code by the host compiler), th
 prints a markdown table of registers, shared memory, stack frame and spill bytes per kernel, and the count of
 tensor-core instructions in its SASS: HMMA (mma.sync) with LDSM (ldmatrix) and LDGSTS (cp.async) for the SM80 and
 decode families, HGMMA (warpgroup MMA) with UTMALDG (TMA loads) for the SM90 family (the decode family's combine and
-append kernels and the varlen tile list have no MMA). The torch binding (binding.cpp) gets a syntax check with the
-host compiler. Exit status 1 if any file fails to compile, any kernel spills (beyond the explicit per-kernel budget
-in SPILL_BUDGET_BYTES, which lists the measured spills of today's SM80 kernels; the SM90 kernels have none), or any
-kernel lacks its family's tensor-core instruction.
+append kernels and the varlen tile list have no MMA), and for the SM90 family the fewest exponentials any steady
+step issues before it waits for P V. The torch binding (binding.cpp) gets a syntax check with the host compiler.
+Exit status 1 if any file fails to compile, any kernel spills (beyond the explicit per-kernel budget in
+SPILL_BUDGET_BYTES, which lists the measured spills of today's SM80 kernels; the SM90 kernels have none), any kernel
+lacks its family's tensor-core instruction, or an SM90 steady step waits for P V before MIN_EXP2_BEFORE_PV_WAIT
+exponentials.
 
     python scripts/check_cuda_compile.py [--arch 80] [--jobs 2] [kernel stems...]
 """
@@ -64,6 +66,29 @@ PTXAS_ENTRY = re.compile(r"Compiling entry function '(\S+)' for 'sm_\d+a?'")
 PTXAS_FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 PTXAS_USAGE = re.compile(r"Used (\d+) registers")
 SASS_FUNCTION = re.compile(r"Function : (\S+)")
+SASS_INSTRUCTION = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(.*?)\s*;")
+
+# The SM90 steady step issues S and P V, waits for S alone, and runs the softmax while P V is in flight; its wait for
+# P V must come after the first exponentials, or the whole softmax waits for P V. ptxas hoists that wait up to the
+# last mbarrier arrive before it, which sm90_mainloop.h hangs on the first row's first 8 exponentials (softmax.h's
+# kFirstTerms), so at least 8 precede the wait where that holds, and none where nothing holds the wait (0-4% of a
+# call: results/NOTES.md, "The wait for P V, pinned"). A kernel whose steady step waits earlier fails the check.
+MIN_EXP2_BEFORE_PV_WAIT = 8
+
+
+def exp2_before_pv_wait(instructions: list[str]) -> list[int]:
+    """For each wait for S with P V still in flight in one function's SASS (DEPBAR.LE gsb0, 0x1: an SM90 steady
+    step), the MUFU.EX2 issued before the next wait for every MMA (DEPBAR.LE gsb0, 0x0: the wait for P V)."""
+    counts, since_s = [], None
+    for text in instructions:
+        if "DEPBAR.LE gsb0, 0x1" in text:
+            since_s = 0
+        elif since_s is not None and "MUFU.EX2" in text:
+            since_s += 1
+        elif since_s is not None and "DEPBAR.LE gsb0, 0x0" in text:
+            counts.append(since_s)
+            since_s = None
+    return counts
 
 
 # Spills that were measured and accepted, per kernel (short name without dtype): bytes of spill stores + loads for
@@ -175,17 +200,25 @@ def compile_one(nvcc: str, cuobjdump: str, kernel, arch: str, include: Path, out
         result["log"] += sass.stderr
         return result
     func = None
+    instructions: dict[str, list[str]] = {}
     for line in sass.stdout.splitlines():
         if m := SASS_FUNCTION.search(line):
             func = m.group(1)
             result["kernels"].setdefault(func, {}).update(hmma=0, hgmma=0, ldsm=0, ldgsts=0, utmaldg=0)
+            instructions[func] = []
         elif func:
+            if m := SASS_INSTRUCTION.search(line):
+                instructions[func].append(m[1])
             k = result["kernels"][func]
             k["hmma"] += bool(re.search(r"\bHMMA\.", line))
             k["hgmma"] += bool(re.search(r"\bHGMMA\.", line))
             k["utmaldg"] += bool(re.search(r"\bUTMALDG\b", line))
             k["ldsm"] += bool(re.search(r"\bLDSM\.", line))
             k["ldgsts"] += bool(re.search(r"\bLDGSTS\.", line))
+    if result["sm90"]:
+        for func, listing in instructions.items():
+            counts = exp2_before_pv_wait(listing)
+            result["kernels"][func]["exp2_before_pv_wait"] = min(counts) if counts else None
     return result
 
 
@@ -285,15 +318,23 @@ def main(argv=None) -> int:
                                     f"{spill_budget(short_name(names[mangled]))} B)")
                 if not k.get(mma) and needs_mma(short_name(names[mangled])):
                     failures.append(f"{r['file']} {short_name(names[mangled])}: no {mma.upper()} in SASS")
+                early = k.get("exp2_before_pv_wait")
+                if early is not None and early < MIN_EXP2_BEFORE_PV_WAIT:
+                    failures.append(f"{r['file']} {short_name(names[mangled])}: a steady step waits for P V after "
+                                    f"{early} exponentials (at least {MIN_EXP2_BEFORE_PV_WAIT}: the softmax would "
+                                    "wait for P V)")
 
     rows.sort(key=lambda r: (r[0], r[1]))
     print()
-    print("| library | kernel | regs | smem | stack | spill st/ld (B) | HMMA | LDSM | LDGSTS | HGMMA | UTMALDG |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| library | kernel | regs | smem | stack | spill st/ld (B) | HMMA | LDSM | LDGSTS | HGMMA | UTMALDG | "
+          "EX2 before P V wait |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for file, name, k, smem in rows:
+        early = k.get("exp2_before_pv_wait")
         print(f"| {file} | {name} | {k.get('regs', '?')} | {smem} | {k.get('stack', '?')} | "
               f"{k.get('spill_st', '?')}/{k.get('spill_ld', '?')} | {k.get('hmma', 0)} | {k.get('ldsm', 0)} | "
-              f"{k.get('ldgsts', 0)} | {k.get('hgmma', 0)} | {k.get('utmaldg', 0)} |")
+              f"{k.get('ldgsts', 0)} | {k.get('hgmma', 0)} | {k.get('utmaldg', 0)} | "
+              f"{'-' if early is None else early} |")
     print(f"\n{len(sources)} kernels in {time.time() - start:.0f} s")
     if failures:
         print("\nFAILED:", *failures, sep="\n")

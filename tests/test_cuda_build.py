@@ -357,6 +357,27 @@ def test_check_cuda_compile_script_is_importable():
         "void flash::decode::decode_kernel<(flash::DType)1, 128, 3, 16, 4>(flash::DecodeParams)") == "100 KiB"
 
 
+def test_compile_check_counts_the_exponentials_before_the_wait_for_p_v():
+    """The SASS check behind MIN_EXP2_BEFORE_PV_WAIT: per steady step (a wait for S with P V in flight), the
+    exponentials issued before the wait for every MMA; a wait for all MMAs with no S wait before it (the first key
+    tile, the last P V) is not a steady step."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "check_cuda_compile.py"
+    spec = importlib.util.spec_from_file_location("check_cuda_compile", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    step = ["HGMMA.64x128x16.F32.BF16 R24, gdesc[UR20], RZ, !UPT", "WARPGROUP.DEPBAR.LE gsb0, 0x1",
+            "FMNMX.FTZ R9, R29, R0, !PT", "MUFU.EX2 R10, R10", "MUFU.EX2 R12, R12", "WARPGROUP.DEPBAR.LE gsb0, 0x0",
+            "MUFU.EX2 R14, R14", "FMUL.FTZ R88, R88, R13"]
+    first_tile = ["HGMMA.64x128x16.F32.BF16 R24, gdesc[UR20], RZ, !UPT", "WARPGROUP.DEPBAR.LE gsb0, 0x0",
+                  "MUFU.EX2 R10, R10"]
+    assert module.exp2_before_pv_wait(first_tile + step + step[:2] + step[5:]) == [2, 0]
+    assert module.exp2_before_pv_wait(first_tile) == []
+    line = "        /*2bb0*/                   MUFU.EX2 R10, R10 ;                                /* 0x0000000a000a7308 */"
+    assert module.SASS_INSTRUCTION.search(line)[1] == "MUFU.EX2 R10, R10"
+
+
 _CONCURRENT_LOADER = """
 import sys, time, torch
 from flash_attention.cuda import _loader
