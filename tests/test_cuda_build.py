@@ -325,13 +325,18 @@ def test_op_schema():
     assert len(schema.returns) == 2
 
 
-def test_check_cuda_compile_script_is_importable():
+def compile_check_script():
     import importlib.util
 
     path = Path(__file__).resolve().parents[1] / "scripts" / "check_cuda_compile.py"
     spec = importlib.util.spec_from_file_location("check_cuda_compile", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_check_cuda_compile_script_is_importable():
+    module = compile_check_script()
     assert module.short_name(
         "void flash::flash_fwd_sm80_kernel<flash::FwdKernelTraits<64, 128, 128, 4, cutlass::half_t>, true>(x)"
     ) == "d64 fp16 128x128 4w causal"
@@ -361,12 +366,7 @@ def test_compile_check_counts_the_exponentials_before_the_wait_for_p_v():
     """The SASS check behind MIN_EXP2_BEFORE_PV_WAIT: per steady step (a wait for S with P V in flight), the
     exponentials issued before the wait for every MMA; a wait for all MMAs with no S wait before it (the first key
     tile, the last P V) is not a steady step."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "check_cuda_compile.py"
-    spec = importlib.util.spec_from_file_location("check_cuda_compile", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = compile_check_script()
     step = ["HGMMA.64x128x16.F32.BF16 R24, gdesc[UR20], RZ, !UPT", "WARPGROUP.DEPBAR.LE gsb0, 0x1",
             "FMNMX.FTZ R9, R29, R0, !PT", "MUFU.EX2 R10, R10", "MUFU.EX2 R12, R12", "WARPGROUP.DEPBAR.LE gsb0, 0x0",
             "MUFU.EX2 R14, R14", "FMUL.FTZ R88, R88, R13"]
