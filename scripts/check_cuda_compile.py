@@ -70,10 +70,10 @@ SASS_INSTRUCTION = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(.*?)\s*;")
 
 # The SM90 steady step issues S and P V, waits for S alone, and runs the softmax while P V is in flight; its wait for
 # P V must come after the first exponentials, or the whole softmax waits for P V. ptxas hoists that wait up to the
-# last mbarrier arrive before it, which sm90_mainloop.h hangs on the first row's first 8 exponentials (softmax.h's
-# kFirstTerms), so at least 8 precede the wait where that holds, and none where nothing holds the wait (0-4% of a
-# call: results/NOTES.md, "The wait for P V, pinned"). A kernel whose steady step waits earlier fails the check.
-MIN_EXP2_BEFORE_PV_WAIT = 8
+# last mbarrier arrive before it, which sm90_mainloop.h hangs on the first row's first kFirstTerms exponentials
+# (softmax.h), so at least that many precede the wait where that holds, and none where nothing holds the wait (0-4%
+# of a call: results/NOTES.md, "The wait for P V, pinned"). A kernel whose steady step waits earlier fails the check.
+MIN_EXP2_BEFORE_PV_WAIT = int(re.search(r"kFirstTerms = (\d+);", (CSRC / "softmax.h").read_text())[1])
 
 
 def exp2_before_pv_wait(instructions: list[str]) -> list[int]:
