@@ -12,6 +12,12 @@ namespace flash {
 
 using namespace cute;
 
+// The end of the keys query row `row` sees, [0, end): the key-sequence end, and under causal the diagonal.
+template <bool kCausal>
+__forceinline__ __device__ int visible_keys_end(int row, int seqlen_q, int seqlen_k) {
+  return kCausal ? min(seqlen_k, row + seqlen_k - seqlen_q + 1) : seqlen_k;
+}
+
 template <bool kCausal, typename TensorS, typename TensorC>
 __forceinline__ __device__ void apply_mask(TensorS& acc_s, TensorC const& coord_s, int row_offset, int col_offset,
                                            int seqlen_q, int seqlen_k) {
@@ -24,10 +30,8 @@ __forceinline__ __device__ void apply_mask(TensorS& acc_s, TensorC const& coord_
   const int first_col = col_offset + get<1>(coord(0, 0));
   CUTE_UNROLL
   for (int r = 0; r < size<0>(s); ++r) {
-    int visible_end = seqlen_k - first_col;
-    if constexpr (kCausal) {
-      visible_end = min(visible_end, row_offset + get<0>(coord(r, 0)) + seqlen_k - seqlen_q + 1 - first_col);
-    }
+    const int visible_end =
+        visible_keys_end<kCausal>(row_offset + get<0>(coord(r, 0)), seqlen_q, seqlen_k) - first_col;
     CUTE_UNROLL
     for (int c = 0; c < size<1>(s); ++c) {
       if (get<1>(coord(r, c)) - get<1>(coord(0, 0)) >= visible_end) s(r, c) = -INFINITY;
@@ -97,8 +101,7 @@ struct KeyMask {
   // rows that see no key). No rows, or rows that see no key: no tiles.
   __forceinline__ __device__ RowKeys keys_of_rows(int first_row, int rows, int end_row, const KeyTileRange& tile) const {
     const int last_row = min(first_row + rows, min(end_row, seqlen_q())) - 1;
-    int visible_end = seqlen_k();
-    if constexpr (kCausal) visible_end = min(visible_end, last_row + seqlen_k() - seqlen_q() + 1);
+    const int visible_end = visible_keys_end<kCausal>(last_row, seqlen_q(), seqlen_k());
     const int n_block_max =
         last_row < first_row || visible_end <= 0 ? 0 : min(tile.n_block_max, ceil_div(visible_end, kBlockN));
     return {n_block_max, visible_end};
