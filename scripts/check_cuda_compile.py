@@ -11,8 +11,8 @@ append kernels and the varlen tile list have no MMA), and for the SM90 family th
 step issues before it waits for P V. The torch binding (binding.cpp) gets a syntax check with the host compiler.
 Exit status 1 if any file fails to compile, any kernel spills (beyond the explicit per-kernel budget in
 SPILL_BUDGET_BYTES, which lists the measured spills of today's SM80 kernels; the SM90 kernels have none), any kernel
-lacks its family's tensor-core instruction, or an SM90 steady step waits for P V before MIN_EXP2_BEFORE_PV_WAIT
-exponentials.
+lacks its family's tensor-core instruction, or an SM90 steady step that releases K after its first exponentials
+waits for P V before MIN_EXP2_BEFORE_PV_WAIT of them.
 
     python scripts/check_cuda_compile.py [--arch 80] [--jobs 2] [kernel stems...]
 """
@@ -68,12 +68,24 @@ PTXAS_USAGE = re.compile(r"Used (\d+) registers")
 SASS_FUNCTION = re.compile(r"Function : (\S+)")
 SASS_INSTRUCTION = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(.*?)\s*;")
 
-# The SM90 steady step issues S and P V, waits for S alone, and runs the softmax while P V is in flight; its wait for
-# P V must come after the first exponentials, or the whole softmax waits for P V. ptxas hoists that wait up to the
-# last mbarrier arrive before it, which sm90_mainloop.h hangs on the first row's first kFirstTerms exponentials
-# (softmax.h), so at least that many precede the wait where that holds, and none where nothing holds the wait (0-4%
-# of a call: results/NOTES.md, "The wait for P V, pinned"). A kernel whose steady step waits earlier fails the check.
+# The SM90 steady step issues S and P V, waits for S alone, and runs the softmax while P V is in flight. Where
+# sm90_kernel_traits.h's release_k_after_first_terms holds, the step hangs K's release on the first row's first
+# kFirstTerms exponentials (softmax.h) because ptxas hoists the wait for P V up to the last mbarrier arrive before it:
+# at least that many exponentials must precede the wait, or the whole softmax waits for P V (0-6% of a call:
+# results/NOTES.md, "The wait for P V, pinned"). Such a kernel whose steady step waits earlier fails the check.
 MIN_EXP2_BEFORE_PV_WAIT = int(re.search(r"kFirstTerms = (\d+);", (CSRC / "softmax.h").read_text())[1])
+_RELEASE_K_RULE = re.search(r"release_k_after_first_terms\(bool causal\) \{\s*return (.+?);",
+                            (CSRC / "sm90_kernel_traits.h").read_text())[1]
+
+
+def releases_k_after_first_terms(short: str) -> bool:
+    """sm90_kernel_traits.h's release_k_after_first_terms (read from its source, its one place) for an SM90 kernel's
+    short name; False for every other kernel."""
+    m = re.match(r"sm90 d(\d+) ", short)
+    if not m:
+        return False
+    rule = _RELEASE_K_RULE.replace("&&", " and ").replace("||", " or ")
+    return bool(eval(rule, {}, {"kHeadDim": int(m[1]), "causal": " causal" in short}))
 
 
 def exp2_before_pv_wait(instructions: list[str]) -> list[int]:
@@ -319,7 +331,8 @@ def main(argv=None) -> int:
                 if not k.get(mma) and needs_mma(short_name(names[mangled])):
                     failures.append(f"{r['file']} {short_name(names[mangled])}: no {mma.upper()} in SASS")
                 early = k.get("exp2_before_pv_wait")
-                if early is not None and early < MIN_EXP2_BEFORE_PV_WAIT:
+                if (early is not None and early < MIN_EXP2_BEFORE_PV_WAIT
+                        and releases_k_after_first_terms(short_name(names[mangled]))):
                     failures.append(f"{r['file']} {short_name(names[mangled])}: a steady step waits for P V after "
                                     f"{early} exponentials (at least {MIN_EXP2_BEFORE_PV_WAIT}: the softmax would "
                                     "wait for P V)")

@@ -376,6 +376,12 @@ def test_compile_check_counts_the_exponentials_before_the_wait_for_p_v():
     assert module.exp2_before_pv_wait(first_tile) == []
     line = "        /*2bb0*/                   MUFU.EX2 R10, R10 ;                                /* 0x0000000a000a7308 */"
     assert module.SASS_INSTRUCTION.search(line)[1] == "MUFU.EX2 R10, R10"
+    # The floor applies where sm90_kernel_traits.h's rule releases K after the first exponentials, read from there.
+    assert module.releases_k_after_first_terms("sm90 d128 bf16 128x176 2st cluster2")
+    assert module.releases_k_after_first_terms("sm90 d256 fp16 128x80 2st causal varlen")
+    assert not module.releases_k_after_first_terms("sm90 d256 fp16 128x80 2st")
+    assert not module.releases_k_after_first_terms("sm90 d64 bf16 192x128 3st causal")
+    assert not module.releases_k_after_first_terms("d128 bf16 128x64 4w causal")
 
 
 _CONCURRENT_LOADER = """

@@ -245,6 +245,7 @@ __forceinline__ __device__ void sm90_mma(const FwdParams& args, typename Traits:
   constexpr int kHeadDim = Traits::kHeadDim;
   constexpr int kRowsPerConsumer = Traits::kRowsPerConsumer;
   constexpr bool kRescaleOAfterPV = Traits::rescale_o_after_pv(kCausal);
+  constexpr bool kReleaseKAfterFirstTerms = Traits::release_k_after_first_terms(kCausal);
   const int tid = threadIdx.x % cutlass::NumThreadsPerWarpGroup;
 
   Tensor sQ = make_tensor(make_smem_ptr(storage.q.data() + q.stage * cute::cosize_v<typename Traits::SmemLayoutQ>),
@@ -347,20 +348,26 @@ __forceinline__ __device__ void sm90_mma(const FwdParams& args, typename Traits:
     warpgroup_gemm<false, -1>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), acc_o);
     ping_pong.pass_turn();
     warpgroup_wait<1>();  // S[n] is done; P V may still run
+    if constexpr (!kReleaseKAfterFirstTerms) {
+      pipeline_k.consumer_release(state_k);
+      ++state_k;
+    }
     if constexpr (decltype(needs_mask)::value) {
       mask.apply(acc_s, tScS, row_offset, n * kBlockN);
     }
-    // K's stage is released after the first exponentials, by an arrive predicated on their partial sum (never
-    // negative, NaN included, so it always arrives): ptxas keeps the arrive after them and does not hoist the wait
-    // for P V above an arrive, so that wait lands about a third into the exponentials and O's rescale interleaves
-    // with the rest, in every tile variant. Released right after S's wait, where nothing holds it, the arrive and
-    // then the wait rose to the top of the softmax in single-CTA variants, which then waited for P V before their
-    // first exponential (SASS; kernel time under ncu at base clocks on an H100: 0-3.8% faster with it, never
-    // slower; results/NOTES.md, "The wait for P V, pinned").
-    softmax.template exponentiate<false>(acc_s, args.scale_log2, correction, [&](float partial_sum) {
-      if (!(partial_sum < 0.f)) pipeline_k.consumer_release(state_k);
-    });
-    ++state_k;
+    if constexpr (kReleaseKAfterFirstTerms) {
+      // An arrive predicated on the first exponentials' partial sum (never negative, NaN included, so it always
+      // arrives): ptxas keeps it after them and does not hoist the wait for P V above an arrive, so that wait lands
+      // about a third into the exponentials and O's rescale interleaves with the rest. Released right after S's wait,
+      // where nothing holds it, the arrive and then the wait rose to the top of the softmax in single-CTA variants,
+      // which waited for P V before their first exponential (SASS).
+      softmax.template exponentiate<false>(acc_s, args.scale_log2, correction, [&](float partial_sum) {
+        if (!(partial_sum < 0.f)) pipeline_k.consumer_release(state_k);
+      });
+      ++state_k;
+    } else {
+      softmax.template exponentiate<false>(acc_s, args.scale_log2, correction);
+    }
     warpgroup_wait<0>();  // P V done: rP and V's stage are free
     pipeline_v.consumer_release(state_v);
     ++state_v;
