@@ -75,7 +75,8 @@ struct Sm90FwdTraits {
   // keeps ptxas's wait for P V a third into the softmax, or right after S's wait, where ptxas may hoist that wait to
   // the softmax's top. A/B on an H100 (bf16, same kernels otherwise): head dim 128 0.96-1.06x, 1.03-1.06x from 8k keys
   // and on the model grid; head dim 256 causal 1.03x from 2k, but without a mask 0.93x from 4k; head dim 64 0.98x
-  // without a mask from 8k, causal 0.98-1.02x (results/NOTES.md, "The wait for P V, pinned").
+  // without a mask from 8k, causal 0.98-1.02x (results/NOTES.md, "The pinned K release through the suite and at
+  // every head dim").
   static constexpr bool release_k_after_first_terms(bool causal) {
     return kHeadDim == 128 || (kHeadDim == 256 && causal);
   }
