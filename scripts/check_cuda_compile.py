@@ -74,8 +74,9 @@ SASS_INSTRUCTION = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(.*?)\s*;")
 # at least that many exponentials must precede the wait, or the whole softmax waits for P V (0-6% of a call:
 # results/NOTES.md, "The wait for P V, pinned"). Such a kernel whose steady step waits earlier fails the check.
 MIN_EXP2_BEFORE_PV_WAIT = int(re.search(r"kFirstTerms = (\d+);", (CSRC / "softmax.h").read_text())[1])
+# The rule's C++ expression as Python (&& and ||; names kHeadDim and causal), translated once.
 _RELEASE_K_RULE = re.search(r"release_k_after_first_terms\(bool causal\) \{\s*return (.+?);",
-                            (CSRC / "sm90_kernel_traits.h").read_text())[1]
+                            (CSRC / "sm90_kernel_traits.h").read_text())[1].replace("&&", " and ").replace("||", " or ")
 
 
 def releases_k_after_first_terms(short: str) -> bool:
@@ -84,8 +85,7 @@ def releases_k_after_first_terms(short: str) -> bool:
     m = re.match(r"sm90 d(\d+) ", short)
     if not m:
         return False
-    rule = _RELEASE_K_RULE.replace("&&", " and ").replace("||", " or ")
-    return bool(eval(rule, {}, {"kHeadDim": int(m[1]), "causal": " causal" in short}))
+    return bool(eval(_RELEASE_K_RULE, {}, {"kHeadDim": int(m[1]), "causal": " causal" in short}))
 
 
 def exp2_before_pv_wait(instructions: list[str]) -> list[int]:
