@@ -80,6 +80,12 @@ struct Sm90FwdTraits {
   static constexpr bool release_k_after_first_terms(bool causal) {
     return kHeadDim == 128 || (kHeadDim == 256 && causal);
   }
+  // Whether the B operands' K slices take their descriptors by one 64-bit add (sm90_mainloop.h, descriptor_slice):
+  // 11-25 fewer instructions a steady step at every head dim (d64 427 -> 416, d128 488 -> 471, d256 472 -> 447, SASS).
+  // Sustained back-to-back calls at the H100's 700 W cap, bf16, two rounds: 1.008-1.011x at head dim 64 without a
+  // mask (2 x 32 x 8k) and 1.009x at 128 (16k keys), 0.99-1.01x causal; at head dim 256 0.985-0.990x without a mask
+  // and 0.994-0.999x causal, so not there (results/NOTES.md, "The descriptors' 64-bit add").
+  static constexpr bool kWideDescriptorAdd = kHeadDim <= 128;
   using TiledMmaPV = decltype(make_tiled_mma(
       GMMA::rs_op_selector<Element, Element, ElementAccum, Shape<Int<kRowsPerConsumer>, Int<kHeadDim>, Int<kBlockN>>,
                            GMMA::Major::K, GMMA::Major::MN>()));

@@ -130,9 +130,22 @@ struct Sm90ConsumerPipelines {
   int consumer;
 };
 
-// acc (+)= A * B as warpgroup MMAs over the K slices. A is descriptors (shared memory) or registers (P). The batch is
-// committed; kWait >= 0 waits until at most kWait batches are still in flight, -1 returns at once.
-template <bool kZeroInit, int kWait, typename TiledMma, typename TensorA, typename TensorB, typename TensorC>
+// The k-th K slice of a shared-memory operand's warpgroup-MMA descriptors, by one 64-bit add to the descriptor of
+// slice 0. CuTe's slice adds the offset to the lower word and copies the upper one, which ptxas then rebuilds beside
+// every HGMMA (a UIADD3 and a UMOV); the 64-bit sum compiles to one UIADD3.64, as FlashAttention-4's steps do (the
+// upper word cannot take a carry: the lower word's fields, a 14-bit address and a 14-bit offset at bit 16, stay far
+// below 2^32). Sm90FwdTraits::kWideDescriptorAdd says where it is used.
+template <typename TensorDesc>
+__forceinline__ __device__ auto descriptor_slice(TensorDesc const& descriptors, int k) {
+  const GmmaDescriptor slice(descriptors.data().desc_.desc_ + uint64_t(descriptors.layout()(0, 0, k)));
+  return make_tensor(GMMA::DescriptorIterator{slice}, descriptors(_, _, k).layout());
+}
+
+// acc (+)= A * B as warpgroup MMAs over the K slices. A is descriptors (shared memory) or registers (P); B is
+// descriptors, sliced by descriptor_slice where kWideDescriptorAdd. The batch is committed; kWait >= 0 waits until at
+// most kWait batches are still in flight, -1 returns at once.
+template <bool kZeroInit, int kWait, bool kWideDescriptorAdd, typename TiledMma, typename TensorA, typename TensorB,
+          typename TensorC>
 __forceinline__ __device__ void warpgroup_gemm(TiledMma& tiled_mma, TensorA& tCrA, TensorB const& tCrB,
                                                TensorC& tCrC) {
   constexpr bool kRegisterA = !cute::is_base_of<GMMA::DescriptorIterator, typename TiledMma::FrgTypeA>::value;
@@ -142,7 +155,11 @@ __forceinline__ __device__ void warpgroup_gemm(TiledMma& tiled_mma, TensorA& tCr
   tiled_mma.accumulate_ = kZeroInit ? GMMA::ScaleOut::Zero : GMMA::ScaleOut::One;
   CUTE_UNROLL
   for (int k = 0; k < size<2>(tCrA); ++k) {
-    cute::gemm(tiled_mma, tCrA(_, _, k), tCrB(_, _, k), tCrC);
+    if constexpr (kWideDescriptorAdd) {
+      cute::gemm(tiled_mma, tCrA(_, _, k), descriptor_slice(tCrB, k), tCrC);
+    } else {
+      cute::gemm(tiled_mma, tCrA(_, _, k), tCrB(_, _, k), tCrC);
+    }
     tiled_mma.accumulate_ = GMMA::ScaleOut::One;
   }
   warpgroup_commit_batch();
@@ -310,7 +327,7 @@ __forceinline__ __device__ void sm90_mma(const FwdParams& args, typename Traits:
     Tensor acc = partition_fragment_C(mma, Shape<Int<kRowsPerConsumer>, Int<kCols>>{});
     pipeline_k.consumer_wait(state_k);
     ping_pong.wait_turn();
-    warpgroup_gemm<true, -1>(mma, tSrQ_first, tSrK_first(_, _, _, state_k.index()), acc);
+    warpgroup_gemm<true, -1, Traits::kWideDescriptorAdd>(mma, tSrQ_first, tSrK_first(_, _, _, state_k.index()), acc);
     ping_pong.pass_turn();
     warpgroup_wait<0>();
     warpgroup_fence_operand(acc);
@@ -340,12 +357,12 @@ __forceinline__ __device__ void sm90_mma(const FwdParams& args, typename Traits:
     Tensor tOrP = make_tensor(rP.data(), wgmma_acc_as_operand_a_layout(rP.layout()));
     pipeline_k.consumer_wait(state_k);
     ping_pong.wait_turn();
-    warpgroup_gemm<true, -1>(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), acc_s);
+    warpgroup_gemm<true, -1, Traits::kWideDescriptorAdd>(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), acc_s);
     if constexpr (!kRescaleOAfterPV) {
       softmax.rescale_o(acc_o, correction);  // the previous P V retired at the end of the last step
     }
     pipeline_v.consumer_wait(state_v);
-    warpgroup_gemm<false, -1>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), acc_o);
+    warpgroup_gemm<false, -1, Traits::kWideDescriptorAdd>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), acc_o);
     ping_pong.pass_turn();
     warpgroup_wait<1>();  // S[n] is done; P V may still run
     if constexpr (!kReleaseKAfterFirstTerms) {
@@ -388,7 +405,7 @@ __forceinline__ __device__ void sm90_mma(const FwdParams& args, typename Traits:
     if constexpr (!kRescaleOAfterPV) softmax.rescale_o(acc_o, correction);
     pipeline_v.consumer_wait(state_v);
     ping_pong.wait_turn();
-    warpgroup_gemm<false, 0>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), acc_o);
+    warpgroup_gemm<false, 0, Traits::kWideDescriptorAdd>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), acc_o);
     ping_pong.pass_turn();
     pipeline_v.consumer_release(state_v);
     ++state_v;
