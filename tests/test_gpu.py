@@ -109,9 +109,9 @@ def _hopper():
 def test_triton_hopper_kernel(monkeypatch, batch, heads_q, heads_kv, seqlen_q, seqlen_k, head_dim, causal, dtype,
                               layout):
     """The Gluon kernel (Hopper): partial query and key tiles, GQA and MQA, Nq > Nk under causal (rows that see no
-    key: output 0, LSE -inf; with more tiles than SMs, such tiles follow tiles whose last product is still pending)
-    and Nq < Nk, BSHD views, more work tiles than SMs (the persistent loop, Q buffers in turn, the K/V ring and a
-    tile's last product carried across tiles; causal: by sections of heads, drawn dynamically); each call the
+    key: output 0, LSE -inf; with more tiles than SMs, such tiles follow full ones in a CTA's list) and Nq < Nk,
+    BSHD views, more work tiles than SMs (the persistent loop, Q buffers alternating, the K/V ring carried across
+    tiles; causal: by sections of heads, drawn dynamically); each call the
     kernel takes (short causal rows too, which the dispatch sends to the portable kernel), checked against
     float64."""
     if not _hopper():
