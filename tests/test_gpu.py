@@ -135,8 +135,9 @@ def test_triton_hopper_kernel_scope(monkeypatch):
     applies = flash_attention.triton.sm90_kernel_applies
     assert applies(q, k, v, torch.empty_like(q), True, 0.1)
     assert not applies(q, k, v, torch.empty_like(q), True, -0.1)
-    assert not applies(q, k[:, :, :1000], v[:, :, :1000], torch.empty_like(q), True, 0.1)  # below 1024 keys
-    assert applies(q, k[:, :, :1000], v[:, :, :1000], torch.empty_like(q), False, 0.1)
+    short = flash_attention.triton.SM90_CAUSAL_MIN_KEYS[128] - 1  # rows of fewer keys than the threshold
+    assert not applies(q, k[:, :, :short], v[:, :, :short], torch.empty_like(q), True, 0.1)
+    assert applies(q, k[:, :, :short], v[:, :, :short], torch.empty_like(q), False, 0.1)
     q96, k96, v96 = random_qkv(1, 4, 2, 300, 1100, 96, torch.bfloat16)
     assert not applies(q96, k96, v96, torch.empty_like(q96), True, 0.1)
     monkeypatch.setattr(flash_attention.triton, "KERNEL", "portable")

@@ -143,11 +143,20 @@ SM90_STAGES = 2
 # Registers: 12 warps (two consumer warpgroups, the loader's warp padded to a warpgroup) at 168 each fill the
 # register file; warp specialization then moves them to 240 a consumer thread and 24 a loader thread.
 SM90_MAX_REGISTERS = 168
-# Causal calls with rows of fewer keys than this (by head dim) run the portable kernel: there the Gluon kernel's
-# 128-row tiles walk one to a few key tiles each, mostly set-up and tail (fp16, paper grid, H100, x cuDNN: head dim
-# 64, 512 tokens 0.81-0.83 against 0.73-0.74, 1k 0.87 against 0.84; head dim 128, 512 tokens 0.77 against 0.74; at
-# the thresholds the Gluon kernel leads: head dim 64, 2k 0.90-0.97 against 0.86-0.92; 128, 1k 0.91 against 0.83).
-SM90_CAUSAL_MIN_KEYS = {64: 2048, 128: 1024}
+# Causal calls with rows of fewer keys than this (by head dim) run the portable kernel, which is as fast or faster
+# there: the Gluon kernel's 128-row tiles walk one to a few key tiles each, mostly set-up and tail. Measured with the
+# sections below (H100, fp16, x cuDNN, the Gluon kernel against the portable one): head dim 64, 256 keys 0.77 both,
+# 512 0.81-0.82 against 0.82 (0.80 against 0.83 in the paper table), 1k 0.89-0.90 against 0.87; head dim 128, 128
+# keys 1.00 both, 256 0.92 against 0.90, 512 0.88 against 0.75.
+SM90_CAUSAL_MIN_KEYS = {64: 1024, 128: 256}
+# Causal work lists run in sections of heads whose K/V fit a share of the L2 (section_heads): half of it for rows of
+# at most this many keys, all of it beyond. A section begins with its heads' longest tiles, which read the K/V from
+# DRAM, and ends with their shortest, which find it in the L2; where tiles walk few key tiles, halved sections
+# alternate the two more finely (per-tile clocks: the first K wait of the longest tiles halved). Measured (H100, fp16,
+# x cuDNN, whole L2 against half): causal d128 256 keys 0.84 against 0.92, 512 0.73 against 0.87, 1k 0.98 both;
+# d64 512 0.78 against 0.82, 1k 0.88 against 0.91; from 2k keys the whole L2 is level or faster (d128 16k 1.15
+# against 1.12, d64 2k 0.95 against 0.94; results/NOTES.md, twenty-second session).
+SM90_HALF_L2_SECTION_KEYS = 1024
 
 
 def sm90_kernel_applies(query, key, value, out, causal: bool, softmax_scale: float) -> bool:
@@ -216,11 +225,14 @@ def section_heads(l2_bytes: int, seqlen_k: int, head_dim: int, element_size: int
 
 
 def sm90_section_heads(query, seqlen_k: int, heads: int, group: int) -> int:
-    """section_heads for a call on query's GPU (1 on the CPU, where only compile checks build arguments)."""
+    """section_heads for a call on query's GPU, over half its L2 for rows of at most SM90_HALF_L2_SECTION_KEYS keys
+    (1 on the CPU, where only compile checks build arguments)."""
     if not query.is_cuda:
         return 1
-    return section_heads(l2_cache_bytes(device_index(query)), seqlen_k, query.shape[-1], query.element_size(), heads,
-                         group)
+    l2_bytes = l2_cache_bytes(device_index(query))
+    if seqlen_k <= SM90_HALF_L2_SECTION_KEYS:
+        l2_bytes //= 2
+    return section_heads(l2_bytes, seqlen_k, query.shape[-1], query.element_size(), heads, group)
 
 
 def sm90_grid(num_tiles: int, query) -> int:

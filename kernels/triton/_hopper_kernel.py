@@ -69,8 +69,9 @@ def _work_tile(position, num_tiles, section_heads, heads_q, group, seqlen_q, seq
                BLOCK_N: gl.constexpr, IS_CAUSAL: gl.constexpr):
     """The work tile at `position` of the list: (batch x head, batch, head, K/V head, first query row, key tiles its
     last row sees). Without a mask the list is head-major (a head's tiles adjacent, so that CTAs running at once
-    share its K/V in L2); causal, by sections of section_heads heads (>= 1) whose K/V fit the L2 together: every
-    head of a section gives its longest tile, then its next, ..., so the list runs longest first in a section."""
+    share its K/V in L2); causal, by sections of section_heads heads (>= 1) whose K/V fit a share of the L2
+    together (sm90_section_heads): every head of a section gives its longest tile, then its next, ..., so the list
+    runs longest first in a section."""
     num_m_blocks = gl.cdiv(seqlen_q, BLOCK_M)
     if IS_CAUSAL:  # by sections of heads, longest first
         section_tiles = section_heads * num_m_blocks
