@@ -3,11 +3,12 @@
 
     python scripts/check_gluon_compile.py
 
-For head dims 64 and 128, fp16 and bf16, causal or not: it compiles with the installed Triton, fits an H100's shared
-memory, spills no register, and its SASS has the warpgroup MMAs of both products (S = Q K^T over BLOCK_N keys; O +=
-P V with P from registers), the TMA loads, the output's TMA store and, causal, the dynamic deal's atomic draws. One
-line per variant; exit status 1 if any fails. The Triton interpreter must be off (TRITON_INTERPRET unset): it
-replaces jit functions.
+For head dims 64 and 128, fp16 and bf16, causal or not (rows of 1000 keys; and head dim 64's two-stage K/V ring,
+which rows of more than SM90_DEEP_RING_KEYS keys take, in one dtype): it compiles with the installed Triton, fits an
+H100's shared memory, spills no register, and its SASS has the warpgroup MMAs of both products (S = Q K^T over
+BLOCK_N keys; O += P V with P from registers), the TMA loads, the output's TMA store and, causal, the dynamic deal's
+atomic draws. One line per variant; exit status 1 if any fails. The Triton interpreter must be off (TRITON_INTERPRET
+unset): it replaces jit functions.
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ import torch
 import triton
 
 SHARED_MEMORY_LIMIT = 232448  # an H100's shared memory per block (227 KiB)
+# (head dim, dtype, causal, keys a row sees)
+VARIANTS = [*itertools.product((64, 128), (torch.float16, torch.bfloat16), (False, True), (1000,)),
+            *itertools.product((64,), (torch.bfloat16,), (False, True), (4096,))]
 
 
-def compile_for_sm90(head_dim: int, dtype: torch.dtype, causal: bool):
+def compile_for_sm90(head_dim: int, dtype: torch.dtype, causal: bool, seqlen_k: int = 1000):
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
@@ -33,7 +37,7 @@ def compile_for_sm90(head_dim: int, dtype: torch.dtype, causal: bool):
 
     kernel = backend._hopper_kernel.attention_fwd_sm90_kernel
     query = torch.empty(2, 4, 1000, head_dim, dtype=dtype)  # CPU tensors: only shapes, strides and alignment count
-    key = torch.empty(2, 2, 1000, head_dim, dtype=dtype)
+    key = torch.empty(2, 2, seqlen_k, head_dim, dtype=dtype)
     lse = torch.empty(2, 4, 1000, dtype=torch.float32)
     # One CTA for the 16 tiles: a persistent grid, whose causal calls take the dynamic deal.
     args, options, _ = backend.sm90_launch_arguments(query, key, key, query, lse, causal=causal,
@@ -55,8 +59,8 @@ def disassemble(cubin: bytes) -> str:
         return subprocess.run([str(nvdisasm), "-c", str(path)], capture_output=True, text=True, check=True).stdout
 
 
-def check(head_dim: int, dtype: torch.dtype, causal: bool) -> list[str]:
-    compiled, block_n = compile_for_sm90(head_dim, dtype, causal)
+def check(head_dim: int, dtype: torch.dtype, causal: bool, seqlen_k: int = 1000) -> list[str]:
+    compiled, block_n = compile_for_sm90(head_dim, dtype, causal, seqlen_k)
     sass = disassemble(compiled.asm["cubin"])
     problems = []
     if compiled.metadata.shared > SHARED_MEMORY_LIMIT:
@@ -74,11 +78,14 @@ def check(head_dim: int, dtype: torch.dtype, causal: bool) -> list[str]:
 def main() -> int:
     failed = False
     print(f"Gluon kernel for sm_90, Triton {triton.__version__}")
-    for head_dim, dtype, causal in itertools.product((64, 128), (torch.float16, torch.bfloat16), (False, True)):
-        problems, shared, hgmma = check(head_dim, dtype, causal)
-        name = f"d{head_dim} {str(dtype).removeprefix('torch.')} {'causal' if causal else 'full'}"
+    import flash_attention.triton as backend
+
+    for head_dim, dtype, causal, seqlen_k in VARIANTS:
+        problems, shared, hgmma = check(head_dim, dtype, causal, seqlen_k)
+        name = (f"d{head_dim} {str(dtype).removeprefix('torch.')} {'causal' if causal else 'full'} "
+                f"{backend.sm90_stages(head_dim, seqlen_k)} stages")
         verdict = "FAIL" if problems else "ok"
-        print(f"{verdict:<4} {name:<22} shared {shared} bytes, {hgmma} HGMMA, {'; '.join(problems) or 'no spills'}",
+        print(f"{verdict:<4} {name:<31} shared {shared} bytes, {hgmma} HGMMA, {'; '.join(problems) or 'no spills'}",
               flush=True)
         failed |= bool(problems)
     return 1 if failed else 0

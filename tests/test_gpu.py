@@ -111,7 +111,8 @@ def test_triton_hopper_kernel(monkeypatch, batch, heads_q, heads_kv, seqlen_q, s
     """The Gluon kernel (Hopper): partial query and key tiles, GQA and MQA, Nq > Nk under causal (rows that see no
     key: output 0, LSE -inf; with more tiles than SMs, such tiles follow full ones in a CTA's list) and Nq < Nk,
     BSHD views, more work tiles than SMs (the persistent loop, Q buffers alternating, the K/V ring carried across
-    tiles; causal: by sections of heads, drawn dynamically); each call the kernel takes (short causal rows too,
+    tiles; causal: by sections of heads, drawn dynamically), rings of four and two stages at head dim 64 (rows of
+    up to and over SM90_DEEP_RING_KEYS keys); each call the kernel takes (short causal rows too,
     which the dispatch sends to the portable kernel), checked against float64."""
     if not _hopper():
         pytest.skip("the Gluon kernel runs on compute capability 9.x")

@@ -136,10 +136,15 @@ def _plan_key(query, key, value, causal: bool, softmax_scale: float) -> tuple:
 
 
 # ------------------------------------------------------------------------------------------------ the Hopper kernel
-# Its tile: BLOCK_N keys a K/V stage, STAGES stages (shared memory: two Q buffers of 128 query rows, and a K and a V
-# tile of BLOCK_N keys per stage).
+# Its tile: BLOCK_N keys a K/V stage, in a ring of sm90_stages() stages (shared memory: two Q buffers of 128 query
+# rows, and a K and a V tile of BLOCK_N keys per stage).
 SM90_BLOCK_N = 128
-SM90_STAGES = 2
+# Two stages (all that fits beside two Q buffers at head dim 128); four at head dim 64 for rows of at most this many
+# keys (164 KB of shared memory against 99), where a tile walks few key tiles and waits for its first loads.
+# Measured (H100, fp16, x cuDNN, CUDA graphs, two stages against four): causal d64 1k 0.88 against 0.91, 2k 0.95
+# against 0.97; no mask 512 0.94 against 0.97; from 4k keys four lose 1-2% (causal 4k 1.01 against 0.99, no mask
+# 16k 0.99 against 0.98; results/NOTES.md, twenty-second session).
+SM90_DEEP_RING_KEYS = 2048
 # Registers: 12 warps (two consumer warpgroups, the loader's warp padded to a warpgroup) at 168 each fill the
 # register file; warp specialization then moves them to 240 a consumer thread and 24 a loader thread.
 SM90_MAX_REGISTERS = 168
@@ -224,6 +229,11 @@ def section_heads(l2_bytes: int, seqlen_k: int, head_dim: int, element_size: int
     return max(1, min(kv_heads * group, heads))
 
 
+def sm90_stages(head_dim: int, seqlen_k: int) -> int:
+    """K/V stages of the Gluon kernel's ring for a call (SM90_DEEP_RING_KEYS)."""
+    return 4 if head_dim == 64 and seqlen_k <= SM90_DEEP_RING_KEYS else 2
+
+
 def sm90_section_heads(query, seqlen_k: int, heads: int, group: int) -> int:
     """section_heads for a call on query's GPU, over half its L2 for rows of at most SM90_HALF_L2_SECTION_KEYS keys
     (1 on the CPU, where only compile checks build arguments)."""
@@ -269,8 +279,8 @@ def sm90_launch_arguments(query, key, value, out, lse, *, causal: bool, softmax_
     args = (descriptor(query, rows), descriptor(key, SM90_BLOCK_N), descriptor(value, SM90_BLOCK_N),
             descriptor(out, rows), lse, sm90_tile_counter(query, stream), seqlen_q, key.shape[2], heads_q,
             heads_q // key.shape[1], num_tiles, section_heads, qk_scale)
-    options = dict(HEAD_DIM=head_dim, BLOCK_N=SM90_BLOCK_N, STAGES=SM90_STAGES, IS_CAUSAL=causal,
-                   DYNAMIC=causal and ctas < num_tiles, num_warps=4, maxnreg=SM90_MAX_REGISTERS)
+    options = dict(HEAD_DIM=head_dim, BLOCK_N=SM90_BLOCK_N, STAGES=sm90_stages(head_dim, key.shape[2]),
+                   IS_CAUSAL=causal, DYNAMIC=causal and ctas < num_tiles, num_warps=4, maxnreg=SM90_MAX_REGISTERS)
     return args, options, ctas
 
 
