@@ -151,7 +151,7 @@ SM90_MAX_REGISTERS = 168
 # Causal calls with rows of fewer keys than this (by head dim) run the portable kernel, which is as fast or faster
 # there: the Gluon kernel's 128-row tiles walk one to a few key tiles each, mostly set-up and tail. Measured with the
 # sections below (H100, fp16, x cuDNN, the Gluon kernel against the portable one): head dim 64, 256 keys 0.77 both,
-# 512 0.81-0.82 against 0.82 (0.80 against 0.83 in the paper table), 1k 0.89-0.90 against 0.87; head dim 128, 128
+# 512 0.78-0.82 against 0.82 (0.80 against 0.83 in the paper table), 1k 0.89-0.91 against 0.87; head dim 128, 128
 # keys 1.00 both, 256 0.92 against 0.90, 512 0.88 against 0.75.
 SM90_CAUSAL_MIN_KEYS = {64: 1024, 128: 256}
 # Causal work lists run in sections of heads whose K/V fit a share of the L2 (section_heads): half of it for rows of
