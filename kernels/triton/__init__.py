@@ -159,8 +159,9 @@ SM90_CAUSAL_MIN_KEYS = {64: 1024, 128: 256}
 # DRAM, and ends with their shortest, which find it in the L2; where tiles walk few key tiles, halved sections
 # alternate the two more finely (per-tile clocks: the first K wait of the longest tiles halved). Measured (H100, fp16,
 # x cuDNN, whole L2 against half): causal d128 256 keys 0.84 against 0.92, 512 0.73 against 0.87, 1k 0.98 both;
-# d64 512 0.78 against 0.82, 1k 0.88 against 0.91; from 2k keys the whole L2 is level or faster (d128 16k 1.15
-# against 1.12, d64 2k 0.95 against 0.94; results/NOTES.md, twenty-second session).
+# d64 512 0.78 against 0.82, 1k 0.88 against 0.91; at 2k keys the two are within 2% either way (d128 1.10-1.12
+# against 1.12-1.14, d64 0.94-0.97 against 0.93-0.95), from 4k the whole L2 is 1-3% faster (d128 16k 1.15 against
+# 1.12; results/NOTES.md, twenty-second session).
 SM90_HALF_L2_SECTION_KEYS = 1024
 
 
