@@ -163,6 +163,13 @@ SM90_CAUSAL_MIN_KEYS = {64: 1024, 128: 256}
 # against 1.12-1.14, d64 0.94-0.97 against 0.93-0.95), from 4k the whole L2 is 1-3% faster (d128 16k 1.15 against
 # 1.12; results/NOTES.md, twenty-second session).
 SM90_HALF_L2_SECTION_KEYS = 1024
+# And a section reads at most one K/V head for this many SMs (a power of two of heads, 64 on 132 SMs), so that the
+# first wave of a section runs each head's longest tiles on two CTAs at once, which read its K/V tiles from DRAM in
+# different orders (the key tiles run from the diagonal down). The bound binds only on short rows, where the L2 holds
+# more heads. Measured (H100, fp16, x cuDNN, CUDA graphs, sections of 128 heads (the L2's rule) against 64 and 32):
+# causal d128 256 keys 0.93 against 0.98 and 0.99; d64 512 0.79 against 0.81 and 0.80; d128 512 (64 by either rule)
+# 0.90 against 0.86 for 32 (results/NOTES.md, twenty-third session).
+SM90_SECTION_CTAS_PER_HEAD = 2
 
 
 def sm90_kernel_applies(query, key, value, out, causal: bool, softmax_scale: float) -> bool:
@@ -236,14 +243,19 @@ def sm90_stages(head_dim: int, seqlen_k: int) -> int:
 
 
 def sm90_section_heads(query, seqlen_k: int, heads: int, group: int) -> int:
-    """section_heads for a call on query's GPU, over half its L2 for rows of at most SM90_HALF_L2_SECTION_KEYS keys
-    (1 on the CPU, where only compile checks build arguments)."""
+    """section_heads for a call on query's GPU, over half its L2 for rows of at most SM90_HALF_L2_SECTION_KEYS keys,
+    and of at most one K/V head for SM90_SECTION_CTAS_PER_HEAD of its SMs (1 on the CPU, where only compile checks
+    build arguments)."""
     if not query.is_cuda:
         return 1
     l2_bytes = l2_cache_bytes(device_index(query))
     if seqlen_k <= SM90_HALF_L2_SECTION_KEYS:
         l2_bytes //= 2
-    return section_heads(l2_bytes, seqlen_k, query.shape[-1], query.element_size(), heads, group)
+    fit = section_heads(l2_bytes, seqlen_k, query.shape[-1], query.element_size(), heads, group)
+    kv_heads = 1
+    while 2 * kv_heads <= _decode_plan.multiprocessors(device_index(query)) // SM90_SECTION_CTAS_PER_HEAD:
+        kv_heads *= 2
+    return min(fit, kv_heads * group)
 
 
 def sm90_grid(num_tiles: int, query) -> int:

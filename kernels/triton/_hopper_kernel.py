@@ -16,6 +16,9 @@ A CTA runs work tiles of 128 query rows of one (batch, head) in three partitions
   the Q buffer by a TMA store, whose completion frees that buffer for the tile after next.
 Causal rows see a prefix of the keys: each consumer walks the key tiles its own rows see, masks only the tiles that
 cross the diagonal or the end of the keys, and releases unread the tiles loaded for the other consumer's later rows.
+Key tiles run from the last down (the masked ones first, FlashAttention-2's order): the CTAs that run one head's
+tiles at once then begin on different K/V tiles, where from the first up they all wait for the same ones (+1-3% at
+causal rows of 512-2k keys, H100; results/NOTES.md, twenty-third session).
 Query rows past seqlen_q and keys past seqlen_k are zero-filled by TMA (4-D descriptors, so the bounds are per head)
 and the output store stops at seqlen_q.
 The grid is persistent: a CTA per SM (at most one per work tile) walks its share of the work list, dealt round-robin
@@ -123,7 +126,7 @@ def _loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, k_
             _tma_load(q_desc, [off_b, off_h, start_m + half * CONSUMER_ROWS, 0], q_ready.index(buffer),
                       q_smem.index(buffer * CONSUMERS + half))
         position = _draw(counter, count + 1, DYNAMIC)  # a whole tile ahead: its latency hides under the loads
-        for j in range(block_tiles):
+        for j in range(block_tiles - 1, -1, -1):  # the last key tile first (_consumer)
             stage = loaded % STAGES
             parity = ((loaded // STAGES) & 1) ^ 1
             mbarrier.wait(k_empty.index(stage), parity)
@@ -169,11 +172,13 @@ def _softmax(scores, row_max, row_sum, qk_scale, MASKED: gl.constexpr):
     """One key tile of the online softmax in base 2 (qk_scale = softmax scale x log2 e, positive): the tile's
     probabilities, the new running max and sum, and the factor that rescales what was accumulated before."""
     new_max = gl.maximum(row_max, gl.max(scores, 1) * qk_scale)
+    base = new_max
     if MASKED:
-        # A row that has seen no key keeps max -inf; exponentiate against 0 instead so exp2 gives 0, not NaN.
-        new_max = gl.where(new_max == float("-inf"), 0.0, new_max)
-    p = gl.exp2(scores * qk_scale - gl.expand_dims(new_max, 1))
-    alpha = gl.exp2(row_max - new_max)
+        # A row that has seen no key yet keeps max -inf (a later tile may show it keys); its exponentials take 0 as
+        # the max, so that exp2 gives 0, not NaN.
+        base = gl.where(new_max == float("-inf"), 0.0, new_max)
+    p = gl.exp2(scores * qk_scale - gl.expand_dims(base, 1))
+    alpha = gl.exp2(row_max - base)
     return p, new_max, row_sum * alpha + gl.sum(p, 1), alpha
 
 
@@ -215,10 +220,20 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empt
         tiles, unmasked = _key_tile_counts(first_row, ROWS, seqlen_q, seqlen_k, BLOCK_N, IS_CAUSAL)
         tiles = gl.minimum(tiles, block_tiles)
 
+        # Tiles loaded for the other consumer's later rows (causal) come first: released unread.
+        for i in range(block_tiles - tiles):
+            stage = (consumed + i) % STAGES
+            mbarrier.wait(k_ready.index(stage), ((consumed + i) // STAGES) & 1)
+            mbarrier.arrive(k_empty.index(stage), count=1)
+            mbarrier.wait(v_ready.index(stage), ((consumed + i) // STAGES) & 1)
+            mbarrier.arrive(v_empty.index(stage), count=1)
+        consumed += block_tiles - tiles
+
         row_max = gl.full([ROWS], float("-inf"), gl.float32, layout=gl.SliceLayout(1, s_layout))
         row_sum = gl.zeros([ROWS], gl.float32, layout=gl.SliceLayout(1, s_layout))
         acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=o_layout)
         if tiles > 0:
+            # Step i reads key tile tiles - 1 - i: the masked tiles (the diagonal's, the keys' end) come first.
             stage = consumed % STAGES
             mbarrier.wait(k_ready.index(stage), (consumed // STAGES) & 1)
             scores = warpgroup_mma(q, k_smem.index(stage).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)), no_scores,
@@ -226,26 +241,28 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empt
             scores = warpgroup_mma_wait(0, deps=(scores, ))
             mbarrier.arrive(k_empty.index(stage), count=1)
             _release_previous_output(q_empty, buffer, count)
-            if unmasked == 0:
-                scores = _masked(scores, 0, first_row, seqlen_q, seqlen_k, s_layout, ROWS, BLOCK_N, IS_CAUSAL)
+            if tiles > unmasked:
+                scores = _masked(scores, tiles - 1, first_row, seqlen_q, seqlen_k, s_layout, ROWS, BLOCK_N,
+                                 IS_CAUSAL)
                 p, row_max, row_sum, alpha = _softmax(scores, row_max, row_sum, qk_scale, True)
             else:
                 p, row_max, row_sum, alpha = _softmax(scores, row_max, row_sum, qk_scale, False)
             p = gl.convert_layout(p.to(dtype), p_layout)
-            for j in range(1, tiles):
-                stage = (consumed + j) % STAGES
-                before = (consumed + j - 1) % STAGES
-                mbarrier.wait(k_ready.index(stage), ((consumed + j) // STAGES) & 1)
+            for i in range(1, tiles):
+                stage = (consumed + i) % STAGES
+                before = (consumed + i - 1) % STAGES
+                mbarrier.wait(k_ready.index(stage), ((consumed + i) // STAGES) & 1)
                 scores = warpgroup_mma(q, k_smem.index(stage).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0)),
                                        no_scores, use_acc=False, is_async=True)
-                mbarrier.wait(v_ready.index(before), ((consumed + j - 1) // STAGES) & 1)
+                mbarrier.wait(v_ready.index(before), ((consumed + i - 1) // STAGES) & 1)
                 acc = warpgroup_mma(p, v_smem.index(before).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
-                # Groups complete in order: with one left in flight, S of tile j is done while P V of tile j - 1
-                # runs on the tensor cores beside this tile's softmax.
+                # Groups complete in order: with one left in flight, S of this step is done while P V of the
+                # previous one runs on the tensor cores beside this step's softmax.
                 scores = warpgroup_mma_wait(1, deps=(scores, ))
                 mbarrier.arrive(k_empty.index(stage), count=1)
-                if j >= unmasked:
-                    scores = _masked(scores, j, first_row, seqlen_q, seqlen_k, s_layout, ROWS, BLOCK_N, IS_CAUSAL)
+                if tiles - 1 - i >= unmasked:
+                    scores = _masked(scores, tiles - 1 - i, first_row, seqlen_q, seqlen_k, s_layout, ROWS, BLOCK_N,
+                                     IS_CAUSAL)
                     p_next, row_max, row_sum, alpha = _softmax(scores, row_max, row_sum, qk_scale, True)
                 else:
                     p_next, row_max, row_sum, alpha = _softmax(scores, row_max, row_sum, qk_scale, False)
@@ -260,14 +277,7 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empt
             mbarrier.arrive(v_empty.index(last), count=1)
         else:
             _release_previous_output(q_empty, buffer, count)
-        # Tiles loaded for the other consumer's later rows (causal): released unread.
-        for j in range(tiles, block_tiles):
-            stage = (consumed + j) % STAGES
-            mbarrier.wait(k_ready.index(stage), ((consumed + j) // STAGES) & 1)
-            mbarrier.arrive(k_empty.index(stage), count=1)
-            mbarrier.wait(v_ready.index(stage), ((consumed + j) // STAGES) & 1)
-            mbarrier.arrive(v_empty.index(stage), count=1)
-        consumed += block_tiles
+        consumed += tiles
 
         # Epilogue. A row that saw no key has row_sum 0: output 0 and LSE -inf (log2(0) = -inf), never NaN.
         rows = first_row + gl.arange(0, ROWS, layout=gl.SliceLayout(1, s_layout))
