@@ -174,7 +174,7 @@ def decode_kernel(
 
     # A row (or a split) that saw no key has row_sum 0: output 0 and LSE -inf, never NaN.
     lse = (row_max + tl.math.log2(row_sum)) * LN2
-    out = acc / tl.where(row_sum == 0.0, 1.0, row_sum)[:, None]
+    out = acc * (1.0 / tl.where(row_sum == 0.0, 1.0, row_sum))[:, None]  # one division a row (_hopper_kernel.py)
     o_ptrs = (Out + split.to(tl.int64) * stride_os + off_b.to(tl.int64) * stride_ob
               + head[:, None].to(tl.int64) * stride_oh + query_row[:, None].to(tl.int64) * stride_om + cols[None, :])
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])

@@ -227,7 +227,7 @@ def attention_fwd_kernel(
 
     # Epilogue. A row that saw no key has row_sum 0: output 0 and LSE -inf (log2(0) = -inf), never NaN.
     lse = (row_max + tl.math.log2(row_sum)) * LN2
-    acc = acc / tl.where(row_sum == 0.0, 1.0, row_sum)[:, None]
+    acc = acc * (1.0 / tl.where(row_sum == 0.0, 1.0, row_sum))[:, None]  # one division a row (_hopper_kernel.py)
     if IS_VARLEN:
         lse_ptrs = Lse + off_h.to(tl.int64) * total_q + offs_m  # (heads_q, total_q)
     else:
