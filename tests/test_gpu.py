@@ -117,7 +117,7 @@ def test_triton_hopper_kernel(monkeypatch, batch, heads_q, heads_kv, seqlen_q, s
     if not _hopper():
         pytest.skip("the Gluon kernel runs on compute capability 9.x")
     monkeypatch.setattr(flash_attention.triton, "TMA_MIN_FLOPS", 0)
-    monkeypatch.setattr(flash_attention.triton, "SM90_CAUSAL_MIN_KEYS", {64: 0, 128: 0})
+    monkeypatch.setattr(flash_attention.triton, "SM90_CAUSAL_MIN_KEYS", 0)
     q, k, v = random_qkv(batch, heads_q, heads_kv, seqlen_q, seqlen_k, head_dim, dtype, layout=layout)
     assert flash_attention.triton.sm90_kernel_applies(q, k, v, torch.empty_like(q), causal, head_dim ** -0.5)
     for _ in range(2):  # the first launch, then its plan
@@ -136,7 +136,7 @@ def test_triton_hopper_kernel_scope(monkeypatch):
     applies = flash_attention.triton.sm90_kernel_applies
     assert applies(q, k, v, torch.empty_like(q), True, 0.1)
     assert not applies(q, k, v, torch.empty_like(q), True, -0.1)
-    short = flash_attention.triton.SM90_CAUSAL_MIN_KEYS[128] - 1  # rows of fewer keys than the threshold
+    short = flash_attention.triton.SM90_CAUSAL_MIN_KEYS - 1  # rows of fewer keys than the threshold
     assert not applies(q, k[:, :, :short], v[:, :, :short], torch.empty_like(q), True, 0.1)
     assert applies(q, k[:, :, :short], v[:, :, :short], torch.empty_like(q), False, 0.1)
     q96, k96, v96 = random_qkv(1, 4, 2, 300, 1100, 96, torch.bfloat16)
@@ -153,7 +153,7 @@ def test_triton_hopper_dynamic_deal_on_streams_and_graphs(monkeypatch):
     holds a counter of its own) each compute every tile (outputs NaN-checked and compared with float64)."""
     if not _hopper():
         pytest.skip("the Gluon kernel runs on compute capability 9.x")
-    monkeypatch.setattr(flash_attention.triton, "SM90_CAUSAL_MIN_KEYS", {64: 0, 128: 0})
+    monkeypatch.setattr(flash_attention.triton, "SM90_CAUSAL_MIN_KEYS", 0)
     q, k, v = random_qkv(4, 16, 4, 1000, 1000, 128, torch.bfloat16)  # 512 tiles: more than SMs, rows of 1000 keys
     lse = torch.empty(q.shape[:3], device="cuda", dtype=torch.float32)
     _, options, ctas = flash_attention.triton.sm90_launch_arguments(

@@ -148,12 +148,11 @@ SM90_DEEP_RING_KEYS = 2048
 # Registers: 12 warps (two consumer warpgroups, the loader's warp padded to a warpgroup) at 168 each fill the
 # register file; warp specialization then moves them to 240 a consumer thread and 24 a loader thread.
 SM90_MAX_REGISTERS = 168
-# Causal calls with rows of fewer keys than this (by head dim) run the portable kernel, which is as fast or faster
-# there: the Gluon kernel's 128-row tiles walk one to a few key tiles each, mostly set-up and tail. Measured with the
-# sections below (H100, fp16, x cuDNN, the Gluon kernel against the portable one): head dim 64, 256 keys 0.77 both,
-# 512 0.78-0.82 against 0.82 (0.80 against 0.83 in the paper table), 1k 0.89-0.91 against 0.87; head dim 128, 128
-# keys 1.00 both, 256 0.92 against 0.90, 512 0.88 against 0.75.
-SM90_CAUSAL_MIN_KEYS = {64: 1024, 128: 256}
+# Causal calls with rows of fewer keys than this run the portable kernel, as fast there: the Gluon kernel's 128-row
+# tiles walk a key tile or two each, mostly set-up and tail. Measured (H100, fp16, x cuDNN, CUDA graphs, the Gluon
+# kernel against the portable one): head dim 128, 128 keys 1.01 both, 256 0.99 against 0.91; head dim 64, 256 keys
+# 0.81 against 0.78, 512 0.88 against 0.84 (results/NOTES.md, twenty-third session).
+SM90_CAUSAL_MIN_KEYS = 256
 # Causal work lists run in sections of heads whose K/V fit a share of the L2 (section_heads): half of it for rows of
 # at most this many keys, all of it beyond. A section begins with its heads' longest tiles, which read the K/V from
 # DRAM, and ends with their shortest, which find it in the L2; where tiles walk few key tiles, halved sections
@@ -183,7 +182,7 @@ def sm90_kernel_applies(query, key, value, out, causal: bool, softmax_scale: flo
         return False
     if query.shape[-1] not in (64, 128) or softmax_scale_sign(softmax_scale) <= 0:
         return False
-    if causal and key.shape[2] < SM90_CAUSAL_MIN_KEYS[query.shape[-1]]:
+    if causal and key.shape[2] < SM90_CAUSAL_MIN_KEYS:
         return False
     batch, heads_q, seqlen_q, head_dim = query.shape
     flops = 4 * batch * heads_q * seqlen_q * key.shape[2] * head_dim
