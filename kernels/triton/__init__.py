@@ -229,11 +229,12 @@ def section_heads(l2_bytes: int, seqlen_k: int, head_dim: int, element_size: int
     rule, counted in the K/V heads a section reads), at least 1 and at most the list's `heads`. The cuda backend's
     `section_heads` (tile_scheduler.h) is the same rule; tests/test_cuda_layouts.py holds the two in step."""
     kv_head_bytes = 2 * seqlen_k * head_dim * element_size
-    fit = l2_bytes // max(kv_head_bytes, 1)
-    kv_heads = 1
-    while 2 * kv_heads <= fit:
-        kv_heads *= 2
-    return max(1, min(kv_heads * group, heads))
+    return max(1, min(_power_of_two_at_most(l2_bytes // max(kv_head_bytes, 1)) * group, heads))
+
+
+def _power_of_two_at_most(n: int) -> int:
+    """The largest power of two <= n, and 1 for n < 1."""
+    return 1 << (max(n, 1).bit_length() - 1)
 
 
 def sm90_stages(head_dim: int, seqlen_k: int) -> int:
@@ -251,10 +252,8 @@ def sm90_section_heads(query, seqlen_k: int, heads: int, group: int) -> int:
     if seqlen_k <= SM90_HALF_L2_SECTION_KEYS:
         l2_bytes //= 2
     fit = section_heads(l2_bytes, seqlen_k, query.shape[-1], query.element_size(), heads, group)
-    kv_heads = 1
-    while 2 * kv_heads <= _decode_plan.multiprocessors(device_index(query)) // SM90_SECTION_CTAS_PER_HEAD:
-        kv_heads *= 2
-    return min(fit, kv_heads * group)
+    sms = _decode_plan.multiprocessors(device_index(query))
+    return min(fit, _power_of_two_at_most(sms // SM90_SECTION_CTAS_PER_HEAD) * group)
 
 
 def sm90_grid(num_tiles: int, query) -> int:
